@@ -1,0 +1,168 @@
+"""Load a recipe: YAML file + dotted command-line overrides -> validated :class:`Recipe`.
+
+Validation errors become one line each, naming the source (file or command
+line), the dotted key, and either the nearest valid key or the expected type,
+because a typo in a recipe should cost seconds, not a stack trace.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mmtune.config.schema import Recipe
+from mmtune.errors import ConfigError
+
+_TYPE_WORDS = {
+    "int_parsing": "expected an integer",
+    "int_type": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "tuple_type": "expected a list of two numbers",
+}
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
+    """Read ``path`` (optional), apply ``key.sub=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "recipe"
+    if path is not None:
+        source = str(path)
+        raw = read_yaml_mapping(Path(path))
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_recipe(raw, source=source, has_overrides=bool(overrides))
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: recipe file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(raw).__name__}")
+    return raw
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply ``a.b.c=value`` in place; the value is parsed as YAML (so 3, true, [a, b] work)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"command line: override '{item}' is not of the form key.sub=value")
+    parts = key.strip().split(".")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            if part.isdigit() and int(part) == len(node):
+                node.append([] if nxt.isdigit() else {})
+            node = node[_list_index(node, part, key)]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        idx = int(last)
+        if idx == len(node):
+            node.append(value)
+        else:
+            node[_list_index(node, last, key)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"command line: '{key}' goes inside a value that is not a mapping")
+
+
+def _list_index(node: list, part: str, key: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"command line: '{key}': index {part} is outside the list (length {len(node)})")
+    return int(part)
+
+
+def validate_recipe(raw: dict[str, Any], *, source: str = "recipe", has_overrides: bool = False) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(err, source) for err in exc.errors()]
+        if has_overrides:
+            lines[0] += " (after command-line overrides)"
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _describe(err: dict[str, Any], source: str) -> str:
+    loc = [p for p in err["loc"]]
+    dotted = ".".join(str(p) for p in loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        valid = _field_names_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f" (did you mean '{_join(loc[:-1], close[0])}'?)" if close else f" (valid keys here: {', '.join(valid)})"
+        return f"{source}: unknown key '{dotted}'{hint}"
+    got = err.get("input")
+    got_text = f", got {got!r}" if not isinstance(got, (dict, list)) else ""
+    if kind in _TYPE_WORDS:
+        return f"{source}: {dotted}: {_TYPE_WORDS[kind]}{got_text}"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"{source}: {dotted}: expected one of {expected}{got_text}"
+    msg = err["msg"].removeprefix("Value error, ")
+    where = f"{dotted}: " if dotted else ""
+    return f"{source}: {where}{msg}{got_text if kind != 'value_error' else ''}"
+
+
+def _join(prefix: list, name: str) -> str:
+    return ".".join([str(p) for p in prefix] + [name])
+
+
+def _field_names_at(loc: list) -> list[str]:
+    """Valid key names of the schema node that ``loc`` points to."""
+    model: type[BaseModel] | None = Recipe
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        model = _model_in(field.annotation) if field else None
+    return sorted(model.model_fields) if model else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, (types.UnionType, typing._GenericAlias)) or typing.get_origin(annotation):
+        for arg in typing.get_args(annotation):
+            found = _model_in(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML (what a run writes to ``config.yaml``)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

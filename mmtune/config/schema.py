@@ -1,0 +1,158 @@
+"""The recipe schema: the one typed home of every recipe key and its default.
+
+A recipe YAML maps 1:1 onto :class:`Recipe`. Every default is written here and
+nowhere else; code reads ``cfg.train.lr``, never ``getattr(cfg, "lr", 1e-4)``.
+Key names are public interface (see configs/README.md) and stay stable.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TemplateName = Literal["auto", "alpaca", "vicuna_v1", "chatml", "llama2", "plain"]
+FormatName = Literal["alpaca", "sharegpt", "vicuna", "openai", "oasst", "dolly"]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors, values are not silently coerced across kinds."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name: str = "smollm2-135m-instruct"
+    """Hub name, local directory, or an offline alias (see ``mmtune.models.aliases``)."""
+    gguf_file: str | None = None
+    """GGUF file inside ``name`` when loading a GGUF checkpoint directly."""
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype. ``auto``: bfloat16 on GPU, float32 on CPU."""
+    trust_remote_code: bool = False
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """``auto``: flash_attention_2 when installed on a GPU, else sdpa."""
+
+
+class DatasetSpec(_Strict):
+    """One entry of ``data.datasets``: a card by name/path, or a file/hub set inline."""
+
+    card: str | None = None
+    """Name of a card in ``datasets/`` (without .yaml) or a path to a card file."""
+    path: str | None = None
+    """Local .json / .jsonl / .parquet file (inline alternative to a card)."""
+    hub: str | None = None
+    """Hugging Face dataset name, read through ``datasets.load_dataset``."""
+    split: str = "train"
+    format: FormatName | None = None
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Canonical field name -> column name in the file (see configs/README.md)."""
+    roles: dict[str, str] = Field(default_factory=dict)
+    """Canonical role (system/user/assistant) -> role name used in the file."""
+    weight: float = 1.0
+    """Relative weight in the mixture (with ``data.mixture: weighted``)."""
+    max_samples: int | None = None
+    oasst_best_path_only: bool = False
+    """OASST trees: keep only the best-ranked reply at every turn."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DatasetSpec":
+        given = [k for k in ("card", "path", "hub") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'card', 'path' or 'hub'")
+        if self.card is None and self.format is None:
+            raise ValueError("'format' is required when the dataset is given by 'path' or 'hub'")
+        if self.weight <= 0:
+            raise ValueError("'weight' must be > 0")
+        return self
+
+
+class DataConfig(_Strict):
+    datasets: list[DatasetSpec] = Field(default_factory=list)
+    template: TemplateName = "auto"
+    """``auto`` uses the tokenizer's own chat template (an error if it has none)."""
+    max_length: int = Field(default=1024, gt=8)
+    packing: bool = True
+    train_on_prompt: bool = False
+    mixture: Literal["concat", "weighted", "sqrt"] = "concat"
+    """concat: every sample once; weighted: resample by ``weight``; sqrt: p ~ sqrt(size)."""
+    mixture_size: int | None = None
+    """Samples drawn per epoch for weighted/sqrt mixtures (default: total size)."""
+    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    val_max_samples: int = 512
+    on_bad_sample: Literal["error", "skip"] = "error"
+    cache: bool = True
+    cache_dir: str | None = None
+    """Default: $MMTUNE_CACHE/data or ~/.cache/mmtune/data."""
+    shuffle: bool = True
+
+
+class LoraConfig(_Strict):
+    rank: int = Field(default=16, gt=0)
+    alpha: float = 32.0
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+class ParamGroup(_Strict):
+    pattern: str
+    """Regular expression searched in the parameter name."""
+    lr: float | None = None
+    weight_decay: float | None = None
+
+
+class MethodConfig(_Strict):
+    name: Literal["full", "freeze", "lora", "qlora"] = "lora"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    trainable: list[str] = Field(default_factory=list)
+    """``freeze``: regular expressions of parameter names that stay trainable."""
+    param_groups: list[ParamGroup] = Field(default_factory=list)
+    """Per-group learning rate / weight decay; first matching pattern wins."""
+
+    @model_validator(mode="after")
+    def _freeze_needs_patterns(self) -> "MethodConfig":
+        if self.name == "freeze" and not self.trainable:
+            raise ValueError("method 'freeze' needs 'trainable' patterns")
+        return self
+
+
+class TrainConfig(_Strict):
+    seed: int = 42
+    max_steps: int | None = None
+    """Optimizer steps; when unset, ``epochs`` full passes over the data."""
+    epochs: float = Field(default=1.0, gt=0)
+    micro_batch_size: int = Field(default=4, gt=0)
+    grad_accum_steps: int = Field(default=1, gt=0)
+    lr: float = Field(default=2e-4, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(default=0.03, ge=0, le=1)
+    warmup_steps: int | None = None
+    """Overrides ``warmup_ratio`` when set."""
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    max_grad_norm: float | None = 1.0
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """``auto``: bf16 autocast on a GPU that supports it, none on CPU."""
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    log_every: int = Field(default=1, gt=0)
+    eval_every: int | None = None
+    save_every: int | None = None
+    keep_checkpoints: int | None = 2
+    """How many periodic checkpoints to keep (None keeps all)."""
+    resume: str | None = None
+    """``auto`` (latest checkpoint of output_dir, if any) or a checkpoint path."""
+    num_workers: int = Field(default=0, ge=0)
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class Recipe(_Strict):
+    output_dir: str = "runs/default"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)

@@ -1,0 +1,285 @@
+"""Dataset formats -> conversations.
+
+Every format turns one raw row into zero or more *conversations*: lists of
+``{"role": "system"|"user"|"assistant", "content": str}`` messages, which is
+exactly what ``tokenizer.apply_chat_template`` takes. ``columns`` maps a
+canonical field name to the file's column name and ``roles`` maps a canonical
+role to the file's role name, so a dataset card adapts any file without code.
+
+Problems raise :class:`BadRow` with a reason (used as the skip counter's key)
+and the field; the reader adds file and row.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, str]
+Conversation = list[Message]
+CANONICAL_ROLES = ("system", "user", "assistant")
+
+
+class BadRow(Exception):
+    def __init__(self, reason: str, field_name: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.field_name = field_name
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class FormatSpec:
+    """Default column and role names of a format; a card overrides any of them."""
+
+    columns: dict[str, str]
+    roles: dict[str, str] = field(default_factory=lambda: {r: r for r in CANONICAL_ROLES})
+
+
+FORMAT_DEFAULTS: dict[str, FormatSpec] = {
+    "alpaca": FormatSpec(
+        {"instruction": "instruction", "input": "input", "output": "output", "system": "system", "history": "history"}
+    ),
+    "sharegpt": FormatSpec(
+        {"messages": "conversations", "role": "from", "content": "value", "system": "system"},
+        {"system": "system", "user": "human", "assistant": "gpt"},
+    ),
+    "openai": FormatSpec({"messages": "messages", "role": "role", "content": "content", "system": "system"}),
+    "dolly": FormatSpec({"instruction": "instruction", "context": "context", "response": "response"}),
+    "oasst": FormatSpec(
+        {"id": "message_id", "parent": "parent_id", "text": "text", "role": "role", "rank": "rank"},
+        {"user": "prompter", "assistant": "assistant"},
+    ),
+}
+FORMAT_DEFAULTS["vicuna"] = FORMAT_DEFAULTS["sharegpt"]
+
+
+@dataclass
+class Mapping:
+    """Resolved column and role names for one dataset."""
+
+    columns: dict[str, str]
+    roles: dict[str, str]
+
+    @classmethod
+    def for_format(cls, fmt: str, columns: dict[str, str], roles: dict[str, str]) -> "Mapping":
+        base = FORMAT_DEFAULTS[fmt]
+        unknown = set(columns) - set(base.columns)
+        if unknown:
+            raise ValueError(f"unknown column field(s) for format '{fmt}': {sorted(unknown)}; valid: {sorted(base.columns)}")
+        bad_roles = set(roles) - set(CANONICAL_ROLES)
+        if bad_roles:
+            raise ValueError(f"unknown role key(s) {sorted(bad_roles)}; valid: {list(CANONICAL_ROLES)}")
+        return cls({**base.columns, **columns}, {**base.roles, **roles})
+
+    def role_lookup(self) -> dict[str, str]:
+        return {file_name: canonical for canonical, file_name in self.roles.items()}
+
+
+def _get(row: dict[str, Any], m: Mapping, name: str, *, required: bool) -> Any:
+    col = m.columns[name]
+    value = row.get(col)
+    if value is None or (isinstance(value, str) and not value.strip() and required):
+        if required:
+            raise BadRow("missing field", col, f"required field '{col}' is missing or empty")
+        return None
+    return value
+
+
+def _text(value: Any, col: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) for p in value):
+        # OpenAI content parts: keep text parts, refuse anything else.
+        texts = []
+        for part in value:
+            if part.get("type") != "text":
+                raise BadRow("unsupported content", col, f"content part of type '{part.get('type')}' in a text dataset")
+            texts.append(str(part.get("text", "")))
+        return "".join(texts)
+    raise BadRow("wrong field type", col, f"field '{col}' must be a string, got {type(value).__name__}")
+
+
+def check_conversation(conv: Conversation, field_name: str) -> Conversation:
+    """Enforce: optional system first, then user/assistant alternating, ending on assistant."""
+    body = conv[1:] if conv and conv[0]["role"] == "system" else conv
+    if not body:
+        raise BadRow("empty conversation", field_name, "conversation has no user/assistant messages")
+    for i, msg in enumerate(body):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if msg["role"] != expected:
+            raise BadRow(
+                "roles do not alternate",
+                field_name,
+                f"message {i + (len(conv) - len(body))} has role '{msg['role']}', expected '{expected}'",
+            )
+    if body[-1]["role"] != "assistant":
+        raise BadRow("ends on user turn", field_name, "conversation ends on a user turn (nothing to train on)")
+    return conv
+
+
+def _with_system(system: Any, col: str, messages: Conversation) -> Conversation:
+    if system is None or (isinstance(system, str) and not system.strip()):
+        return messages
+    return [{"role": "system", "content": _text(system, col)}, *messages]
+
+
+def convert_alpaca(row: dict[str, Any], m: Mapping) -> list[Conversation]:
+    instruction = _text(_get(row, m, "instruction", required=True), m.columns["instruction"])
+    extra = row.get(m.columns["input"])
+    output = _text(_get(row, m, "output", required=True), m.columns["output"])
+    prompt = instruction if not extra else f"{instruction}\n\n{_text(extra, m.columns['input'])}"
+    messages: Conversation = []
+    history = row.get(m.columns["history"]) or []
+    if not isinstance(history, list):
+        raise BadRow("wrong field type", m.columns["history"], "history must be a list of [instruction, response] pairs")
+    for pair in history:
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise BadRow("wrong field type", m.columns["history"], "history must be a list of [instruction, response] pairs")
+        messages += [{"role": "user", "content": _text(pair[0], m.columns["history"])},
+                     {"role": "assistant", "content": _text(pair[1], m.columns["history"])}]
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    conv = _with_system(row.get(m.columns["system"]), m.columns["system"], messages)
+    return [check_conversation(conv, m.columns["output"])]
+
+
+def convert_messages(row: dict[str, Any], m: Mapping) -> list[Conversation]:
+    """sharegpt / vicuna / openai: a list of {role, content} objects under one column."""
+    col = m.columns["messages"]
+    items = row.get(col)
+    if items is None:
+        raise BadRow("missing field", col, f"required field '{col}' is missing")
+    if not isinstance(items, list):
+        raise BadRow("wrong field type", col, f"field '{col}' must be a list of messages")
+    if not items:
+        raise BadRow("empty conversation", col, "conversation is empty")
+    lookup = m.role_lookup()
+    role_key, content_key = m.columns["role"], m.columns["content"]
+    conv: Conversation = []
+    for i, item in enumerate(items):
+        where = f"{col}[{i}]"
+        if not isinstance(item, dict) or role_key not in item:
+            raise BadRow("missing field", f"{where}.{role_key}", f"message {i} has no '{role_key}'")
+        if content_key not in item or item[content_key] is None:
+            raise BadRow("missing field", f"{where}.{content_key}", f"message {i} has no '{content_key}'")
+        role = lookup.get(item[role_key])
+        if role is None:
+            raise BadRow(
+                "unknown role", f"{where}.{role_key}",
+                f"unknown role '{item[role_key]}' (known: {sorted(lookup)}; map it under 'roles')",
+            )
+        conv.append({"role": role, "content": _text(item[content_key], f"{where}.{content_key}")})
+    if conv[0]["role"] != "system":
+        conv = _with_system(row.get(m.columns["system"]), m.columns["system"], conv)
+    return [check_conversation(conv, col)]
+
+
+def convert_dolly(row: dict[str, Any], m: Mapping) -> list[Conversation]:
+    instruction = _text(_get(row, m, "instruction", required=True), m.columns["instruction"])
+    context = row.get(m.columns["context"])
+    response = _text(_get(row, m, "response", required=True), m.columns["response"])
+    prompt = instruction if not context else f"{instruction}\n\n{_text(context, m.columns['context'])}"
+    return [[{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]]
+
+
+RowConverter = Callable[[dict[str, Any], Mapping], list[Conversation]]
+ROW_CONVERTERS: dict[str, RowConverter] = {
+    "alpaca": convert_alpaca,
+    "sharegpt": convert_messages,
+    "vicuna": convert_messages,
+    "openai": convert_messages,
+    "dolly": convert_dolly,
+}
+
+
+# --- OASST: message trees, one row per message (flat) or one row per tree (nested) ---
+
+
+@dataclass
+class OasstNode:
+    role: str
+    text: str
+    rank: float
+    children: list["OasstNode"] = field(default_factory=list)
+
+
+def oasst_threads(root: OasstNode, best_only: bool) -> Iterator[Conversation]:
+    """Root-to-leaf threads that end on an assistant message.
+
+    With ``best_only`` each step follows the best-ranked reply (rank 0 is best;
+    unranked replies come last), giving one thread per tree.
+    """
+
+    def walk(node: OasstNode, prefix: Conversation) -> Iterator[Conversation]:
+        path = [*prefix, {"role": node.role, "content": node.text}]
+        children = sorted(node.children, key=lambda c: c.rank)
+        if best_only:
+            children = children[:1]
+        if not children:
+            if node.role == "assistant":
+                yield path
+            return
+        for child in children:
+            yield from walk(child, path)
+
+    yield from walk(root, [])
+
+
+def oasst_nested_tree(row: dict[str, Any], m: Mapping) -> OasstNode:
+    """The OASST export layout: {"prompt": {text, role, replies: [...]}}."""
+    lookup = m.role_lookup()
+
+    def build(obj: Any, where: str) -> OasstNode:
+        if not isinstance(obj, dict) or "text" not in obj or "role" not in obj:
+            raise BadRow("missing field", where, f"'{where}' needs 'text' and 'role'")
+        role = lookup.get(obj["role"])
+        if role is None:
+            raise BadRow("unknown role", f"{where}.role", f"unknown role '{obj['role']}'")
+        rank = obj.get("rank")
+        node = OasstNode(role, _text(obj["text"], f"{where}.text"), float("inf") if rank is None else float(rank))
+        node.children = [build(c, f"{where}.replies[{i}]") for i, c in enumerate(obj.get("replies") or [])]
+        return node
+
+    return build(row.get("prompt"), "prompt")
+
+
+def oasst_flat_forest(rows: Iterable[tuple[str, dict[str, Any]]], m: Mapping) -> tuple[list[OasstNode], list[tuple[str, BadRow]]]:
+    """Rebuild trees from flat message rows (the Hugging Face oasst1/oasst2 layout).
+
+    Returns the roots and the rows that could not be placed (with where + why).
+    """
+    c = m.columns
+    lookup = m.role_lookup()
+    nodes: dict[str, OasstNode] = {}
+    parent_of: dict[str, str | None] = {}
+    where_of: dict[str, str] = {}
+    problems: list[tuple[str, BadRow]] = []
+    for where, row in rows:
+        try:
+            msg_id = row.get(c["id"])
+            if msg_id is None:
+                raise BadRow("missing field", c["id"], f"required field '{c['id']}' is missing")
+            text = _text(_get(row, m, "text", required=True), c["text"])
+            role = lookup.get(row.get(c["role"]))
+            if role is None:
+                raise BadRow("unknown role", c["role"], f"unknown role '{row.get(c['role'])}'")
+        except BadRow as bad:
+            problems.append((where, bad))
+            continue
+        rank = row.get(c["rank"])
+        nodes[msg_id] = OasstNode(role, text, float("inf") if rank is None else float(rank))
+        parent_of[msg_id] = row.get(c["parent"])
+        where_of[msg_id] = where
+    roots: list[OasstNode] = []
+    children: dict[str, list[str]] = defaultdict(list)
+    for msg_id, parent in parent_of.items():
+        if parent is None:
+            roots.append(nodes[msg_id])
+        elif parent in nodes:
+            nodes[parent].children.append(nodes[msg_id])
+        else:
+            problems.append((where_of[msg_id], BadRow("orphan message", c["parent"], f"parent '{parent}' not found")))
+    del children
+    return roots, problems

@@ -1,0 +1,372 @@
+"""The text data pipeline: dataset entries -> tokenized samples -> mixture and validation split.
+
+Per dataset: read rows (sources.py), convert them to conversations
+(formats.py), split into trained / untrained segments (templates.py), tokenize
+(tokenize.py). The result is cached on disk keyed on the data's content, the
+tokenizer, the chat template, max length and masking options, so a second run
+with the same inputs skips preprocessing. Every row that is not used is
+counted by reason; with ``on_bad_sample: error`` the first one stops the run
+with its file, row and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mmtune.config.schema import DataConfig
+from mmtune.data.formats import (
+    ROW_CONVERTERS,
+    BadRow,
+    Conversation,
+    Mapping,
+    check_conversation,
+    oasst_flat_forest,
+    oasst_nested_tree,
+    oasst_threads,
+)
+from mmtune.data.sources import MalformedRow, ResolvedSource, iter_rows, resolve_source
+from mmtune.data.templates import split_segments
+from mmtune.data.tokenize import encode_segments
+from mmtune.errors import ConfigError, DataError
+from mmtune.models.aliases import cache_root
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+_BATCH = 256
+
+
+@dataclass
+class SourceReport:
+    name: str
+    rows: int = 0
+    samples: int = 0
+    truncated: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, str] = field(default_factory=dict)
+    """First location seen for each skip reason, so the user can go and look."""
+    from_cache: bool = False
+
+    def skip(self, reason: str, where: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        self.examples.setdefault(reason, where)
+
+
+@dataclass
+class TokenizedSource:
+    """All tokenized samples of one dataset, stored flat (cheap to cache and memory-map)."""
+
+    name: str
+    input_ids: np.ndarray  # int32, all samples concatenated
+    trained: np.ndarray  # bool, same length
+    offsets: np.ndarray  # int64 [n + 1]
+    report: SourceReport
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.input_ids[a:b], self.trained[a:b]
+
+
+@dataclass
+class SampleView:
+    """A selection of samples across sources: ``refs[k] = (source index, sample index)``."""
+
+    sources: list[TokenizedSource]
+    refs: np.ndarray  # int64 [n, 2]
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def lengths(self) -> np.ndarray:
+        if len(self.refs) == 0:
+            return np.zeros(0, dtype=np.int64)
+        per_source = [s.lengths() for s in self.sources]
+        return np.array([per_source[s][i] for s, i in self.refs], dtype=np.int64)
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        s, i = self.refs[k]
+        return self.sources[s].sample(int(i))
+
+
+@dataclass
+class TextData:
+    train: SampleView
+    val: SampleView
+    reports: list[SourceReport]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def conversations_of(src: ResolvedSource, report: SourceReport, on_bad: str):
+    """Yield ``(location, conversation)`` for every usable sample of ``src``."""
+    try:
+        mapping = Mapping.for_format(src.format, src.columns, src.roles)
+    except ValueError as exc:
+        raise ConfigError(f"dataset '{src.name}': {exc}") from None
+
+    def bad(where: str, reason: str, detail: str) -> None:
+        if on_bad == "error":
+            raise DataError(f"{where}: {detail}", reason=reason)
+        report.skip(reason, where)
+
+    def good_rows():
+        for where, row in iter_rows(src):
+            report.rows += 1
+            if isinstance(row, MalformedRow):
+                bad(where, "malformed JSON", row.detail)
+                continue
+            yield where, row
+
+    if src.format == "oasst":
+        rows = list(good_rows())
+        nested = bool(rows) and "prompt" in rows[0][1] and mapping.columns["id"] not in rows[0][1]
+        if nested:
+            for where, row in rows:
+                try:
+                    root = oasst_nested_tree(row, mapping)
+                except BadRow as exc:
+                    bad(where, exc.reason, f"field '{exc.field_name}': {exc.detail}")
+                    continue
+                for thread in oasst_threads(root, src.oasst_best_path_only):
+                    yield from _checked(where, thread, bad)
+        else:
+            roots, problems = oasst_flat_forest(rows, mapping)
+            for where, exc in problems:
+                bad(where, exc.reason, f"field '{exc.field_name}': {exc.detail}")
+            for root in roots:
+                for thread in oasst_threads(root, src.oasst_best_path_only):
+                    yield from _checked(f"{src.name}: tree '{thread[0]['content'][:30]}'", thread, bad)
+        return
+
+    convert = ROW_CONVERTERS[src.format]
+    for where, row in good_rows():
+        try:
+            convs = convert(row, mapping)
+        except BadRow as exc:
+            bad(where, exc.reason, f"field '{exc.field_name}': {exc.detail}")
+            continue
+        for conv in convs:
+            yield where, conv
+
+
+def _checked(where: str, conv: Conversation, bad):
+    try:
+        yield where, check_conversation(conv, "thread")
+    except BadRow as exc:
+        bad(where, exc.reason, f"{exc.detail}")
+
+
+# --------------------------------------------------------------------------- tokenizing
+
+
+def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig) -> TokenizedSource:
+    report = SourceReport(src.name)
+    ids_chunks: list[np.ndarray] = []
+    mask_chunks: list[np.ndarray] = []
+    lengths: list[int] = []
+    pending: list[tuple[str, list]] = []
+
+    def flush() -> None:
+        encoded = encode_segments(
+            tokenizer, [segs for _, segs in pending], max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt
+        )
+        for (where, _), enc in zip(pending, encoded):
+            if not enc.trained[1:].any():  # the first token is never a target
+                detail = f"no trained token left after truncation to max_length={cfg.max_length}"
+                if cfg.on_bad_sample == "error":
+                    raise DataError(f"{where}: {detail}", reason="no trained token")
+                report.skip("no trained token after truncation", where)
+                continue
+            report.truncated += int(enc.truncated)
+            ids_chunks.append(enc.input_ids)
+            mask_chunks.append(enc.trained)
+            lengths.append(len(enc.input_ids))
+        pending.clear()
+
+    bar = tqdm(desc=f"tokenizing {src.name}", unit=" samples", leave=False, mininterval=1.0)
+    for where, conv in conversations_of(src, report, cfg.on_bad_sample):
+        try:
+            segments = split_segments(tokenizer, conv)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}", reason=exc.reason) from None
+        except Exception as exc:  # jinja raises its own errors from inside templates
+            if cfg.on_bad_sample == "error":
+                raise DataError(f"{where}: the chat template failed on this conversation: {exc}") from None
+            report.skip("template error", where)
+            continue
+        pending.append((where, segments))
+        if len(pending) >= _BATCH:
+            flush()
+        bar.update()
+        if src.max_samples is not None and len(lengths) + len(pending) >= src.max_samples:
+            break
+    if pending:
+        flush()
+    bar.close()
+    report.samples = len(lengths)
+    if report.samples == 0:
+        raise DataError(f"dataset '{src.name}': no usable sample ({_skip_summary(report) or 'empty'})", reason="empty dataset")
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return TokenizedSource(
+        src.name,
+        np.concatenate(ids_chunks).astype(np.int32),
+        np.concatenate(mask_chunks),
+        offsets,
+        report,
+    )
+
+
+def _skip_summary(report: SourceReport) -> str:
+    return ", ".join(f"{n} {reason} (first at {report.examples[reason]})" for reason, n in report.skipped.items())
+
+
+# --------------------------------------------------------------------------- caching
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    h.update((tokenizer.chat_template or "").encode())
+    return h.hexdigest()
+
+
+def cache_key(src: ResolvedSource, tok_fp: str, cfg: DataConfig) -> str:
+    payload = {
+        "v": CACHE_VERSION,
+        "data": src.fingerprint(),
+        "format": src.format,
+        "columns": src.columns,
+        "roles": src.roles,
+        "max_samples": src.max_samples,
+        "oasst_best": src.oasst_best_path_only,
+        "tokenizer": tok_fp,
+        "template": cfg.template,
+        "max_length": cfg.max_length,
+        "train_on_prompt": cfg.train_on_prompt,
+        "on_bad_sample": cfg.on_bad_sample,
+    }
+    return hashlib.blake2b(json.dumps(payload, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+def data_cache_dir(cfg: DataConfig) -> Path:
+    return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_root() / "data"
+
+
+def load_or_tokenize(tokenizer, src: ResolvedSource, cfg: DataConfig, tok_fp: str) -> TokenizedSource:
+    if not cfg.cache:
+        return tokenize_source(tokenizer, src, cfg)
+    if src.path is not None and not src.path.is_file():
+        raise DataError(f"{src.path}: data file not found (dataset '{src.name}')", reason="missing file")
+    folder = data_cache_dir(cfg) / cache_key(src, tok_fp, cfg)
+    if (folder / "report.json").is_file():
+        report = SourceReport(**json.loads((folder / "report.json").read_text()))
+        report.from_cache = True
+        return TokenizedSource(
+            src.name,
+            np.load(folder / "input_ids.npy", mmap_mode="r"),
+            np.load(folder / "trained.npy", mmap_mode="r"),
+            np.load(folder / "offsets.npy"),
+            report,
+        )
+    result = tokenize_source(tokenizer, src, cfg)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        np.save(tmp / "input_ids.npy", result.input_ids)
+        np.save(tmp / "trained.npy", result.trained)
+        np.save(tmp / "offsets.npy", result.offsets)
+        (tmp / "report.json").write_text(json.dumps(asdict(result.report)))
+        os.replace(tmp, folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent writer won; ours is equivalent
+    return result
+
+
+# --------------------------------------------------------------------------- mixing
+
+
+def mixture_counts(sizes: list[int], weights: list[float], mode: str, total: int | None) -> list[int]:
+    """Samples to draw from each dataset per epoch.
+
+    ``concat``: each dataset once. ``weighted``: p_d ~ weight_d. ``sqrt``:
+    p_d ~ weight_d * sqrt(size_d), InstructBLIP's balancing of large and small sets.
+    """
+    if mode == "concat":
+        return list(sizes)
+    scores = np.array(weights, dtype=float) * (np.sqrt(sizes) if mode == "sqrt" else 1.0)
+    probs = scores / scores.sum()
+    n = total if total is not None else int(sum(sizes))
+    counts = np.floor(probs * n).astype(int)
+    remainder = n - counts.sum()
+    for d in np.argsort(-(probs * n - counts))[:remainder]:
+        counts[d] += 1
+    return counts.tolist()
+
+
+def _draw(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray:
+    """``count`` items from ``pool``: whole shuffled passes, then a partial one (no needless repeats)."""
+    if len(pool) == 0 or count == 0:
+        return pool[:0]
+    reps = [rng.permutation(pool) for _ in range(count // len(pool) + 1)]
+    return np.concatenate(reps)[:count]
+
+
+def build_text_data(tokenizer, cfg: DataConfig, *, seed: int) -> TextData:
+    if not cfg.datasets:
+        raise ConfigError("data.datasets: no dataset given")
+    resolved = [resolve_source(spec) for spec in cfg.datasets]
+    tok_fp = tokenizer_fingerprint(tokenizer)
+    sources = [load_or_tokenize(tokenizer, src, cfg, tok_fp) for src in resolved]
+    rng = np.random.default_rng(seed)
+    train_pools, val_refs = [], []
+    sizes = [len(s) for s in sources]
+    n_val = [int(round(cfg.val_fraction * n)) for n in sizes]
+    if sum(n_val) > cfg.val_max_samples:
+        scale = cfg.val_max_samples / sum(n_val)
+        n_val = [int(v * scale) for v in n_val]
+    for d, src in enumerate(sources):
+        perm = rng.permutation(len(src))
+        val_refs.append(np.stack([np.full(n_val[d], d), np.sort(perm[: n_val[d]])], axis=1))
+        train_pools.append(np.sort(perm[n_val[d]:]))
+    counts = mixture_counts([len(p) for p in train_pools], [r.weight for r in resolved], cfg.mixture, cfg.mixture_size)
+    train_refs = []
+    for d, pool in enumerate(train_pools):
+        chosen = pool if cfg.mixture == "concat" else np.sort(_draw(rng, pool, counts[d]))
+        train_refs.append(np.stack([np.full(len(chosen), d), chosen], axis=1))
+    return TextData(
+        SampleView(sources, np.concatenate(train_refs).astype(np.int64)),
+        SampleView(sources, np.concatenate(val_refs).astype(np.int64)),
+        [s.report for s in sources],
+    )
+
+
+def format_reports(reports: list[SourceReport]) -> list[str]:
+    lines = []
+    for r in reports:
+        line = f"{r.name}: {r.samples} samples from {r.rows} rows, {r.truncated} truncated"
+        if r.skipped:
+            line += f", skipped {sum(r.skipped.values())}: {_skip_summary(r)}"
+        if r.from_cache:
+            line += " (tokenized cache)"
+        lines.append(line)
+    return lines

