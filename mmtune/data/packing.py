@@ -1,0 +1,153 @@
+"""Rows, batches and contamination-free packing.
+
+A *row* is a list of sample indices that share one sequence of at most
+``max_length`` tokens. Unpacked training has one sample per row; packed
+training fills rows by first-fit-decreasing bin packing. In a packed row the
+position ids restart at every sample and attention is block-diagonal causal,
+so a sample never sees another: on GPU with flash-attention through the
+varlen kernel (position ids alone), elsewhere through an explicit 4-D mask.
+
+Targets are shifted here, inside each sample: position ``t`` predicts token
+``t+1`` of the same sample, and the last token of a sample predicts nothing.
+So no target crosses a sample boundary, whatever ``train_on_prompt`` says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = -100
+
+
+def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> list[list[int]]:
+    """Pack items into bins of ``capacity`` tokens, first-fit-decreasing, O(n log n).
+
+    A segment tree over the bins' free space finds the first bin with room in
+    log time. Items longer than ``capacity`` must have been truncated before.
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    if int(lengths.max()) > capacity:
+        raise ValueError(f"an item of length {int(lengths.max())} exceeds the bin capacity {capacity}")
+    order = np.argsort(-lengths, kind="stable")
+    size = 1
+    while size < n:
+        size *= 2
+    free = np.zeros(2 * size, dtype=np.int64)  # leaves: free space of bins (0 = not opened yet)
+    opened = 0
+    bins: list[list[int]] = []
+
+    def update(leaf: int, value: int) -> None:
+        i = leaf + size
+        free[i] = value
+        i //= 2
+        while i:
+            free[i] = max(free[2 * i], free[2 * i + 1])
+            i //= 2
+
+    for item in order:
+        need = int(lengths[item])
+        if free[1] >= need:
+            i = 1
+            while i < size:  # descend to the leftmost leaf with enough room
+                i = 2 * i if free[2 * i] >= need else 2 * i + 1
+            b = i - size
+            bins[b].append(int(item))
+            update(b, int(free[i]) - need)
+        else:
+            bins.append([int(item)])
+            update(opened, capacity - need)
+            opened += 1
+    return bins
+
+
+def make_rows(lengths: np.ndarray, max_length: int, packing: bool) -> list[list[int]]:
+    if packing:
+        return first_fit_decreasing(lengths, max_length)
+    return [[i] for i in range(len(lengths))]
+
+
+def packing_utilisation(rows: list[list[int]], lengths: np.ndarray, max_length: int) -> float:
+    """Share of row capacity filled with real tokens."""
+    if not rows:
+        return 0.0
+    return float(lengths.sum()) / (len(rows) * max_length)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, L] long
+    targets: torch.Tensor  # [B, L] long, IGNORE_INDEX where nothing is predicted
+    position_ids: torch.Tensor  # [B, L] long, restarting at each sample
+    attention_mask: torch.Tensor | None  # [B, 1, L, L] bool block-diagonal causal, or None (varlen)
+    num_targets: int
+    num_tokens: int  # real (non-pad) tokens
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(
+            self.input_ids.to(device),
+            self.targets.to(device),
+            self.position_ids.to(device),
+            None if self.attention_mask is None else self.attention_mask.to(device),
+            self.num_targets,
+            self.num_tokens,
+        )
+
+
+class Collator:
+    """Build a :class:`Batch` from rows of samples.
+
+    ``block_mask``: build the explicit block-diagonal mask (CPU, SDPA, eager).
+    Without it the model must be able to split samples from ``position_ids``
+    (flash-attention varlen).
+    """
+
+    def __init__(self, samples, *, pad_id: int, block_mask: bool = True, pad_to_multiple_of: int = 8) -> None:
+        self.samples = samples
+        self.pad_id = pad_id
+        self.block_mask = block_mask
+        self.multiple = pad_to_multiple_of
+
+    def __call__(self, rows: list[list[int]]) -> Batch:
+        parts = [[self.samples[i] for i in row] for row in rows]
+        width = max(sum(len(ids) for ids, _ in row) for row in parts)
+        width = -(-width // self.multiple) * self.multiple
+        B = len(rows)
+        input_ids = np.full((B, width), self.pad_id, dtype=np.int64)
+        targets = np.full((B, width), IGNORE_INDEX, dtype=np.int64)
+        position_ids = np.zeros((B, width), dtype=np.int64)
+        segment = np.full((B, width), -1, dtype=np.int64)
+        num_tokens = 0
+        for b, row in enumerate(parts):
+            t = 0
+            for s, (ids, trained) in enumerate(row):
+                n = len(ids)
+                input_ids[b, t : t + n] = ids
+                shifted = np.where(trained[1:], ids[1:], IGNORE_INDEX)
+                targets[b, t : t + n - 1] = shifted
+                position_ids[b, t : t + n] = np.arange(n)
+                segment[b, t : t + n] = s
+                t += n
+            num_tokens += t
+            # Padding continues the position count so varlen kernels see one more sequence.
+            position_ids[b, t:] = np.arange(width - t)
+        mask = None
+        if self.block_mask:
+            seg = torch.from_numpy(segment)
+            same = seg[:, :, None] == seg[:, None, :]
+            causal = torch.ones(width, width, dtype=torch.bool).tril_()
+            # Padding forms one more block (segment -1), so no attention row is empty.
+            mask = (same & causal)[:, None]
+        t_targets = torch.from_numpy(targets)
+        return Batch(
+            torch.from_numpy(input_ids),
+            t_targets,
+            torch.from_numpy(position_ids),
+            mask,
+            int((t_targets != IGNORE_INDEX).sum()),
+            num_tokens,
+        )

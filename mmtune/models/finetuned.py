@@ -1,0 +1,89 @@
+"""Save a trained model as standard Hugging Face files, and load any model mmtune can chat with.
+
+``final/`` of a run is a plain transformers model directory (full / freeze) or
+a peft adapter directory (lora / qlora), plus the tokenizer with the exact
+chat template used in training, plus ``mmtune.json`` naming the base model.
+``load_for_inference`` accepts a run directory, a ``final/`` or checkpoint-free
+adapter directory, an exported directory, a hub name or an offline alias.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmtune.config.schema import ModelConfig
+from mmtune.errors import ModelError
+from mmtune.models.loading import load_causal_lm, load_tokenizer
+
+MMTUNE_META = "mmtune.json"
+
+
+def save_final(target: Path, model: nn.Module, tokenizer, *, base: ModelConfig, method: str) -> None:
+    """Write ``target`` atomically (temporary directory, then rename)."""
+    tmp = target.with_name(f".tmp-{target.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    meta = {"base_model": base.model_dump(mode="json"), "method": method}
+    (tmp / MMTUNE_META).write_text(json.dumps(meta, indent=2))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def model_dir_of(path: Path) -> Path:
+    """A run directory means its ``final/``."""
+    if (path / "final" / MMTUNE_META).is_file():
+        return path / "final"
+    if (path / "config.yaml").is_file() and not (path / "final").exists():
+        raise ModelError(f"{path}: run has no final/ model yet (did training finish?)")
+    return path
+
+
+def load_for_inference(name: str, *, device_type: str = "cpu", dtype: str = "auto", merge: bool = False):
+    """(model, tokenizer) ready for generation; peft adapters are applied (and merged if asked)."""
+    path = Path(name).expanduser()
+    if not path.exists():
+        cfg = ModelConfig(name=name, dtype=dtype)
+        return load_causal_lm(cfg, device_type=device_type).eval(), load_tokenizer(cfg)
+    path = model_dir_of(path)
+    meta_file = path / MMTUNE_META
+    if (path / "adapter_config.json").is_file():
+        if not meta_file.is_file():
+            raise ModelError(f"{path}: adapter without {MMTUNE_META}; cannot tell which base model it belongs to")
+        base = ModelConfig(**json.loads(meta_file.read_text())["base_model"])
+        base.dtype = dtype if dtype != "auto" else base.dtype
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(load_causal_lm(base, device_type=device_type), str(path))
+        if merge:
+            model = model.merge_and_unload()
+        tokenizer = load_tokenizer(ModelConfig(name=str(path)))
+        return model.eval(), tokenizer
+    cfg = ModelConfig(name=str(path), dtype=dtype)
+    return load_causal_lm(cfg, device_type=device_type).eval(), load_tokenizer(cfg)
+
+
+@torch.no_grad()
+def export_hf(run_or_model: str, out_dir: Path) -> Path:
+    """Merge any adapter and write a standard transformers model directory to ``out_dir``."""
+    model, tokenizer = load_for_inference(run_or_model, merge=True)
+    if hasattr(model, "peft_config"):
+        raise ModelError("export: adapter could not be merged")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    model.config.name_or_path = out_dir.name
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir

@@ -1,0 +1,146 @@
+"""Resumable training checkpoints, written atomically.
+
+``checkpoints/step-N/`` holds the trainable weights (safetensors), optimizer and
+scheduler state, RNG states of every process and the data position. It is
+written into a temporary directory and renamed into place, so a process killed
+during a save leaves the previous checkpoints untouched and no half-written
+``step-N`` ever appears. Stale temporary directories are removed at the next start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmtune.errors import TrainingError
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainState:
+    step: int  # optimizer steps completed
+    epoch: int  # epoch of the next micro-batch
+    micro_batch: int  # index of the next micro-batch within that epoch (global, all processes)
+    targets_seen: int  # trained tokens consumed so far
+
+
+def rng_snapshot() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu").contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    run_dir: Path,
+    state: TrainState,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    rng: dict,
+    process_index: int = 0,
+    keep: int | None = None,
+) -> Path:
+    """Write ``checkpoints/step-N`` atomically and prune old ones; returns its path."""
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state.step}"
+    tmp = root / f".tmp-step-{state.step}"
+    if process_index == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng, tmp / f"rng-{process_index}.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        if keep is not None:
+            for old in list_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    else:  # other processes only add their RNG state once the directory exists
+        torch.save(rng, final / f"rng-{process_index}.pt")
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in path.iterdir() if path.is_dir() else []:
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and (p / "state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    root = run_dir / "checkpoints"
+    if root.is_dir():
+        for p in root.glob(".tmp-step-*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = list_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume).expanduser()
+    if not (path / "state.json").is_file():
+        raise TrainingError(f"train.resume: '{resume}' is not a checkpoint directory (no state.json)")
+    return path
+
+
+def load_checkpoint(
+    path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, process_index: int = 0
+) -> TrainState:
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    unknown = [n for n in weights if n not in params]
+    if missing or unknown:
+        raise TrainingError(
+            f"{path}: checkpoint does not match the model ({len(missing)} trainable tensors missing, "
+            f"{len(unknown)} unknown, e.g. {(missing or unknown)[0]}); was the recipe changed?"
+        )
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng_file = path / f"rng-{process_index}.pt"
+    if rng_file.is_file():
+        restore_rng(torch.load(rng_file, weights_only=True))
+    return TrainState(**json.loads((path / "state.json").read_text()))
