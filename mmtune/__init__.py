@@ -1,0 +1,37 @@
+"""mmtune: instruction tuning for any Hugging Face causal LM, from text today and images, video and audio next.
+
+The Python API is small: ``mmtune.train(recipe)`` runs a recipe (a YAML path,
+a dict, or a :class:`mmtune.Recipe`), and the building blocks it uses are
+importable on their own (see README.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mmtune.config.loader import load_recipe, validate_recipe
+from mmtune.config.schema import Recipe
+from mmtune.errors import ConfigError, DataError, MmtuneError, ModelError, TrainingError
+
+if TYPE_CHECKING:
+    from mmtune.train.recipe import RunResult
+
+__version__ = "0.1.0"
+__all__ = [
+    "ConfigError", "DataError", "MmtuneError", "ModelError", "Recipe", "TrainingError",
+    "load_recipe", "train", "validate_recipe",
+]
+
+
+def train(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None) -> "RunResult":
+    """Run a training recipe; returns the run directory, step count, final loss and model path."""
+    from mmtune.train.recipe import train as run_recipe
+
+    if isinstance(recipe, (str, Path)):
+        recipe = load_recipe(recipe, overrides)
+    elif isinstance(recipe, dict):
+        recipe = validate_recipe(recipe, source="recipe dict")
+    elif overrides:
+        raise ConfigError("overrides apply to a recipe file or dict, not to a Recipe object")
+    return run_recipe(recipe)

@@ -1,0 +1,96 @@
+"""The ``mmtune`` command: train, chat, export, data inspect.
+
+Expected failures (bad recipe, bad data, missing model) print one line and
+exit 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from mmtune.errors import MmtuneError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmtune", description="Instruction tuning for Hugging Face causal LMs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a recipe: mmtune train RECIPE.yaml [key.sub=value ...]")
+    t.add_argument("recipe")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=10")
+
+    c = sub.add_parser("chat", help="chat with a model, a run directory or an exported model")
+    c.add_argument("--model", required=True, help="run directory, model directory, hub name or alias")
+    c.add_argument("prompt", nargs="?", help="one-shot prompt; interactive when omitted")
+    c.add_argument("--system", help="system message")
+    c.add_argument("--max-new-tokens", type=int, default=256)
+    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    c.add_argument("--top-p", type=float, default=1.0)
+    c.add_argument("--seed", type=int, default=0)
+
+    e = sub.add_parser("export", help="merge adapters and write a standard Hugging Face model directory")
+    e.add_argument("run_dir")
+    e.add_argument("out_dir")
+
+    d = sub.add_parser("data", help="data tools")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    di = dsub.add_parser("inspect", help="render samples with trained spans marked, print length statistics")
+    di.add_argument("recipe")
+    di.add_argument("overrides", nargs="*")
+    di.add_argument("--samples", type=int, default=3)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # peft calls a transformers property that warns on every model load; it is not the user's concern.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    try:
+        return _dispatch(args)
+    except MmtuneError as exc:
+        print(f"mmtune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmtune: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from mmtune.config.loader import load_recipe
+
+    if args.command == "train":
+        from mmtune.train.recipe import train
+
+        result = train(load_recipe(args.recipe, args.overrides))
+        print(f"trained {result.steps} steps; final loss {result.final_loss:.4f}; model in {result.final_dir}")
+        return 0
+    if args.command == "chat":
+        from mmtune.chat import GenerationOptions, run_chat
+        from mmtune.models.finetuned import load_for_inference
+
+        model, tokenizer = load_for_inference(args.model)
+        opts = GenerationOptions(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+        return run_chat(model, tokenizer, args.prompt, opts, system=args.system)
+    if args.command == "export":
+        from mmtune.models.finetuned import export_hf
+
+        out = export_hf(args.run_dir, args.out_dir)
+        print(f"exported to {out}")
+        return 0
+    if args.command == "data" and args.data_command == "inspect":
+        from mmtune.data.inspect import inspect_data
+
+        recipe = load_recipe(args.recipe, args.overrides)
+        print(inspect_data(recipe, samples=args.samples, color=sys.stdout.isatty()))
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

