@@ -145,7 +145,6 @@ class TrainConfig(_Strict):
     """How many periodic checkpoints to keep (None keeps all)."""
     resume: str | None = None
     """``auto`` (latest checkpoint of output_dir, if any) or a checkpoint path."""
-    num_workers: int = Field(default=0, ge=0)
     tensorboard: bool = True
     progress: bool = True
 

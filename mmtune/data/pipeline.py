@@ -37,7 +37,7 @@ from mmtune.data.formats import (
 )
 from mmtune.data.sources import MalformedRow, ResolvedSource, iter_rows, resolve_source
 from mmtune.data.templates import split_segments
-from mmtune.data.tokenize import encode_segments
+from mmtune.data.tokenize import boundary_mismatches, encode_segments
 from mmtune.errors import ConfigError, DataError
 from mmtune.models.aliases import cache_root
 
@@ -181,13 +181,22 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig) -> Tokenize
     ids_chunks: list[np.ndarray] = []
     mask_chunks: list[np.ndarray] = []
     lengths: list[int] = []
-    pending: list[tuple[str, list]] = []
+    pending: list[tuple[str, list, Conversation]] = []
+    checked = False
 
     def flush() -> None:
+        nonlocal checked
         encoded = encode_segments(
-            tokenizer, [segs for _, segs in pending], max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt
+            tokenizer, [segs for _, segs, _ in pending], max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt
         )
-        for (where, _), enc in zip(pending, encoded):
+        if not checked and not cfg.train_on_prompt and not encoded[0].truncated:
+            checked = True
+            bad_turns = boundary_mismatches(tokenizer, pending[0][2], encoded[0])
+            if bad_turns:
+                log.warning("%s: the chat template's turn boundaries do not tokenize like the whole prompt "
+                            "(assistant turns %s): training tokens differ slightly from inference tokens",
+                            pending[0][0], bad_turns)
+        for (where, _, _), enc in zip(pending, encoded):
             if not enc.trained[1:].any():  # the first token is never a target
                 detail = f"no trained token left after truncation to max_length={cfg.max_length}"
                 if cfg.on_bad_sample == "error":
@@ -211,7 +220,7 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig) -> Tokenize
                 raise DataError(f"{where}: the chat template failed on this conversation: {exc}") from None
             report.skip("template error", where)
             continue
-        pending.append((where, segments))
+        pending.append((where, segments, conv))
         if len(pending) >= _BATCH:
             flush()
         bar.update()

@@ -5,6 +5,10 @@ single renderer: ``tokenizer.apply_chat_template``. Built-in templates (for base
 models without one) are Jinja chat templates installed on the tokenizer, so the
 saved tokenizer carries the exact template the model was trained with.
 
+Built-in templates end every answer with the end-of-turn text and put
+separators at the start of the next prompt, so a turn boundary never falls
+inside what a tokenizer would merge into one token.
+
 Loss masking works on the rendered text: for every assistant turn ``i``,
 ``render(messages[:i], add_generation_prompt=True)`` must be a prefix of
 ``render(messages[:i+1])``; the difference is the trained answer, including the
@@ -36,8 +40,8 @@ BUILTIN_TEMPLATES: dict[str, str] = {
         "Below is an instruction that describes a task. Write a response that appropriately completes the request.",
         "{%- if system %}{{ system + '\\n\\n' }}{%- endif %}"
         "{%- for m in loop_messages %}"
-        "{%- if m['role'] == 'user' %}{{ '### Instruction:\\n' + m['content'] + '\\n\\n### Response:\\n' }}"
-        "{%- else %}{{ m['content'] + eos_token + '\\n\\n' }}{%- endif %}"
+        "{%- if m['role'] == 'user' %}{{ ('' if loop.first else '\\n\\n') + '### Instruction:\\n' + m['content'] + '\\n\\n### Response:\\n' }}"
+        "{%- else %}{{ m['content'] + eos_token }}{%- endif %}"
         "{%- endfor %}",
     ),
     # LLaVA / FastChat vicuna_v1: sep " ", sep2 eos ("</s>" for Llama tokenizers).

@@ -45,3 +45,22 @@ def encode_segments(
         mask = np.concatenate(mask_parts) if mask_parts else np.zeros(0, bool)
         out.append(Encoded(ids[:max_length], mask[:max_length], len(ids) > max_length))
     return out
+
+
+def boundary_mismatches(tokenizer, conversation, encoded: Encoded) -> list[int]:
+    """Assistant turns where the training tokens before the answer differ from the inference prompt.
+
+    Segment-wise tokenization equals whole-prompt tokenization when turn
+    boundaries fall on token boundaries (true for templates whose turns end in
+    special tokens). Checked on the first sample of each dataset, because a
+    mismatch means the model is trained on token sequences it never sees at
+    inference.
+    """
+    starts = [i for i in range(1, len(encoded.trained)) if encoded.trained[i] and not encoded.trained[i - 1]]
+    turns = [i for i, m in enumerate(conversation) if m["role"] == "assistant"]
+    bad = []
+    for start, turn in zip(starts, turns):
+        prompt = tokenizer.apply_chat_template(conversation[:turn], add_generation_prompt=True, tokenize=False)
+        if tokenizer(prompt, add_special_tokens=False)["input_ids"] != encoded.input_ids[:start].tolist():
+            bad.append(turn)
+    return bad

@@ -1,0 +1,623 @@
+#!/usr/bin/env python
+"""Benchmark: mmtune's packed text SFT vs a padded ``transformers.Trainer`` baseline, on CPU.
+
+In one process, on the same model and the same tokenized mixed-length chat
+data, train LoRA (peft, all-linear, same rank / alpha / dropout / lr / seed,
+fp32) twice:
+
+* **mmtune**: ``mmtune.train(recipe)`` with ``data.packing: true``; throughput
+  is read back from the run's ``metrics.jsonl`` (``log_every: 1``).
+* **baseline**: ``transformers.Trainer`` on padded batches
+  (``DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)``)
+  fed exactly mmtune's token ids, with ``labels = id where trained else -100``.
+
+Both train on the same samples, once each (one epoch), with about the same
+number of samples per optimizer step. Printed per model: trained tokens/s
+(targets per second of training time, step 1 excluded as warm-up, one-time
+setup such as model loading and tokenization excluded), their ratio, the
+padding fraction of the baseline's batches, mmtune's packing utilisation, and
+the peak RSS of each phase (psutil, sampled in a background thread).
+
+This is a script that prints figures, not a test. Usage::
+
+    python benchmarks/bench_text_sft.py                    # tiny, then smollm2
+    python benchmarks/bench_text_sft.py --model tiny --samples 800 --out bench.json
+
+See benchmarks/README.md for what is measured and how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+SOURCE_JSONL = REPO / "datasets" / "mmtune-instruct" / "train.jsonl"
+
+# The method, identical on both sides (mmtune's recipe keys / peft's LoraConfig).
+LORA = {"rank": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
+LR = 5.0e-4
+SEED = 42
+MAX_CONVS = 12  # conversations of the shipped set concatenated into one sample, at most
+
+# Per-model defaults; chosen so `--model both` stays under ~10 minutes on 2 CPU cores.
+DEFAULTS = {
+    "tiny": {"samples": 1200, "max_length": 1024, "micro_batch_size": 4},
+    "smollm2": {"samples": 240, "max_length": 512, "micro_batch_size": 4},
+}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def _release_memory() -> None:
+    """Collect garbage and hand freed heap back to the OS, so a phase starts from live memory only."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_hwm() -> bool:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process; Linux only."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _read_hwm() -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class PeakRSS:
+    """Peak resident memory of this process during a ``with`` block.
+
+    A background thread samples psutil's RSS every ``interval`` seconds; where
+    Linux allows it, the kernel's exact high-water mark (VmHWM, reset at entry)
+    is read as a cross-check.
+    """
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.start = self.peak = 0
+        self.hwm: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._hwm_ok = False
+
+    def _run(self) -> None:
+        proc = psutil.Process()
+        while not self._stop.is_set():
+            self.peak = max(self.peak, proc.memory_info().rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakRSS":
+        _release_memory()
+        self.start = self.peak = _rss()
+        self._hwm_ok = _reset_hwm()
+        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.peak = max(self.peak, _rss())
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+        self.hwm = _read_hwm() if self._hwm_ok else None
+
+    def as_mib(self) -> dict:
+        mib = 1024 * 1024
+        return {
+            "start_mib": round(self.start / mib, 1),
+            "peak_mib": round(self.peak / mib, 1),
+            "growth_mib": round((self.peak - self.start) / mib, 1),
+            "kernel_hwm_mib": None if self.hwm is None else round(self.hwm / mib, 1),
+        }
+
+
+# --------------------------------------------------------------------------- data
+
+
+def write_mixed_jsonl(path: Path, n: int, seed: int) -> list[int]:
+    """``n`` multi-turn ShareGPT conversations, each 1..MAX_CONVS shipped conversations joined.
+
+    The number joined is long-tailed (log-normal, median ~2, p95 ~7, capped):
+    most chat SFT samples are short, a few are long. The first conversation's
+    system prompt (if any) is kept; the others' are dropped.
+    """
+    rows = [json.loads(line) for line in SOURCE_JSONL.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rng = np.random.default_rng(seed)
+    counts = []
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            k = int(np.clip(np.rint(rng.lognormal(mean=0.75, sigma=0.75)), 1, MAX_CONVS))
+            picks = rng.choice(len(rows), size=k, replace=False)
+            conv = [msg for j in picks for msg in rows[j]["conversations"]]
+            out = {"id": f"mix-{i:05d}", "conversations": conv}
+            if rows[picks[0]].get("system"):
+                out["system"] = rows[picks[0]]["system"]
+            fh.write(json.dumps(out) + "\n")
+            counts.append(k)
+    return counts
+
+
+def make_tiny_model(out: Path, tokenizer, max_length: int) -> Path:
+    """A 2-layer, 64-wide random Llama with SmolLM2's tokenizer (as tests/conftest.py's tiny_llama_dir)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max(1024, max_length),
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def pct(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+# --------------------------------------------------------------------------- mmtune side
+
+
+def mmtune_recipe(model_name: str, data_path: Path, cache_dir: Path, out_dir: Path, *, max_length: int,
+                  micro_batch_size: int) -> dict:
+    return {
+        "output_dir": str(out_dir),
+        "model": {"name": model_name, "dtype": "float32", "attn_implementation": "sdpa"},
+        "data": {
+            "datasets": [{"path": str(data_path), "format": "sharegpt"}],
+            "template": "auto",
+            "max_length": max_length,
+            "packing": True,
+            "val_fraction": 0.0,
+            "cache_dir": str(cache_dir),
+            "shuffle": True,
+        },
+        "method": {"name": "lora", "lora": dict(LORA)},
+        "train": {
+            "seed": SEED,
+            "epochs": 1,
+            "micro_batch_size": micro_batch_size,
+            "grad_accum_steps": 1,
+            "lr": LR,
+            "weight_decay": 0.0,
+            "scheduler": "constant",
+            "warmup_steps": 0,
+            "max_grad_norm": 1.0,
+            "mixed_precision": "no",
+            "log_every": 1,
+            "eval_every": None,
+            "save_every": None,
+            "tensorboard": False,
+            "progress": False,
+        },
+    }
+
+
+def mmtune_throughput(run_dir: Path) -> dict:
+    """Trained tokens/s from metrics.jsonl, step 1 excluded (it holds the warm-up)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [r for r in records if "tokens_per_s" in r]
+    records.sort(key=lambda r: r["step"])
+    tokens = seconds = 0.0
+    prev_seen = None
+    for r in records:
+        step_targets = r["targets_seen"] - (prev_seen if prev_seen is not None else 0)
+        prev_seen = r["targets_seen"]
+        if r["step"] == 1:
+            continue
+        tokens += step_targets
+        seconds += step_targets / r["tokens_per_s"] if r["tokens_per_s"] > 0 else 0.0
+    first = records[0] if records else None
+    return {
+        "steps": len(records),
+        "timed_steps": sum(1 for r in records if r["step"] > 1),
+        "targets_total": records[-1]["targets_seen"] if records else 0,
+        "targets_timed": int(tokens),
+        "seconds_timed": seconds,
+        "tok_s": tokens / seconds if seconds > 0 else float("nan"),
+        "step1_seconds": (first["targets_seen"] / first["tokens_per_s"]) if first and first["tokens_per_s"] else None,
+        "final_loss": records[-1]["loss"] if records else None,
+    }
+
+
+def mmtune_fed_padding(lengths: np.ndarray, max_length: int, micro_batch_size: int) -> dict:
+    """Replay mmtune's rows and micro-batches to count the pad tokens it feeds (rows pad to the batch's widest, x8)."""
+    from mmtune.data.packing import make_rows
+    from mmtune.train.recipe import micro_batch_order
+
+    rows = make_rows(lengths, max_length, True)
+    real = fed = 0
+    for batch in micro_batch_order(len(rows), micro_batch_size, seed=SEED, epoch=0, shuffle=True):
+        widths = [int(sum(lengths[i] for i in rows[r])) for r in batch]
+        width = -(-max(widths) // 8) * 8
+        real += sum(widths)
+        fed += width * len(batch)
+    return {"rows": len(rows), "pad_fraction_fed": 1 - real / fed if fed else 0.0}
+
+
+# --------------------------------------------------------------------------- baseline side
+
+
+class TokenizedDataset(torch.utils.data.Dataset):
+    def __init__(self, features: list[dict]) -> None:
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.features[i]
+
+
+class CountingCollator:
+    """Wrap the HF collator; record each batch's samples, trained labels and padding, in order."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.batches: list[dict] = []
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        labels, mask = batch["labels"], batch["attention_mask"]
+        self.batches.append({
+            "samples": len(features),
+            "targets": int((labels != -100).sum()),
+            "fed": int(mask.numel()),
+            "pad": int((mask == 0).sum()),
+        })
+        return batch
+
+
+def baseline_features(view) -> list[dict]:
+    """mmtune's token ids, verbatim; labels = id where mmtune trains the token, else -100."""
+    feats = []
+    for k in range(len(view)):
+        ids, trained = view[k]
+        ids = np.asarray(ids, dtype=np.int64)
+        labels = np.where(np.asarray(trained, dtype=bool), ids, -100)
+        feats.append({"input_ids": ids.tolist(), "attention_mask": [1] * len(ids), "labels": labels.tolist()})
+    return feats
+
+
+def run_baseline(model_dir: Path, tokenizer, features: list[dict], out_dir: Path, *, batch_size: int) -> dict:
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        set_seed,
+    )
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.begin: list[float] = []
+            self.end: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.begin.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.end.append(time.perf_counter())
+
+    set_seed(SEED)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=torch.float32, attn_implementation="sdpa", use_safetensors=True
+    )
+    model.config.use_cache = False
+    model = get_peft_model(model, LoraConfig(
+        r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+        target_modules=LORA["target_modules"], task_type="CAUSAL_LM",
+    ))
+    collator = CountingCollator(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
+    timer = StepTimer()
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=1,
+        num_train_epochs=1,
+        learning_rate=LR,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        optim="adamw_torch",  # mmtune uses torch.optim.AdamW (not fused) on CPU
+        weight_decay=0.0,
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        max_grad_norm=1.0,
+        logging_steps=10**9,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        disable_tqdm=True,
+        seed=SEED,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=TokenizedDataset(features),
+                      data_collator=collator, callbacks=[timer])
+    result = trainer.train()
+
+    steps = len(timer.end)
+    batches = collator.batches[:steps]  # batch i feeds step i+1 (one batch per step, in order)
+    timed = batches[1:]
+    targets_timed = sum(b["targets"] for b in timed)
+    # End to end, step 2's data fetch and collation included (as in mmtune's interval):
+    e2e = timer.end[-1] - timer.end[0] if steps > 1 else float("nan")
+    # Inside on_step_begin .. on_step_end only (forward, backward, clip, optimizer): collation excluded.
+    compute = sum(e - b for b, e in zip(timer.begin[1:], timer.end[1:]))
+    fed = sum(b["fed"] for b in batches)
+    pad = sum(b["pad"] for b in batches)
+    out = {
+        "batch_size": batch_size,
+        "steps": steps,
+        "timed_steps": max(0, steps - 1),
+        "samples": sum(b["samples"] for b in batches),
+        "targets_total": sum(b["targets"] for b in batches),
+        "targets_timed": targets_timed,
+        "seconds_timed": e2e,
+        "seconds_timed_compute_only": compute,
+        "tok_s": targets_timed / e2e if e2e > 0 else float("nan"),
+        "tok_s_compute_only": targets_timed / compute if compute > 0 else float("nan"),
+        "step1_seconds": (timer.end[0] - timer.begin[0]) if steps else None,
+        "tokens_fed": fed,
+        "pad_tokens": pad,
+        "padding_fraction": pad / fed if fed else 0.0,
+        "final_loss": result.training_loss,
+    }
+    del trainer, model, collator
+    return out
+
+
+# --------------------------------------------------------------------------- one model
+
+
+def bench_model(which: str, work: Path, *, samples: int, max_length: int, micro_batch_size: int) -> dict:
+    from mmtune import train as mmtune_train
+    from mmtune import validate_recipe
+    from mmtune.data.pipeline import build_text_data
+    from mmtune.data.packing import packing_utilisation, make_rows
+    from mmtune.data.templates import install_template
+    from mmtune.models.aliases import resolve_alias
+    from mmtune.models.loading import load_tokenizer
+    from mmtune.config.schema import ModelConfig
+
+    print(f"\n=== model: {which} ===", flush=True)
+    t_setup = time.perf_counter()
+    smol_dir = resolve_alias("smollm2-135m-instruct")
+    if which == "tiny":
+        model_dir = make_tiny_model(work / "tiny-llama", load_tokenizer(ModelConfig(name=str(smol_dir))), max_length)
+        model_name = str(model_dir)
+    else:
+        model_dir, model_name = smol_dir, "smollm2-135m-instruct"
+
+    data_path = work / f"mixed-{which}.jsonl"
+    joined = write_mixed_jsonl(data_path, samples, SEED)
+    recipe = mmtune_recipe(model_name, data_path, work / "cache", work / f"run-mmtune-{which}",
+                           max_length=max_length, micro_batch_size=micro_batch_size)
+    rc = validate_recipe(recipe, source="benchmark recipe")
+
+    # Tokenize once with mmtune's own pipeline; mmtune.train below reads the same cache entry.
+    tokenizer = load_tokenizer(rc.model)
+    install_template(tokenizer, rc.data.template)
+    data = build_text_data(tokenizer, rc.data, seed=rc.train.seed)
+    view = data.train
+    lengths = view.lengths()
+    trained_per_sample = np.array([int(np.asarray(view[k][1])[1:].sum()) for k in range(len(view))])
+    features = baseline_features(view)
+    setup_s = time.perf_counter() - t_setup
+    truncated = sum(r.truncated for r in data.reports)
+
+    rows = make_rows(lengths, max_length, True)
+    utilisation = packing_utilisation(rows, lengths, max_length)
+    fed_info = mmtune_fed_padding(lengths, max_length, micro_batch_size)
+    mm_steps_expected = math.ceil(len(rows) / micro_batch_size)
+    baseline_bs = max(1, round(len(view) / mm_steps_expected))
+    baseline_steps_expected = math.ceil(len(view) / baseline_bs)
+
+    print(f"model dir: {model_dir}")
+    print(f"data: {len(view)} samples ({samples} written; 1..{MAX_CONVS} shipped conversations joined per sample, "
+          f"mean {np.mean(joined):.2f}), {truncated} truncated to max_length={max_length}")
+    print(f"sample length (tokens): min {lengths.min()}  mean {lengths.mean():.1f}  p50 {pct(lengths, 50):.0f}  "
+          f"p95 {pct(lengths, 95):.0f}  max {lengths.max()}   total {int(lengths.sum()):,}")
+    print(f"trained targets per sample: mean {trained_per_sample.mean():.1f}  total {int(trained_per_sample.sum()):,} "
+          f"({trained_per_sample.sum() / lengths.sum():.1%} of tokens)")
+    print(f"mmtune: {len(rows)} packed rows of {max_length}, micro_batch_size {micro_batch_size} rows -> "
+          f"{mm_steps_expected} steps, {len(view) / mm_steps_expected:.2f} samples/step on average")
+    print(f"baseline: per_device_train_batch_size {baseline_bs} samples -> {baseline_steps_expected} steps")
+    print(f"both: 1 epoch over the same {len(view)} samples, LoRA r={LORA['rank']} alpha={LORA['alpha']} "
+          f"dropout={LORA['dropout']} {LORA['target_modules']}, lr {LR} constant, AdamW, fp32, seed {SEED}, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"setup (model build/convert, data, tokenization; not timed in throughput): {setup_s:.1f}s", flush=True)
+
+    # ---- mmtune phase
+    print("-- mmtune.train (packed) ...", flush=True)
+    t0 = time.perf_counter()
+    with PeakRSS() as mm_mem:
+        result = mmtune_train(recipe)
+    mm_wall = time.perf_counter() - t0
+    mm = mmtune_throughput(result.run_dir)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    mm.update({
+        "wall_s_phase": mm_wall,
+        "packing_utilisation": summary.get("packing_utilisation"),
+        "rows": fed_info["rows"],
+        "pad_fraction_fed": fed_info["pad_fraction_fed"],
+        "samples_per_step": len(view) / max(mm["steps"], 1),
+        "rss": mm_mem.as_mib(),
+    })
+    print(f"   done in {mm_wall:.1f}s: {mm['steps']} steps, {mm['tok_s']:.1f} trained tok/s", flush=True)
+    del result
+
+    # ---- baseline phase
+    print("-- transformers.Trainer (padded) ...", flush=True)
+    t0 = time.perf_counter()
+    with PeakRSS() as bl_mem:
+        bl = run_baseline(model_dir, tokenizer, features, work / f"run-baseline-{which}", batch_size=baseline_bs)
+    bl_wall = time.perf_counter() - t0
+    bl.update({"wall_s_phase": bl_wall, "rss": bl_mem.as_mib()})
+    print(f"   done in {bl_wall:.1f}s: {bl['steps']} steps, {bl['tok_s']:.1f} trained tok/s", flush=True)
+    _release_memory()
+
+    ratio = mm["tok_s"] / bl["tok_s"] if bl["tok_s"] > 0 else float("nan")
+    same_targets = mm["targets_total"] == bl["targets_total"]
+    return {
+        "model": which,
+        "model_dir": str(model_dir),
+        "samples": len(view),
+        "max_length": max_length,
+        "micro_batch_size": micro_batch_size,
+        "truncated": truncated,
+        "lengths": {"min": int(lengths.min()), "mean": float(lengths.mean()), "p50": pct(lengths, 50),
+                    "p95": pct(lengths, 95), "max": int(lengths.max()), "total": int(lengths.sum())},
+        "targets_in_data": int(trained_per_sample.sum()),
+        "setup_s": setup_s,
+        "mmtune": mm,
+        "baseline": bl,
+        "ratio": ratio,
+        "ratio_vs_compute_only": mm["tok_s"] / bl["tok_s_compute_only"] if bl["tok_s_compute_only"] > 0 else None,
+        "same_targets": same_targets,
+        "target_2x_met": bool(ratio >= 2.0),
+    }
+
+
+def print_report(r: dict) -> None:
+    mm, bl = r["mmtune"], r["baseline"]
+    print(f"\n--- results: {r['model']} ({r['samples']} samples, max_length {r['max_length']}) ---")
+    rows = [
+        ("", "mmtune (packed)", "HF Trainer (padded)"),
+        ("samples per optimizer step", f"{mm['samples_per_step']:.2f} ({r['micro_batch_size']} rows)",
+         f"{bl['batch_size']}"),
+        ("optimizer steps (timed)", f"{mm['steps']} ({mm['timed_steps']})", f"{bl['steps']} ({bl['timed_steps']})"),
+        ("trained targets (all / timed)", f"{mm['targets_total']:,} / {mm['targets_timed']:,}",
+         f"{bl['targets_total']:,} / {bl['targets_timed']:,}"),
+        ("timed training seconds", f"{mm['seconds_timed']:.2f}", f"{bl['seconds_timed']:.2f}"),
+        ("step-1 (warm-up, excluded) s", f"{mm['step1_seconds'] or float('nan'):.2f}",
+         f"{bl['step1_seconds'] or float('nan'):.2f}"),
+        ("trained tokens/s", f"{mm['tok_s']:.1f}", f"{bl['tok_s']:.1f}"),
+        ("  baseline compute-only tok/s", "", f"{bl['tok_s_compute_only']:.1f}"),
+        ("pad fraction of fed tokens", f"{mm['pad_fraction_fed']:.1%}", f"{bl['padding_fraction']:.1%}"),
+        ("packing utilisation", f"{mm['packing_utilisation']:.1%}", "-"),
+        ("peak RSS MiB (phase start)", f"{mm['rss']['peak_mib']:.0f} ({mm['rss']['start_mib']:.0f})",
+         f"{bl['rss']['peak_mib']:.0f} ({bl['rss']['start_mib']:.0f})"),
+        ("  kernel VmHWM MiB", f"{mm['rss']['kernel_hwm_mib']}", f"{bl['rss']['kernel_hwm_mib']}"),
+        ("phase wall s (incl. load)", f"{mm['wall_s_phase']:.1f}", f"{bl['wall_s_phase']:.1f}"),
+        ("final loss", f"{mm['final_loss']:.4f}", f"{bl['final_loss']:.4f} (mean)"),
+    ]
+    w0 = max(len(a) for a, _, _ in rows) + 2
+    w1 = max(len(b) for _, b, _ in rows) + 2
+    for a, b, c in rows:
+        print(f"{a:<{w0}}{b:<{w1}}{c}")
+    if not r["same_targets"]:
+        print(f"WARNING: the two sides trained different target counts ({mm['targets_total']} vs {bl['targets_total']})")
+    print(f"ratio mmtune/baseline: {r['ratio']:.2f}x (vs baseline compute-only: {r['ratio_vs_compute_only']:.2f}x); "
+          f"target >= 2x: {'MET' if r['target_2x_met'] else 'NOT MET'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["tiny", "smollm2", "both"], default="both")
+    p.add_argument("--samples", type=int, default=None,
+                   help=f"mixed-length samples per model (default: tiny {DEFAULTS['tiny']['samples']}, "
+                        f"smollm2 {DEFAULTS['smollm2']['samples']})")
+    p.add_argument("--max-length", type=int, default=None,
+                   help=f"packed row length / truncation (default: tiny {DEFAULTS['tiny']['max_length']}, "
+                        f"smollm2 {DEFAULTS['smollm2']['max_length']})")
+    p.add_argument("--micro-batch-size", type=int, default=None, help="mmtune rows per step (default 4)")
+    p.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
+    p.add_argument("--keep", type=Path, default=None, help="work in this directory and keep it (default: a temp dir)")
+    args = p.parse_args(argv)
+
+    models = ["tiny", "smollm2"] if args.model == "both" else [args.model]
+    t_start = time.perf_counter()
+    print(f"mmtune text SFT benchmark: python {platform.python_version()}, torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, CUDA {'on' if torch.cuda.is_available() else 'off'}")
+    if torch.cuda.is_available():
+        print("note: a GPU is visible; this benchmark is meant for CPU (mmtune would pick it up)")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mmtune-bench-") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        for which in models:
+            d = DEFAULTS[which]
+            results.append(bench_model(
+                which, work,
+                samples=args.samples or d["samples"],
+                max_length=args.max_length or d["max_length"],
+                micro_batch_size=args.micro_batch_size or d["micro_batch_size"],
+            ))
+    for r in results:
+        print_report(r)
+    total = time.perf_counter() - t_start
+    print("\n=== summary ===")
+    print(f"{'model':<9}{'mmtune tok/s':>14}{'baseline tok/s':>16}{'ratio':>8}{'pad frac':>10}{'util':>8}"
+          f"{'RSS mm MiB':>12}{'RSS bl MiB':>12}{'>=2x':>6}")
+    for r in results:
+        print(f"{r['model']:<9}{r['mmtune']['tok_s']:>14.1f}{r['baseline']['tok_s']:>16.1f}{r['ratio']:>7.2f}x"
+              f"{r['baseline']['padding_fraction']:>10.3f}{r['mmtune']['packing_utilisation']:>8.3f}"
+              f"{r['mmtune']['rss']['peak_mib']:>12.0f}{r['baseline']['rss']['peak_mib']:>12.0f}"
+              f"{'yes' if r['target_2x_met'] else 'no':>6}")
+    for r in results:
+        print(f"RESULT model={r['model']} mmtune_tok_s={r['mmtune']['tok_s']:.1f} "
+              f"baseline_tok_s={r['baseline']['tok_s']:.1f} ratio={r['ratio']:.2f}x "
+              f"padding_fraction={r['baseline']['padding_fraction']:.3f} "
+              f"utilisation={r['mmtune']['packing_utilisation']:.3f} "
+              f"mmtune_peak_rss_mib={r['mmtune']['rss']['peak_mib']:.0f} "
+              f"baseline_peak_rss_mib={r['baseline']['rss']['peak_mib']:.0f} "
+              f"target_2x={'met' if r['target_2x_met'] else 'not_met'}")
+    print(f"total wall time: {total:.1f}s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"total_wall_s": total, "torch_threads": torch.get_num_threads(),
+                                        "results": results}, indent=2, default=str))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
