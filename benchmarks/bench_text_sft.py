@@ -264,7 +264,7 @@ def mmtune_throughput(run_dir: Path) -> dict:
 def mmtune_fed_padding(lengths: np.ndarray, max_length: int, micro_batch_size: int) -> dict:
     """Replay mmtune's rows and micro-batches to count the pad tokens it feeds (rows pad to the batch's widest, x8)."""
     from mmtune.data.packing import make_rows
-    from mmtune.train.recipe import micro_batch_order
+    from mmtune.training.recipe import micro_batch_order
 
     rows = make_rows(lengths, max_length, True)
     real = fed = 0

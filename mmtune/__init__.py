@@ -15,7 +15,7 @@ from mmtune.config.schema import Recipe
 from mmtune.errors import ConfigError, DataError, MmtuneError, ModelError, TrainingError
 
 if TYPE_CHECKING:
-    from mmtune.train.recipe import RunResult
+    from mmtune.training.recipe import RunResult
 
 __version__ = "0.1.0"
 __all__ = [
@@ -26,7 +26,7 @@ __all__ = [
 
 def train(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None) -> "RunResult":
     """Run a training recipe; returns the run directory, step count, final loss and model path."""
-    from mmtune.train.recipe import train as run_recipe
+    from mmtune.training.recipe import train as run_recipe
 
     if isinstance(recipe, (str, Path)):
         recipe = load_recipe(recipe, overrides)

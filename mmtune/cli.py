@@ -65,7 +65,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from mmtune.config.loader import load_recipe
 
     if args.command == "train":
-        from mmtune.train.recipe import train
+        from mmtune.training.recipe import train
 
         result = train(load_recipe(args.recipe, args.overrides))
         print(f"trained {result.steps} steps; final loss {result.final_loss:.4f}; model in {result.final_dir}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmtune.data.packing import IGNORE_INDEX, Collator, first_fit_decreasing, make_rows, packing_utilisation
-from mmtune.train.objective import CausalLMObjective
+from mmtune.training.objective import CausalLMObjective
 
 
 def naive_ffd(lengths, capacity):

@@ -31,7 +31,7 @@ from mmtune.data.templates import install_template
 from mmtune.errors import TrainingError
 from mmtune.models.finetuned import save_final
 from mmtune.models.loading import load_causal_lm, load_tokenizer, resolve_attn
-from mmtune.train.checkpoint import (
+from mmtune.training.checkpoint import (
     TrainState,
     list_checkpoints,
     load_checkpoint,
@@ -40,10 +40,10 @@ from mmtune.train.checkpoint import (
     rng_snapshot,
     save_checkpoint,
 )
-from mmtune.train.methods import apply_method, param_groups, qlora_quantization_config, trainable_table
-from mmtune.train.metrics import MetricsLogger, peak_flops, setup_run_logging
-from mmtune.train.objective import CausalLMObjective
-from mmtune.train.schedule import lr_lambda
+from mmtune.training.methods import apply_method, param_groups, qlora_quantization_config, trainable_table
+from mmtune.training.metrics import MetricsLogger, peak_flops, setup_run_logging
+from mmtune.training.objective import CausalLMObjective
+from mmtune.training.schedule import lr_lambda
 
 log = logging.getLogger("mmtune")
 
