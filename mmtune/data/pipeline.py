@@ -42,7 +42,7 @@ from mmtune.errors import ConfigError, DataError
 from mmtune.models.aliases import cache_root
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when tokenization or masking changes
 _BATCH = 256
 
 
@@ -209,26 +209,25 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig) -> Tokenize
             lengths.append(len(enc.input_ids))
         pending.clear()
 
-    bar = tqdm(desc=f"tokenizing {src.name}", unit=" samples", leave=False, mininterval=1.0)
-    for where, conv in conversations_of(src, report, cfg.on_bad_sample):
-        try:
-            segments = split_segments(tokenizer, conv)
-        except DataError as exc:
-            raise DataError(f"{where}: {exc}", reason=exc.reason) from None
-        except Exception as exc:  # jinja raises its own errors from inside templates
-            if cfg.on_bad_sample == "error":
-                raise DataError(f"{where}: the chat template failed on this conversation: {exc}") from None
-            report.skip("template error", where)
-            continue
-        pending.append((where, segments, conv))
-        if len(pending) >= _BATCH:
+    with tqdm(desc=f"tokenizing {src.name}", unit=" samples", leave=False, mininterval=1.0, disable=None) as bar:
+        for where, conv in conversations_of(src, report, cfg.on_bad_sample):
+            try:
+                segments = split_segments(tokenizer, conv)
+            except DataError as exc:
+                raise DataError(f"{where}: {exc}", reason=exc.reason) from None
+            except Exception as exc:  # jinja raises its own errors from inside templates
+                if cfg.on_bad_sample == "error":
+                    raise DataError(f"{where}: the chat template failed on this conversation: {exc}") from None
+                report.skip("template error", where)
+                continue
+            pending.append((where, segments, conv))
+            if len(pending) >= _BATCH:
+                flush()
+            bar.update()
+            if src.max_samples is not None and len(lengths) + len(pending) >= src.max_samples:
+                break
+        if pending:
             flush()
-        bar.update()
-        if src.max_samples is not None and len(lengths) + len(pending) >= src.max_samples:
-            break
-    if pending:
-        flush()
-    bar.close()
     report.samples = len(lengths)
     if report.samples == 0:
         raise DataError(f"dataset '{src.name}': no usable sample ({_skip_summary(report) or 'empty'})", reason="empty dataset")

@@ -12,7 +12,8 @@ inside what a tokenizer would merge into one token.
 Loss masking works on the rendered text: for every assistant turn ``i``,
 ``render(messages[:i], add_generation_prompt=True)`` must be a prefix of
 ``render(messages[:i+1])``; the difference is the trained answer, including the
-template's end-of-turn / eos text. A template without that prefix property
+template's end-of-turn / eos text (trailing whitespace after it is left to the
+next prompt, since generation stops at the end-of-turn token). A template without that prefix property
 cannot be trained on faithfully and is rejected with a clear message.
 """
 
@@ -121,9 +122,11 @@ def split_segments(tokenizer, messages: Conversation) -> list[Segment]:
                 "so the answer cannot be located for loss masking; name a built-in data.template",
                 reason="template not prefix-consistent",
             )
+        answer = full[len(prompt):]
+        kept = answer.rstrip()  # whitespace after the end-of-turn token belongs to the next prompt
         segments.append(Segment(prompt[len(done):], False))
-        segments.append(Segment(full[len(prompt):], True))
-        done = full
+        segments.append(Segment(kept, True))
+        done = prompt + kept
     tail = render(tokenizer, messages, add_generation_prompt=False)[len(done):]
     if tail:
         segments.append(Segment(tail, False))
