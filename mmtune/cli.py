@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except MmtuneError as exc:
-        print(f"mmtune: error: {exc}", file=sys.stderr)
+        first, *rest = str(exc).splitlines() or [""]
+        print("\n".join([f"mmtune: error: {first}", *(f"  {line}" for line in rest)]), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mmtune: interrupted", file=sys.stderr)

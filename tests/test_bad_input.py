@@ -8,6 +8,7 @@ checks both modes: ``on_bad_sample: error`` (a one-line DataError that names
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ import yaml
 from conftest import REPO, write_jsonl
 from mmtune.config.loader import load_recipe
 from mmtune.config.schema import DataConfig, DatasetSpec
-from mmtune.data.pipeline import build_text_data
+from mmtune.data.pipeline import SourceReport, build_text_data, conversations_of
+from mmtune.data.sources import resolve_source
 from mmtune.data.templates import install_template
 from mmtune.errors import ConfigError, DataError, MmtuneError
 
@@ -36,6 +38,21 @@ def build(tokenizer, tmp_path: Path, path: Path, fmt: str = "sharegpt", **cfg):
     cfg.setdefault("cache_dir", str(tmp_path / "cache"))
     spec = DatasetSpec(path=str(path), format=fmt)
     return build_text_data(tokenizer, DataConfig(datasets=[spec], **cfg), seed=0)
+
+
+def read_rows(spec: DatasetSpec, on_bad: str = "error") -> tuple[list, SourceReport]:
+    """What build_text_data does with an entry before tokenizing: resolve it, read and convert every row.
+
+    The per-row checks live here, so most cases need no tokenizer; the end-to-end
+    tests below go through build_text_data.
+    """
+    src = resolve_source(spec)
+    report = SourceReport(src.name)
+    return [conv for _, conv in conversations_of(src, report, on_bad)], report
+
+
+def read_source(spec: DatasetSpec) -> list:
+    return read_rows(spec)[0]
 
 
 def assert_one_line(exc: BaseException) -> str:
@@ -103,25 +120,23 @@ def _file_with_bad_row(tmp_path: Path, bad, fmt: str) -> Path:
 
 @pytest.mark.parametrize(("bad", "fmt", "reason", "needles"), [c[1:] for c in DATA_CASES],
                          ids=[c[0] for c in DATA_CASES])
-def test_bad_row_error_or_skip(tmp_path, tokenizer, bad, fmt, reason, needles):
+def test_bad_row_error_or_skip(tmp_path, bad, fmt, reason, needles):
     path = _file_with_bad_row(tmp_path, bad, fmt)
+    spec = DatasetSpec(path=str(path), format=fmt)
     # on_bad_sample: error -> one line naming file:line and the field
     with pytest.raises(DataError) as info:
-        build(tokenizer, tmp_path, path, fmt)
+        read_rows(spec, "error")
     msg = assert_one_line(info.value)
     assert msg.startswith(f"{path}:{BAD_LINE}: ")
     for needle in needles:
         assert needle in msg
     assert info.value.reason == reason
     # on_bad_sample: skip -> counted under its reason, the good rows kept in order
-    data = build(tokenizer, tmp_path, path, fmt, on_bad_sample="skip")
-    report = data.reports[0]
+    convs, report = read_rows(spec, "skip")
     assert report.skipped == {reason: 1}
     assert report.examples[reason] == f"{path}:{BAD_LINE}"
-    assert (report.rows, report.samples, len(data.train)) == (5, 4, 4)
-    texts = [tokenizer.decode(data.train[k][0].tolist()) for k in range(len(data.train))]
-    for i, text in zip((1, 2, 4, 5), texts):
-        assert f"{_answer(fmt, i)}<|im_end|>" in text
+    assert report.rows == 5
+    assert [conv[-1]["content"] for conv in convs] == [_answer(fmt, i) for i in (1, 2, 4, 5)]
 
 
 def test_skip_counts_every_reason_in_one_file(tmp_path, tokenizer):
@@ -157,28 +172,24 @@ def test_error_mode_stops_at_the_first_bad_row(tmp_path, tokenizer):
         build(tokenizer, tmp_path, path)
 
 
-def test_line_numbers_count_blank_lines(tmp_path, tokenizer):
+def test_line_numbers_count_blank_lines(tmp_path):
     path = tmp_path / "blanks.jsonl"
-    import json
-
     path.write_text("\n".join([json.dumps(good(1)), "", "   ", json.dumps({"id": 1}), json.dumps(good(2))]) + "\n")
     with pytest.raises(DataError) as info:
-        build(tokenizer, tmp_path, path)
+        read_rows(DatasetSpec(path=str(path), format="sharegpt"))
     assert assert_one_line(info.value).startswith(f"{path}:4: ")
 
 
-def test_bad_row_in_json_list_names_the_row(tmp_path, tokenizer):
-    import json
-
+def test_bad_row_in_json_list_names_the_row(tmp_path):
     path = tmp_path / "rows.json"
     path.write_text(json.dumps([good(0), good(1), {"conversations": [{"from": "human", "value": "x"}]}]))
     with pytest.raises(DataError) as info:
-        build(tokenizer, tmp_path, path)
+        read_rows(DatasetSpec(path=str(path), format="sharegpt"))
     msg = assert_one_line(info.value)
-    assert str(path) in msg and "row 2" in msg and "'conversations'" in msg
+    assert str(path) in msg and "row 3" in msg and "'conversations'" in msg  # rows count from 1
 
 
-def test_oasst_flat_bad_rows(tmp_path, tokenizer):
+def test_oasst_flat_bad_rows(tmp_path):
     rows = [
         {"message_id": "p", "parent_id": None, "text": "Q", "role": "prompter"},
         {"message_id": "a", "parent_id": "p", "text": "A", "role": "assistant", "rank": 0},
@@ -186,14 +197,15 @@ def test_oasst_flat_bad_rows(tmp_path, tokenizer):
         {"message_id": "c", "parent_id": "gone", "text": "C", "role": "assistant", "rank": 0},
     ]
     path = write_jsonl(tmp_path / "oasst.jsonl", rows)
+    spec = DatasetSpec(path=str(path), format="oasst")
     with pytest.raises(DataError) as info:
-        build(tokenizer, tmp_path, path, "oasst")
+        read_rows(spec)
     msg = assert_one_line(info.value)
     assert msg.startswith(f"{path}:3: ") and "'role'" in msg and "'moderator'" in msg
-    data = build(tokenizer, tmp_path, path, "oasst", on_bad_sample="skip")
-    assert data.reports[0].skipped == {"unknown role": 1, "orphan message": 1}
-    assert data.reports[0].examples["orphan message"] == f"{path}:4"
-    assert data.reports[0].samples == 1
+    convs, report = read_rows(spec, "skip")
+    assert report.skipped == {"unknown role": 1, "orphan message": 1}
+    assert report.examples["orphan message"] == f"{path}:4"
+    assert convs == [[{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]]
 
 
 # --------------------------------------------------------------------------- truncation
@@ -245,7 +257,7 @@ def test_no_trained_token_after_truncation_is_skipped(tmp_path, tokenizer):
     report = data.reports[0]
     assert report.skipped == {"no trained token after truncation": 1}
     assert report.examples["no trained token after truncation"] == f"{path}:{BAD_LINE}"
-    assert (report.samples, report.truncated, len(data.train)) == (3, 0, 3)
+    assert (report.rows, report.samples, len(data.train)) == (4, 3, 3)
 
 
 def test_every_row_bad_is_an_error_even_when_skipping(tmp_path, tokenizer):
@@ -344,7 +356,7 @@ def test_override_into_a_scalar_is_a_config_error(tmp_path, override):
     with pytest.raises(ConfigError) as info:
         load_recipe(path, [override])
     msg = assert_one_line(info.value)
-    assert override.partition("=")[0].split(".")[0] in msg
+    assert f"'{override.partition('=')[0]}'" in msg and "command line" in msg
 
 
 @pytest.mark.parametrize("override", ["train.max_steps", "=3"])
@@ -370,30 +382,29 @@ def test_missing_and_invalid_recipe_files(tmp_path):
 # --------------------------------------------------------------------------- data files and cards
 
 
-@pytest.mark.parametrize("cache", [True, False])
-def test_missing_data_file_names_the_path(tmp_path, tokenizer, cache):
+def test_missing_data_file_names_the_path(tmp_path, tokenizer):
     path = tmp_path / "no" / "such.jsonl"
-    with pytest.raises(DataError) as info:
-        build(tokenizer, tmp_path, path, cache=cache)
-    msg = assert_one_line(info.value)
-    assert str(path) in msg and "not found" in msg
+    for cache in (True, False):
+        with pytest.raises(DataError) as info:
+            build(tokenizer, tmp_path, path, cache=cache)
+        msg = assert_one_line(info.value)
+        assert str(path) in msg and "not found" in msg
 
 
-def test_missing_data_file_of_a_card(tmp_path, tokenizer):
+def test_missing_data_file_of_a_card(tmp_path):
     card = tmp_path / "cards" / "lost.yaml"
     card.parent.mkdir()
     card.write_text("format: sharegpt\npath: lost.jsonl\n")
-    cfg = DataConfig(datasets=[DatasetSpec(card=str(card))], cache_dir=str(tmp_path / "cache"))
     with pytest.raises(DataError) as info:
-        build_text_data(tokenizer, cfg, seed=0)
+        read_source(DatasetSpec(card=str(card)))
     assert str(tmp_path / "cards" / "lost.jsonl") in assert_one_line(info.value)
 
 
-def test_unsupported_file_type(tmp_path, tokenizer):
+def test_unsupported_file_type(tmp_path):
     path = tmp_path / "rows.csv"
     path.write_text("a,b\n1,2\n")
     with pytest.raises(DataError) as info:
-        build(tokenizer, tmp_path, path)
+        read_source(DatasetSpec(path=str(path), format="sharegpt"))
     msg = assert_one_line(info.value)
     assert str(path) in msg and ".csv" in msg
 
@@ -408,11 +419,10 @@ def test_unknown_card_name(tmp_path, tokenizer, monkeypatch):
     assert str(REPO / "datasets" / "mmtune-instrcut.yaml") in msg  # where it looked
 
 
-def test_missing_card_file(tmp_path, tokenizer):
+def test_missing_card_file(tmp_path):
     card = tmp_path / "nope.yaml"
-    cfg = DataConfig(datasets=[DatasetSpec(card=str(card))], cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ConfigError) as info:
-        build_text_data(tokenizer, cfg, seed=0)
+        read_source(DatasetSpec(card=str(card)))
     assert str(card) in assert_one_line(info.value)
 
 
@@ -423,25 +433,24 @@ def test_missing_card_file(tmp_path, tokenizer):
     ("format: sharegpt\npath: d.jsonl\ncolumns: {mesages: conversations}\n", ["mesages", "messages"]),
     ("format: sharegpt\npath: d.jsonl\nroles: {bot: gpt}\n", ["bot", "assistant"]),
     ("format: sharegtp\npath: d.jsonl\n", ["sharegtp", "format"]),
-])
-def test_bad_card_is_a_config_error(tmp_path, tokenizer, card_text, needles):
+], ids=["unknown-key", "no-format", "no-path", "bad-column", "bad-role", "bad-format"])
+def test_bad_card_is_a_config_error(tmp_path, card_text, needles):
     write_jsonl(tmp_path / "d.jsonl", [good(1)])
     card = tmp_path / "card.yaml"
     card.write_text(card_text)
-    cfg = DataConfig(datasets=[DatasetSpec(card=str(card))], cache_dir=str(tmp_path / "cache"))
+    read_source(DatasetSpec(path=str(tmp_path / "d.jsonl"), format="sharegpt"))  # the data itself is fine
     with pytest.raises(ConfigError) as info:
-        build_text_data(tokenizer, cfg, seed=0)
+        read_source(DatasetSpec(card=str(card)))
     msg = assert_one_line(info.value)
-    assert "card" in msg or str(card) in msg
+    assert str(card) in msg or "'card'" in msg
     for needle in needles:
         assert needle in msg
 
 
-def test_unknown_inline_column_field(tmp_path, tokenizer):
+def test_unknown_inline_column_field(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [good(1)])
-    spec = DatasetSpec(path=str(path), format="sharegpt", columns={"speaker": "from"})
     with pytest.raises(ConfigError) as info:
-        build_text_data(tokenizer, DataConfig(datasets=[spec], cache_dir=str(tmp_path / "c")), seed=0)
+        read_source(DatasetSpec(path=str(path), format="sharegpt", columns={"speaker": "from"}))
     msg = assert_one_line(info.value)
     assert str(path) in msg and "speaker" in msg and "role" in msg
 
@@ -470,37 +479,75 @@ def screen_lines(text: str) -> list[str]:
     return lines
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmtune.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
+# (recipe, overrides, where the error must point, what it must name)
+CLI_TRAIN_CASES = {
+    "unknown-key": ({"train": {"max_step": 3}}, [], "bad.yaml", ["train.max_step", "train.max_steps"]),
+    "misspelt-override": ({"train": {"max_steps": 3}}, ["train.max_stepz=3"], "command line",
+                          ["train.max_stepz", "train.max_steps"]),
+}
 
 
-def assert_cli_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = screen_lines(proc.stderr)
-    assert len(lines) == 1, proc.stderr
+class CliRun:
+    """A ``python -m mmtune.cli`` run started in the background; ``result()`` waits for it."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.cwd = cwd
+        self._err = open(cwd / "stderr.txt", "w+", encoding="utf-8")
+        self._proc = subprocess.Popen([sys.executable, "-m", "mmtune.cli", *args], cwd=cwd,
+                                      stdout=subprocess.DEVNULL, stderr=self._err, text=True)
+
+    def result(self) -> tuple[int, str]:
+        code = self._proc.wait(timeout=180)
+        self._err.seek(0)
+        return code, self._err.read()
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        self._err.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cli_runs(tmp_path_factory):
+    """Start every CLI run when the module starts, so the slow interpreter start-ups overlap the other tests."""
+    runs = {}
+    for name, (recipe, overrides, _, _) in CLI_TRAIN_CASES.items():
+        d = tmp_path_factory.mktemp(f"cli-{name}")
+        runs[name] = CliRun(["train", str(write_recipe(d, recipe, "bad.yaml")), *overrides], d)
+    d = tmp_path_factory.mktemp("cli-data")
+    data = write_jsonl(d / "d.jsonl", [good(1), "{oops"])
+    recipe = write_recipe(d, {
+        "data": {"datasets": [{"path": str(data), "format": "sharegpt"}], "cache_dir": str(d / "cache")},
+    })
+    runs["data-inspect"] = CliRun(["data", "inspect", str(recipe)], d)
+    yield runs
+    for run in runs.values():
+        run.close()
+
+
+def assert_cli_error(code: int, stderr: str, *needles: str) -> str:
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    lines = screen_lines(stderr)
+    assert len(lines) == 1, stderr
     assert lines[0].startswith("mmtune: error: ")
     for needle in needles:
         assert needle in lines[0]
     return lines[0]
 
 
-@pytest.mark.parametrize(("recipe", "overrides", "needles"), [
-    ({"train": {"max_step": 3}}, [], ["train.max_step", "train.max_steps"]),
-    ({"train": {"max_steps": 3}}, ["train.max_stepz=3"], ["train.max_stepz", "train.max_steps"]),
-])
-def test_cli_train_prints_one_line_and_exits_2(tmp_path, recipe, overrides, needles):
-    path = write_recipe(tmp_path, recipe, "bad.yaml")
-    proc = run_cli("train", str(path), *overrides, cwd=tmp_path)
-    assert_cli_error(proc, str(path), *needles)
-    assert not (tmp_path / "runs").exists()  # nothing was started
+@pytest.mark.parametrize("case", list(CLI_TRAIN_CASES))
+def test_cli_train_prints_one_line_and_exits_2(cli_runs, case):
+    run = cli_runs[case]
+    code, stderr = run.result()
+    _, _, source, needles = CLI_TRAIN_CASES[case]
+    where = str(run.cwd / source) if source.endswith(".yaml") else source
+    assert_cli_error(code, stderr, where, *needles)
+    assert not (run.cwd / "runs").exists()  # nothing was started
 
 
-def test_cli_data_error_is_one_line(tmp_path):
-    data = write_jsonl(tmp_path / "d.jsonl", [good(1), "{oops"])
-    recipe = write_recipe(tmp_path, {
-        "data": {"datasets": [{"path": str(data), "format": "sharegpt"}], "cache_dir": str(tmp_path / "cache")},
-    })
-    proc = run_cli("data", "inspect", str(recipe), cwd=tmp_path)
-    assert_cli_error(proc, f"{data}:2: ", "malformed JSON")
+def test_cli_data_error_is_one_line(cli_runs):
+    run = cli_runs["data-inspect"]
+    code, stderr = run.result()
+    assert_cli_error(code, stderr, f"{run.cwd / 'd.jsonl'}:2: ", "malformed JSON")

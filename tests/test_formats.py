@@ -99,9 +99,15 @@ def test_alpaca_multi_turn_tokens_and_trained_spans(tmp_path, tokenizer):
     ids, trained = data.train[0]
     conv = [S("Be brief."), U("2 + 4?"), A("6."), U("And times 3?"), A("18.")]
     assert tokenizer.decode(ids.tolist()) == rendered(tokenizer, conv)
-    # Only the answers (with their end-of-turn) are trained; prompts, system and user turns are not.
-    trained_text = tokenizer.decode(ids[trained].tolist())
-    assert trained_text == "6.<|im_end|>\n18.<|im_end|>\n"
+    # Only the two answers (with their end-of-turn) are trained: two separate spans, no prompt text.
+    spans, start = [], None
+    for i, flag in enumerate([*trained.tolist(), False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            spans.append(tokenizer.decode(ids[start:i].tolist()).strip())
+            start = None
+    assert spans == ["6.<|im_end|>", "18.<|im_end|>"]
 
 
 # --------------------------------------------------------------------------- sharegpt / vicuna / openai / dolly

@@ -45,7 +45,8 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         raw = read_yaml_mapping(Path(path))
     for item in overrides or []:
         apply_override(raw, item)
-    return validate_recipe(raw, source=source, has_overrides=bool(overrides))
+    override_keys = [item.partition("=")[0].strip() for item in overrides or []]
+    return validate_recipe(raw, source=source, override_keys=override_keys)
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
@@ -77,6 +78,8 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
         nxt = parts[i + 1]
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"command line: '{key}' goes inside a value that is not a mapping")
         if isinstance(node, list):
             if part.isdigit() and int(part) == len(node):
                 node.append([] if nxt.isdigit() else {})
@@ -104,13 +107,16 @@ def _list_index(node: list, part: str, key: str) -> int:
     return int(part)
 
 
-def validate_recipe(raw: dict[str, Any], *, source: str = "recipe", has_overrides: bool = False) -> Recipe:
+def validate_recipe(raw: dict[str, Any], *, source: str = "recipe", override_keys: list[str] | None = None) -> Recipe:
+    """Validate a raw mapping; errors at keys set on the command line name the command line."""
     try:
         return Recipe.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(err, source) for err in exc.errors()]
-        if has_overrides:
-            lines[0] += " (after command-line overrides)"
+        lines = []
+        for err in exc.errors():
+            dotted = ".".join(str(p) for p in err["loc"])
+            from_cli = any(dotted == k or dotted.startswith(k + ".") for k in override_keys or [])
+            lines.append(_describe(err, "command line" if from_cli else source))
         raise ConfigError("\n".join(lines)) from None
 
 

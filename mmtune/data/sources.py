@@ -1,7 +1,8 @@
 """Where rows come from: dataset cards, local JSON / JSONL / Parquet files, hub datasets.
 
 Local files are read here (not through ``datasets``) so that every row keeps
-its location: a malformed line is reported as ``file:line``. Hub datasets go
+its location: a malformed line is reported as ``file:line``; rows of JSON
+arrays, Parquet files and hub datasets are numbered from 1 as well. Hub datasets go
 through ``datasets.load_dataset`` and are addressed by row index.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 
 from mmtune.config.schema import DatasetSpec
+from mmtune.data.formats import FORMAT_DEFAULTS
 from mmtune.errors import ConfigError, DataError
 
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -91,13 +93,18 @@ def resolve_source(spec: DatasetSpec) -> ResolvedSource:
         raise ConfigError(f"{card_path}: unknown card key(s) {sorted(unknown)}; valid: {sorted(CARD_KEYS)}")
     if "format" not in card or ("path" in card) == ("hub" in card):
         raise ConfigError(f"{card_path}: a card needs 'format' and exactly one of 'path' or 'hub'")
+    if card["format"] not in FORMAT_DEFAULTS:
+        raise ConfigError(f"{card_path}: format: unknown format '{card['format']}' (valid: {', '.join(FORMAT_DEFAULTS)})")
+    for key in ("columns", "roles"):
+        if not isinstance(card.get(key) or {}, dict):
+            raise ConfigError(f"{card_path}: {key}: expected a mapping of names")
     path = (card_path.parent / card["path"]).resolve() if "path" in card else None
     return ResolvedSource(
         name=card_path.stem,
         format=spec.format or card["format"],
         path=path,
         hub=card.get("hub"),
-        split=card.get("split", spec.split),
+        split=spec.split if "split" in spec.model_fields_set else card.get("split", spec.split),
         columns={**(card.get("columns") or {}), **spec.columns},
         roles={**(card.get("roles") or {}), **spec.roles},
         weight=spec.weight,
@@ -161,7 +168,7 @@ def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedRow]
         data = next(iter(data.values()))  # {"data": [...]} style wrappers
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}", reason="malformed JSON")
-    for i, row in enumerate(data):
+    for i, row in enumerate(data, start=1):
         where = f"{path}: row {i}"
         if not isinstance(row, dict):
             yield where, MalformedRow(where, f"expected a JSON object, got {type(row).__name__}")
@@ -176,7 +183,7 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedR
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several unrelated types for a bad file
         raise DataError(f"{path}: cannot read Parquet file: {exc}", reason="malformed file") from None
-    for i, row in enumerate(table.to_pylist()):
+    for i, row in enumerate(table.to_pylist(), start=1):
         yield f"{path}: row {i}", row
 
 
@@ -187,5 +194,5 @@ def _iter_hub(src: ResolvedSource) -> Iterator[tuple[str, dict[str, Any] | Malfo
         ds = datasets.load_dataset(src.hub, split=src.split)
     except Exception as exc:  # hub errors come in many types; all mean "could not load"
         raise DataError(f"hub dataset '{src.hub}' (split {src.split}) could not be loaded: {exc}", reason="missing file") from None
-    for i, row in enumerate(ds):
+    for i, row in enumerate(ds, start=1):
         yield f"{src.hub}[{src.split}]: row {i}", row
