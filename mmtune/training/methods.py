@@ -128,3 +128,12 @@ def trainable_table(model: nn.Module) -> list[str]:
         lines.append(f"{comp:<24}{t:>14,}{n:>14,}")
     lines.append(f"{'all':<24}{total_t:>14,}{total:>14,}  ({100 * total_t / max(total, 1):.2f}% trainable)")
     return lines
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute decoder-layer activations in backward (non-reentrant: works with frozen inputs)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -40,7 +40,13 @@ from mmtune.training.checkpoint import (
     rng_snapshot,
     save_checkpoint,
 )
-from mmtune.training.methods import apply_method, param_groups, qlora_quantization_config, trainable_table
+from mmtune.training.methods import (
+    apply_method,
+    enable_activation_checkpointing,
+    param_groups,
+    qlora_quantization_config,
+    trainable_table,
+)
 from mmtune.training.metrics import MetricsLogger, peak_flops, setup_run_logging
 from mmtune.training.objective import CausalLMObjective
 from mmtune.training.schedule import lr_lambda
@@ -113,7 +119,7 @@ def train(recipe: Recipe) -> RunResult:
     quant = qlora_quantization_config(device_type) if cfg.method.name == "qlora" else None
     lm = load_causal_lm(cfg.model, device_type=device_type, quantization_config=quant)
     if tc.gradient_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(lm)
     lm.config.use_cache = False
     lm = apply_method(lm, cfg.method)
     objective = CausalLMObjective(lm)
