@@ -29,9 +29,13 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_loss_falls_and_run_directory_is_complete(tiny_recipe):
-    recipe = tiny_recipe(method={"name": "full"}, train={"max_steps": 30, "lr": 1e-2, "warmup_steps": 2})
+    recipe = tiny_recipe(method={"name": "full"}, data={"val_fraction": 0.1},
+                         train={"max_steps": 30, "lr": 1e-2, "warmup_steps": 2, "eval_every": 10})
     result = mmtune.train(recipe)
     seen = losses(result.run_dir)
+    evals = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["eval_loss"] for r in evals if "eval_loss" in r}
+    assert sorted(evals) == [10, 20, 30] and evals[30] < evals[10]
     assert sorted(seen) == list(range(1, 31))
     first, last = seen[1], sum(seen[s] for s in range(26, 31)) / 5
     assert last < first - 2.5, (first, last)  # from ~ln(vocab) = 10.8 nats; no learning stays there
