@@ -61,12 +61,19 @@ MAX_CONVS = 12  # conversations of the shipped set concatenated into one sample,
 
 # Per-model defaults; chosen so `--model both` stays under ~10 minutes on 2 CPU cores.
 DEFAULTS = {
-    "tiny": {"samples": 1200, "max_length": 1024, "micro_batch_size": 4},
-    "smollm2": {"samples": 240, "max_length": 512, "micro_batch_size": 4},
+    "tiny": {"samples": 120, "max_length": 1024, "micro_batch_size": 2},
+    "smollm2": {"samples": 72, "max_length": 512, "micro_batch_size": 2},
 }
 
 
 # --------------------------------------------------------------------------- memory
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def _rss() -> int:
@@ -241,6 +248,7 @@ def mmtune_throughput(run_dir: Path) -> dict:
     records.sort(key=lambda r: r["step"])
     tokens = seconds = 0.0
     prev_seen = None
+    per_step = []
     for r in records:
         step_targets = r["targets_seen"] - (prev_seen if prev_seen is not None else 0)
         prev_seen = r["targets_seen"]
@@ -248,6 +256,7 @@ def mmtune_throughput(run_dir: Path) -> dict:
             continue
         tokens += step_targets
         seconds += step_targets / r["tokens_per_s"] if r["tokens_per_s"] > 0 else 0.0
+        per_step.append(r["tokens_per_s"])
     first = records[0] if records else None
     return {
         "steps": len(records),
@@ -258,13 +267,24 @@ def mmtune_throughput(run_dir: Path) -> dict:
         "tok_s": tokens / seconds if seconds > 0 else float("nan"),
         "step1_seconds": (first["targets_seen"] / first["tokens_per_s"]) if first and first["tokens_per_s"] else None,
         "final_loss": records[-1]["loss"] if records else None,
+        "step_tok_s": spread(per_step),
     }
+
+
+def spread(values: list[float]) -> dict:
+    if not values:
+        return {"p50": float("nan"), "min": float("nan"), "max": float("nan")}
+    return {"p50": float(np.median(values)), "min": float(min(values)), "max": float(max(values))}
 
 
 def mmtune_fed_padding(lengths: np.ndarray, max_length: int, micro_batch_size: int) -> dict:
     """Replay mmtune's rows and micro-batches to count the pad tokens it feeds (rows pad to the batch's widest, x8)."""
     from mmtune.data.packing import make_rows
-    from mmtune.training.recipe import micro_batch_order
+
+    try:
+        from mmtune.training.recipe import micro_batch_order
+    except ImportError:  # the layout before the rename: mmtune/train/
+        from mmtune.train.recipe import micro_batch_order
 
     rows = make_rows(lengths, max_length, True)
     real = fed = 0
@@ -330,6 +350,7 @@ def run_baseline(model_dir: Path, tokenizer, features: list[dict], out_dir: Path
         TrainingArguments,
         set_seed,
     )
+    from transformers.trainer_callback import PrinterCallback
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:
@@ -381,6 +402,7 @@ def run_baseline(model_dir: Path, tokenizer, features: list[dict], out_dir: Path
     )
     trainer = Trainer(model=model, args=args, train_dataset=TokenizedDataset(features),
                       data_collator=collator, callbacks=[timer])
+    trainer.remove_callback(PrinterCallback)  # no end-of-training dict on stdout
     result = trainer.train()
 
     steps = len(timer.end)
@@ -391,6 +413,7 @@ def run_baseline(model_dir: Path, tokenizer, features: list[dict], out_dir: Path
     e2e = timer.end[-1] - timer.end[0] if steps > 1 else float("nan")
     # Inside on_step_begin .. on_step_end only (forward, backward, clip, optimizer): collation excluded.
     compute = sum(e - b for b, e in zip(timer.begin[1:], timer.end[1:]))
+    per_step = [b["targets"] / (timer.end[i + 1] - timer.end[i]) for i, b in enumerate(timed)]
     fed = sum(b["fed"] for b in batches)
     pad = sum(b["pad"] for b in batches)
     out = {
@@ -409,6 +432,7 @@ def run_baseline(model_dir: Path, tokenizer, features: list[dict], out_dir: Path
         "pad_tokens": pad,
         "padding_fraction": pad / fed if fed else 0.0,
         "final_loss": result.training_loss,
+        "step_tok_s": spread(per_step),
     }
     del trainer, model, collator
     return out
@@ -540,6 +564,8 @@ def print_report(r: dict) -> None:
         ("step-1 (warm-up, excluded) s", f"{mm['step1_seconds'] or float('nan'):.2f}",
          f"{bl['step1_seconds'] or float('nan'):.2f}"),
         ("trained tokens/s", f"{mm['tok_s']:.1f}", f"{bl['tok_s']:.1f}"),
+        ("  per step: p50 (min-max)", f"{mm['step_tok_s']['p50']:.1f} ({mm['step_tok_s']['min']:.1f}-{mm['step_tok_s']['max']:.1f})",
+         f"{bl['step_tok_s']['p50']:.1f} ({bl['step_tok_s']['min']:.1f}-{bl['step_tok_s']['max']:.1f})"),
         ("  baseline compute-only tok/s", "", f"{bl['tok_s_compute_only']:.1f}"),
         ("pad fraction of fed tokens", f"{mm['pad_fraction_fed']:.1%}", f"{bl['padding_fraction']:.1%}"),
         ("packing utilisation", f"{mm['packing_utilisation']:.1%}", "-"),
@@ -577,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     print(f"mmtune text SFT benchmark: python {platform.python_version()}, torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, CUDA {'on' if torch.cuda.is_available() else 'off'}")
+    print(f"load average at start (1/5/15 min): {_loadavg()}  (other busy processes skew the figures)")
     if torch.cuda.is_available():
         print("note: a GPU is visible; this benchmark is meant for CPU (mmtune would pick it up)")
     results = []
@@ -610,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
               f"mmtune_peak_rss_mib={r['mmtune']['rss']['peak_mib']:.0f} "
               f"baseline_peak_rss_mib={r['baseline']['rss']['peak_mib']:.0f} "
               f"target_2x={'met' if r['target_2x_met'] else 'not_met'}")
+    print(f"load average at end (1/5/15 min): {_loadavg()}")
     print(f"total wall time: {total:.1f}s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -128,7 +128,7 @@ def train(recipe: Recipe) -> RunResult:
     groups, group_summary = param_groups(objective, cfg.method, tc)
     for g in group_summary:
         log.info("optimizer group %s: %s params, lr %g, weight decay %g", g.name, f"{g.params:,}", g.lr, g.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, fused=device_type == "cuda")
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, fused=True)  # fused kernels exist for CPU and CUDA
     warmup = tc.warmup_steps if tc.warmup_steps is not None else int(round(tc.warmup_ratio * max_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(tc.scheduler, warmup=warmup, total=max_steps, min_ratio=tc.min_lr_ratio)
