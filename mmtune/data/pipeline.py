@@ -14,9 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +37,7 @@ from mmtune.data.templates import split_segments
 from mmtune.data.tokenize import boundary_mismatches, encode_segments
 from mmtune.errors import ConfigError, DataError
 from mmtune.models.aliases import cache_root
+from mmtune.utils.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # bump when tokenization or masking changes
@@ -94,10 +92,11 @@ class SampleView:
         return len(self.refs)
 
     def lengths(self) -> np.ndarray:
-        if len(self.refs) == 0:
-            return np.zeros(0, dtype=np.int64)
-        per_source = [s.lengths() for s in self.sources]
-        return np.array([per_source[s][i] for s, i in self.refs], dtype=np.int64)
+        out = np.zeros(len(self.refs), dtype=np.int64)
+        for s, source in enumerate(self.sources):
+            mine = self.refs[:, 0] == s
+            out[mine] = source.lengths()[self.refs[mine, 1]]
+        return out
 
     def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         s, i = self.refs[k]
@@ -297,16 +296,11 @@ def load_or_tokenize(tokenizer, src: ResolvedSource, cfg: DataConfig, tok_fp: st
             report,
         )
     result = tokenize_source(tokenizer, src, cfg)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-    try:
+    with atomic_directory(folder) as tmp:
         np.save(tmp / "input_ids.npy", result.input_ids)
         np.save(tmp / "trained.npy", result.trained)
         np.save(tmp / "offsets.npy", result.offsets)
         (tmp / "report.json").write_text(json.dumps(asdict(result.report)))
-        os.replace(tmp, folder)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)  # a concurrent writer won; ours is equivalent
     return result
 
 

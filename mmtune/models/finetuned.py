@@ -10,8 +10,6 @@ adapter directory, an exported directory, a hub name or an offline alias.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -20,21 +18,18 @@ from torch import nn
 from mmtune.config.schema import ModelConfig
 from mmtune.errors import ModelError
 from mmtune.models.loading import load_causal_lm, load_tokenizer
+from mmtune.utils.atomic import atomic_directory
 
 MMTUNE_META = "mmtune.json"
 
 
 def save_final(target: Path, model: nn.Module, tokenizer, *, base: ModelConfig, method: str) -> None:
     """Write ``target`` atomically (temporary directory, then rename)."""
-    tmp = target.with_name(f".tmp-{target.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    meta = {"base_model": base.model_dump(mode="json"), "method": method}
-    (tmp / MMTUNE_META).write_text(json.dumps(meta, indent=2))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        meta = {"base_model": base.model_dump(mode="json"), "method": method}
+        (tmp / MMTUNE_META).write_text(json.dumps(meta, indent=2))
 
 
 def model_dir_of(path: Path) -> Path:
@@ -79,11 +74,7 @@ def export_hf(run_or_model: str, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     model.config.name_or_path = out_dir.name
-    tmp = out_dir.with_name(f".tmp-{out_dir.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return out_dir

@@ -10,7 +10,6 @@ during a save leaves the previous checkpoints untouched and no half-written
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmtune.errors import TrainingError
+from mmtune.utils.atomic import atomic_directory, temporary_sibling
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -67,33 +67,19 @@ def save_checkpoint(
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step}"
-    tmp = root / f".tmp-step-{state.step}"
     if process_index == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng, tmp / f"rng-{process_index}.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(state)))
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        with atomic_directory(final, fsync=True) as tmp:
+            save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(rng, tmp / f"rng-{process_index}.pt")
+            (tmp / "state.json").write_text(json.dumps(asdict(state)))
         if keep is not None:
             for old in list_checkpoints(run_dir)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
     else:  # other processes only add their RNG state once the directory exists
         torch.save(rng, final / f"rng-{process_index}.pt")
     return final
-
-
-def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir() if path.is_dir() else []:
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
@@ -107,7 +93,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def remove_stale_temporaries(run_dir: Path) -> None:
     root = run_dir / "checkpoints"
     if root.is_dir():
-        for p in root.glob(".tmp-step-*"):
+        for p in root.glob(temporary_sibling(root / "step-*").name):
             shutil.rmtree(p, ignore_errors=True)
 
 

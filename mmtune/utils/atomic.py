@@ -1,0 +1,41 @@
+"""Write a directory so that readers see either the old one or the complete new one.
+
+Checkpoints, final models, exports, converted models and tokenized-data caches
+are all written into a temporary sibling (``.tmp-NAME``) and renamed into
+place. A process killed half-way leaves only the temporary directory, which
+the next writer removes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def temporary_sibling(target: Path) -> Path:
+    return target.with_name(f".tmp-{target.name}")
+
+
+@contextmanager
+def atomic_directory(target: Path, *, fsync: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary directory; on success it replaces ``target`` by one rename."""
+    target = Path(target)
+    tmp = temporary_sibling(target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if fsync:
+        for f in tmp.iterdir():
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
