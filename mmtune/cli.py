@@ -27,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--model", required=True, help="run directory, model directory, hub name or alias")
     c.add_argument("prompt", nargs="?", help="one-shot prompt; interactive when omitted")
     c.add_argument("--system", help="system message")
+    c.add_argument("--template", default="auto",
+                   help="chat template: auto (the model's own; a trained model's is the one it was trained with) "
+                        "or a built-in: alpaca, vicuna_v1, chatml, llama2, plain")
     c.add_argument("--max-new-tokens", type=int, default=256)
     c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     c.add_argument("--top-p", type=float, default=1.0)
@@ -73,9 +76,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "chat":
         from mmtune.chat import GenerationOptions, run_chat
+        from mmtune.data.templates import install_template
         from mmtune.models.finetuned import load_for_inference
 
         model, tokenizer = load_for_inference(args.model)
+        install_template(tokenizer, args.template)
         opts = GenerationOptions(args.max_new_tokens, args.temperature, args.top_p, args.seed)
         return run_chat(model, tokenizer, args.prompt, opts, system=args.system)
     if args.command == "export":

@@ -91,7 +91,7 @@ def install_template(tokenizer, name: str) -> None:
         if not tokenizer.chat_template:
             raise ConfigError(
                 "data.template: the tokenizer has no chat template and no template is named; "
-                f"set data.template to one of {', '.join(BUILTIN_TEMPLATES)}"
+                f"name one of {', '.join(BUILTIN_TEMPLATES)} (data.template in a recipe, --template for chat)"
             )
         return
     tokenizer.chat_template = BUILTIN_TEMPLATES[name]
