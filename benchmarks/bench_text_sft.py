@@ -64,8 +64,8 @@ MAX_CONVS = 12  # conversations of the shipped set concatenated into one sample,
 # samples per optimizer step. With the shipped recipe's 4 rows of 512 the smollm2
 # baseline needs batches of ~12 samples padded to ~512 tokens: ~23 GB peak RSS.
 DEFAULTS = {
-    "tiny": {"samples": 600, "max_length": 1024, "micro_batch_size": 2},
-    "smollm2": {"samples": 144, "max_length": 512, "micro_batch_size": 2},
+    "tiny": {"samples": 400, "max_length": 1024, "micro_batch_size": 2},
+    "smollm2": {"samples": 96, "max_length": 512, "micro_batch_size": 2},
 }
 
 
@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-length", type=int, default=None,
                    help=f"packed row length / truncation (default: tiny {DEFAULTS['tiny']['max_length']}, "
                         f"smollm2 {DEFAULTS['smollm2']['max_length']})")
-    p.add_argument("--micro-batch-size", type=int, default=None, help="mmtune rows per step (default 4)")
+    p.add_argument("--micro-batch-size", type=int, default=None, help="mmtune rows per optimizer step (default 2)")
     p.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("--keep", type=Path, default=None, help="work in this directory and keep it (default: a temp dir)")
     args = p.parse_args(argv)

@@ -192,3 +192,17 @@ def test_export_loads_in_transformers_with_same_logits(tiny_recipe, tmp_path, me
         base = AutoModelForCausalLM.from_pretrained(recipe["model"]["name"]).eval()
         with torch.no_grad():
             assert not torch.allclose(base(ids).logits, exported(ids).logits, atol=1e-4)
+
+
+def test_one_epoch_with_accumulation_trains_every_sample_once(tiny_recipe, tmp_path):
+    def run(name, accum):
+        recipe = tiny_recipe(output_dir=str(tmp_path / name),
+                             data={"datasets": [{"card": "mmtune-instruct", "max_samples": 7}], "packing": False},
+                             train={"max_steps": None, "epochs": 1, "micro_batch_size": 1, "grad_accum_steps": accum})
+        result = mmtune.train(recipe)
+        return result.steps, json.loads((result.run_dir / "summary.json").read_text())["targets_seen"]
+
+    steps_1, seen_1 = run("a", 1)
+    steps_3, seen_3 = run("b", 3)
+    assert (steps_1, steps_3) == (7, 3)  # 7 samples: windows of 3, 3 and a last one of 1
+    assert seen_3 == seen_1  # the same trained tokens, none dropped, none repeated

@@ -109,9 +109,9 @@ def train(recipe: Recipe) -> RunResult:
 
     micro_per_epoch = math.ceil(len(rows) / tc.micro_batch_size)
     micro_per_step = tc.grad_accum_steps * accelerator.num_processes
-    steps_per_epoch = max(1, micro_per_epoch // micro_per_step)
+    steps_per_epoch = math.ceil(micro_per_epoch / micro_per_step)
     max_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
-    if micro_per_epoch < micro_per_step:
+    if micro_per_epoch < micro_per_step and accelerator.num_processes > 1:
         log.warning("an epoch has %d micro-batches, fewer than one optimizer step needs (%d); batches repeat",
                     micro_per_epoch, micro_per_step)
 
@@ -150,14 +150,26 @@ def train(recipe: Recipe) -> RunResult:
     elif tc.resume == "auto":
         log.info("train.resume=auto: no checkpoint in %s, starting fresh", run_dir)
 
-    def next_micro_batches():
-        """Yield (epoch, index, rows) forever from the saved position on."""
+    def accumulation_windows():
+        """Yield the micro-batches of each optimizer step, ``(epoch, index, rows)``, from the saved position.
+
+        With one process an epoch's last window may be shorter, so every sample
+        is trained once per epoch (the token-weighted loss stays exact). With
+        several processes a window never runs short (a process without a batch
+        would stall the others); it continues into the next epoch instead.
+        """
         epoch, index = state.epoch, state.micro_batch
+        window = []
         while True:
             order = micro_batch_order(len(rows), tc.micro_batch_size, seed=tc.seed, epoch=epoch, shuffle=cfg.data.shuffle)
-            while index < len(order):
-                yield epoch, index, order[index]
-                index += 1
+            for i in range(index, len(order)):
+                window.append((epoch, i, order[i]))
+                if len(window) == micro_per_step:
+                    yield window
+                    window = []
+            if window and accelerator.num_processes == 1:
+                yield window
+                window = []
             epoch, index = epoch + 1, 0
 
     @torch.no_grad()
@@ -178,7 +190,7 @@ def train(recipe: Recipe) -> RunResult:
     # ---- loop ---------------------------------------------------------------------------
     metrics = MetricsLogger(run_dir if is_main else None, tensorboard=tc.tensorboard)
     flops_peak = peak_flops(accelerator.device)
-    stream = next_micro_batches()
+    stream = accumulation_windows()
     bar = tqdm(total=max_steps, initial=state.step, desc="train", unit="step", disable=not (tc.progress and is_main),
                dynamic_ncols=True)
     last_checkpoint = list_checkpoints(run_dir)[-1] if list_checkpoints(run_dir) else None
@@ -189,10 +201,7 @@ def train(recipe: Recipe) -> RunResult:
     try:
         while state.step < max_steps:
             # Fetch the whole accumulation window first: its trained-token count is the divisor.
-            window = []
-            for _ in range(micro_per_step):
-                epoch, index, batch_rows = next(stream)
-                window.append((epoch, index, batch_rows))
+            window = next(stream)
             mine = window[accelerator.process_index :: accelerator.num_processes]
             batches = [collate([rows[r] for r in batch_rows]) for _, _, batch_rows in mine]
             local_targets = torch.tensor(sum(b.num_targets for b in batches), device=accelerator.device)
