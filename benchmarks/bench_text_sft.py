@@ -284,10 +284,7 @@ def mmtune_fed_padding(lengths: np.ndarray, max_length: int, micro_batch_size: i
     """Replay mmtune's rows and micro-batches to count the pad tokens it feeds (rows pad to the batch's widest, x8)."""
     from mmtune.data.packing import make_rows
 
-    try:
-        from mmtune.training.recipe import micro_batch_order
-    except ImportError:  # the layout before the rename: mmtune/train/
-        from mmtune.train.recipe import micro_batch_order
+    from mmtune.training.recipe import micro_batch_order
 
     rows = make_rows(lengths, max_length, True)
     real = fed = 0
@@ -385,7 +382,7 @@ def run_baseline(model_dir: Path, tokenizer, features: list[dict], out_dir: Path
         learning_rate=LR,
         lr_scheduler_type="constant",
         warmup_steps=0,
-        optim="adamw_torch",  # mmtune uses torch.optim.AdamW (not fused) on CPU
+        optim="adamw_torch_fused",  # mmtune uses torch.optim.AdamW(fused=True), on CPU too
         weight_decay=0.0,
         adam_beta1=0.9,
         adam_beta2=0.999,

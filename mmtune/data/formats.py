@@ -12,7 +12,6 @@ and the field; the reader adds file and row.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -273,7 +272,6 @@ def oasst_flat_forest(rows: Iterable[tuple[str, dict[str, Any]]], m: Mapping) ->
         parent_of[msg_id] = row.get(c["parent"])
         where_of[msg_id] = where
     roots: list[OasstNode] = []
-    children: dict[str, list[str]] = defaultdict(list)
     for msg_id, parent in parent_of.items():
         if parent is None:
             roots.append(nodes[msg_id])
@@ -281,5 +279,4 @@ def oasst_flat_forest(rows: Iterable[tuple[str, dict[str, Any]]], m: Mapping) ->
             nodes[parent].children.append(nodes[msg_id])
         else:
             problems.append((where_of[msg_id], BadRow("orphan message", c["parent"], f"parent '{parent}' not found")))
-    del children
     return roots, problems
