@@ -128,3 +128,12 @@ def test_objective_equals_hf_loss_on_a_single_sample():
     labels[0, :4] = IGNORE_INDEX
     reference = model(ids, labels=labels).loss
     assert torch.allclose(loss_sum / n, reference, atol=1e-5)
+
+
+def test_varlen_collation_has_no_mask_and_restarting_positions():
+    """The flash-attention path: samples are told apart by position ids alone."""
+    batch = Collator(_samples(), pad_id=0, block_mask=False, pad_to_multiple_of=8)([[0, 1, 2]])
+    assert batch.attention_mask is None
+    assert batch.input_ids.shape[1] == 16  # 12 tokens padded to a multiple of 8
+    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3]
+    assert (batch.targets[0, 12:] == IGNORE_INDEX).all() and batch.num_tokens == 12

@@ -113,3 +113,19 @@ def test_no_template_and_auto_is_a_config_error(tokenizer):
         install_template(tokenizer, "auto")
     install_template(tokenizer, "chatml")  # naming one fixes it
     assert "<|im_start|>" in tokenizer.apply_chat_template(CONVERSATION[1:3], tokenize=False)
+
+
+def test_boundary_check_flags_templates_whose_turns_merge_into_one_token(tokenizer):
+    """Turn text glued to the answer (" answer" + "ing: ...") tokenizes differently as a whole: detected."""
+    from mmtune.data.tokenize import boundary_mismatches
+
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ 'Q ' + m['content'] + ' answer' }}"
+        "{% else %}{{ 'ing: ' + m['content'] }}{% endif %}{% endfor %}"
+    )
+    conv = CONVERSATION[1:5]
+    enc = encode(tokenizer, conv)
+    # turn 1's prompt is one segment; before turn 3, " answer" + "ing: Seven." were tokenized apart
+    assert boundary_mismatches(tokenizer, conv, enc) == [3]
+    install_template(tokenizer, "alpaca")  # built-ins keep turn boundaries on token boundaries
+    assert boundary_mismatches(tokenizer, conv, encode(tokenizer, conv)) == []
