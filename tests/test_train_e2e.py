@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -206,3 +207,19 @@ def test_one_epoch_with_accumulation_trains_every_sample_once(tiny_recipe, tmp_p
     steps_3, seen_3 = run("b", 3)
     assert (steps_1, steps_3) == (7, 3)  # 7 samples: windows of 3, 3 and a last one of 1
     assert seen_3 == seen_1  # the same trained tokens, none dropped, none repeated
+
+
+def test_bf16_mixed_precision_autocasts_the_forward(tiny_recipe, monkeypatch):
+    from mmtune.training.objective import CausalLMObjective
+
+    seen = []
+    real_forward = CausalLMObjective.forward
+
+    def forward(self, batch):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(CausalLMObjective, "forward", forward)
+    result = mmtune.train(tiny_recipe(train={"max_steps": 2, "mixed_precision": "bf16"}))
+    assert seen and all(enabled and dtype == torch.bfloat16 for enabled, dtype in seen)
+    assert all(math.isfinite(v) for v in losses(result.run_dir).values())
