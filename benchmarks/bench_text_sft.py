@@ -187,19 +187,10 @@ def write_mixed_jsonl(path: Path, n: int, seed: int) -> list[int]:
 
 
 def make_tiny_model(out: Path, tokenizer, max_length: int) -> Path:
-    """A 2-layer, 64-wide random Llama with SmolLM2's tokenizer (as tests/conftest.py's tiny_llama_dir)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """A 2-layer, 64-wide random Llama with SmolLM2's tokenizer (the tests' tiny model)."""
+    from mmtune.models.tiny import build_tiny_llama
 
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max(1024, max_length),
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
+    return build_tiny_llama(out, tokenizer, max_positions=max(1024, max_length))
 
 
 def pct(values: np.ndarray, q: float) -> float:

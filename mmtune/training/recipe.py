@@ -70,6 +70,7 @@ def micro_batch_order(num_rows: int, micro_batch_size: int, *, seed: int, epoch:
 
 def train(recipe: Recipe) -> RunResult:
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     # ---- setup -------------------------------------------------------------------------
@@ -78,6 +79,10 @@ def train(recipe: Recipe) -> RunResult:
     mixed = tc.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    # accelerate keeps one process-wide state and refuses a second Accelerator with another
+    # precision; a notebook or script may train several recipes in one process, so start each
+    # run from a clean accelerator state (the distributed process state is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
     device_type = accelerator.device.type
     is_main = accelerator.is_main_process
