@@ -223,3 +223,10 @@ def test_bf16_mixed_precision_autocasts_the_forward(tiny_recipe, monkeypatch):
     result = mmtune.train(tiny_recipe(train={"max_steps": 2, "mixed_precision": "bf16"}))
     assert seen and all(enabled and dtype == torch.bfloat16 for enabled, dtype in seen)
     assert all(math.isfinite(v) for v in losses(result.run_dir).values())
+
+
+def test_only_the_newest_checkpoints_are_kept(tiny_recipe, tmp_path):
+    recipe = tiny_recipe(output_dir=str(tmp_path / "run"), train={"max_steps": 5, "save_every": 1, "keep_checkpoints": 2})
+    mmtune.train(recipe)
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert kept == ["step-3", "step-4"]  # the last step is the final model, not a periodic checkpoint
