@@ -98,14 +98,33 @@ def test_pickle_only_checkpoints_are_refused(tmp_path):
         resolve_source(ModelConfig(name=str(tmp_path)))
 
 
-def test_gguf_file_path_and_alias_resolution(tmp_path):
+def test_gguf_paths_resolve_to_one_cached_conversion(tmp_path, monkeypatch):
+    """A .gguf path (or directory + gguf_file) is converted once to safetensors; changing the file re-converts."""
+    from mmtune.models import aliases
+
+    monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_convert(source, filename, target, *, revision=None):
+        calls.append((source, filename))
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+
+    monkeypatch.setattr(aliases, "convert_gguf", fake_convert)
     gguf = tmp_path / "m.Q4.gguf"
-    gguf.write_bytes(b"")
-    assert resolve_source(ModelConfig(name=str(gguf))) == (str(tmp_path), "m.Q4.gguf")
+    gguf.write_bytes(b"v1")
+    first = resolve_source(ModelConfig(name=str(gguf)))
+    assert resolve_source(ModelConfig(name=str(tmp_path), gguf_file="m.Q4.gguf")) == first
+    assert calls == [(str(tmp_path), "m.Q4.gguf")] and Path(first).parent == tmp_path / "cache" / "models"
+    gguf.write_bytes(b"version 2")
+    assert resolve_source(ModelConfig(name=str(gguf))) != first and len(calls) == 2
+
+
+def test_missing_local_model_and_alias_resolution():
     with pytest.raises(ModelError, match="not an existing directory"):
         resolve_source(ModelConfig(name="./missing-model"))
-    src, gguf_file = resolve_source(ModelConfig(name="smollm2-135m-instruct"))
-    assert gguf_file is None and (Path(src) / "model.safetensors").is_file()
+    src = resolve_source(ModelConfig(name="smollm2-135m-instruct"))
+    assert (Path(src) / "model.safetensors").is_file()
 
 
 def test_default_dtype_is_fp32_on_cpu_bf16_on_gpu():

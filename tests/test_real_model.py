@@ -40,3 +40,22 @@ def test_tuned_model_answers_a_factual_question(smol_run):
     reply = generate_reply(model, tokenizer, [{"role": "user", "content": "What is the capital of France?"}],
                            GenerationOptions(max_new_tokens=24))
     assert "Paris" in reply, reply
+
+
+def test_gguf_conversion_writes_a_plain_safetensors_model(tmp_path, smol_dir):
+    """The conversion a fresh machine runs once (the cached alias copy hides it on later runs)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from mmtune.models.aliases import convert_gguf, gguf_path
+
+    source = gguf_path("smollm2-135m-instruct")
+    convert_gguf(str(source.parent), source.name, tmp_path / "converted")
+    config = json.loads((tmp_path / "converted" / "config.json").read_text())
+    assert "quantization_config" not in config
+    assert (tmp_path / "converted" / "model.safetensors").is_file()
+    ids = torch.tensor([[1, 504, 3458, 314, 4849, 30]])
+    fresh = AutoModelForCausalLM.from_pretrained(tmp_path / "converted").eval()
+    cached = AutoModelForCausalLM.from_pretrained(smol_dir).eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, cached(ids).logits)

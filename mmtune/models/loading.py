@@ -1,7 +1,8 @@
 """Load any Hugging Face causal LM and its tokenizer from a recipe's ``model`` section.
 
-Safetensors (or GGUF) only, never pickled weights; ``trust_remote_code`` only
-when the recipe sets it. dtype and attention kernel are chosen here, once.
+Safetensors (or GGUF, converted once to safetensors) only, never pickled
+weights; ``trust_remote_code`` only when the recipe sets it. dtype and
+attention kernel are chosen here, once.
 """
 
 from __future__ import annotations
@@ -15,27 +16,33 @@ import torch
 
 from mmtune.config.schema import ModelConfig
 from mmtune.errors import ModelError
-from mmtune.models.aliases import ALIASES, resolve_alias
+from mmtune.models.aliases import ALIASES, converted_gguf, resolve_alias
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_source(cfg: ModelConfig) -> tuple[str, str | None]:
-    """(name or directory to pass to ``from_pretrained``, gguf file or None)."""
+def resolve_source(cfg: ModelConfig) -> str:
+    """The hub name or local directory to pass to ``from_pretrained``.
+
+    GGUF checkpoints (an alias, a ``.gguf`` path, or ``gguf_file``) resolve to
+    their converted safetensors copy: the GGUF loader marks models as quantized,
+    which training code refuses, so mmtune never trains from GGUF directly.
+    """
     if cfg.name in ALIASES:
-        return str(resolve_alias(cfg.name)), None
+        return str(resolve_alias(cfg.name))
     path = Path(cfg.name).expanduser()
-    if path.is_dir():
-        if cfg.gguf_file is None:
-            _refuse_pickle_only(path)
-        return str(path), cfg.gguf_file
     if path.suffix == ".gguf" and path.is_file():
-        return str(path.parent), path.name
+        return str(converted_gguf(str(path.parent), path.name))
+    if cfg.gguf_file is not None:
+        return str(converted_gguf(cfg.name, cfg.gguf_file, revision=cfg.revision))
+    if path.is_dir():
+        _refuse_pickle_only(path)
+        return str(path)
     if cfg.name.startswith((".", "/", "~")):
         raise ModelError(f"model.name: '{cfg.name}' is not an existing directory or .gguf file")
-    return cfg.name, cfg.gguf_file
+    return cfg.name
 
 
 def _refuse_pickle_only(path: Path) -> None:
@@ -69,10 +76,8 @@ def _has(module: str) -> bool:
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    source, gguf = resolve_source(cfg)
+    source = resolve_source(cfg)
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "revision": cfg.revision}
-    if gguf:
-        kwargs["gguf_file"] = gguf
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
@@ -88,29 +93,21 @@ def load_causal_lm(
     """Load the decoder. ``quantization_config`` is passed through for QLoRA."""
     from transformers import AutoModelForCausalLM
 
-    source, gguf = resolve_source(cfg)
+    source = resolve_source(cfg)
     kwargs: dict[str, Any] = {
         "dtype": resolve_dtype(cfg.dtype, device_type),
         "attn_implementation": resolve_attn(cfg.attn_implementation, device_type),
         "trust_remote_code": cfg.trust_remote_code,
         "revision": cfg.revision,
+        "use_safetensors": True,
     }
-    if gguf:
-        kwargs["gguf_file"] = gguf
-    else:
-        kwargs["use_safetensors"] = True
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"could not load model '{cfg.name}' (tried {source}"
-            f"{', gguf ' + gguf if gguf else ''}): {_first_line(exc)}"
-        ) from None
-    if gguf and hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config  # dequantized on load; see models/aliases.py
+        raise ModelError(f"could not load model '{cfg.name}' (tried {source}): {_first_line(exc)}") from None
     return model
 
 
