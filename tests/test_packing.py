@@ -137,3 +137,25 @@ def test_varlen_collation_has_no_mask_and_restarting_positions():
     assert batch.input_ids.shape[1] == 16  # 12 tokens padded to a multiple of 8
     assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3]
     assert (batch.targets[0, 12:] == IGNORE_INDEX).all() and batch.num_tokens == 12
+
+
+def test_objective_falls_back_to_the_full_forward_when_the_model_rescales_logits():
+    from transformers import LlamaForCausalLM
+
+    class ScaledLogitsLlama(LlamaForCausalLM):  # like families that scale logits in forward
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 0.25
+            return out
+
+    base = _tiny_model()
+    model = ScaledLogitsLlama(base.config)
+    model.load_state_dict(base.state_dict())
+    ids = torch.randint(1, 64, (1, 12))
+    objective = CausalLMObjective(model)
+    assert not objective.check_selective_head(ids)
+    assert CausalLMObjective(base).check_selective_head(ids)  # a plain model keeps the fast path
+    batch = Collator([(ids[0].numpy(), np.ones(12, bool))], pad_id=0, pad_to_multiple_of=1)([[0]])
+    loss_sum, n = objective(batch)
+    reference = torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:])  # the scaled logits
+    assert torch.allclose(loss_sum / n, reference, atol=1e-5)

@@ -6,6 +6,11 @@ the decoder, then applies the output head only at positions that have a
 target: prompt tokens (often half of a chat sample) never pay for the
 vocabulary projection, which is the largest matmul of a small model.
 
+Some model families post-process logits inside their ``forward`` (scaling,
+soft-capping). Rather than keying behaviour on model names, the objective
+*checks* once, on a few real tokens, that decoder + head reproduces the
+model's own logits, and otherwise falls back to the model's full forward.
+
 It returns the *sum* of token losses and the number of targets; the training
 loop divides by the number of targets in the whole accumulation window, so
 every trained token weighs the same however the tokens fall into batches.
@@ -35,9 +40,36 @@ class CausalLMObjective(nn.Module):
         hf = hf_model_of(lm)
         self._no_split_modules = getattr(hf, "_no_split_modules", None)  # FSDP auto-wrap reads this
         self.softcap = getattr(hf.config, "final_logit_softcapping", None)
+        self.selective_head = True
+
+    @torch.no_grad()
+    def check_selective_head(self, input_ids: torch.Tensor) -> bool:
+        """Use the selective head only if it reproduces the model's own logits on ``input_ids`` [1, n]."""
+        hf = hf_model_of(self.lm)
+        was_training = hf.training
+        hf.eval()
+        try:
+            reference = hf(input_ids=input_ids, use_cache=False).logits.float()
+            hidden = hf.get_decoder()(input_ids=input_ids, use_cache=False)[0]
+            ours = self._logits(hf, hidden).float()
+        finally:
+            hf.train(was_training)
+        self.selective_head = reference.shape == ours.shape and torch.allclose(reference, ours, atol=1e-3, rtol=1e-3)
+        return self.selective_head
+
+    def _logits(self, hf: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        logits = hf.get_output_embeddings()(hidden)
+        return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         hf = hf_model_of(self.lm)
+        selected = batch.targets != IGNORE_INDEX
+        if not self.selective_head:  # the model's own forward, full logits
+            logits = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids, use_cache=False).logits
+            targets = batch.targets[selected]
+            return F.cross_entropy(logits[selected].float(), targets, reduction="sum"), torch.tensor(
+                len(targets), device=logits.device)
         out = hf.get_decoder()(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
@@ -45,13 +77,10 @@ class CausalLMObjective(nn.Module):
             use_cache=False,
         )
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
-        selected = batch.targets != IGNORE_INDEX
-        return head_loss_sum(hf.get_output_embeddings(), hidden[selected], batch.targets[selected], self.softcap)
+        return head_loss_sum(lambda h: self._logits(hf, h), hidden[selected], batch.targets[selected])
 
 
-def head_loss_sum(
-    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def head_loss_sum(head, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of cross-entropy of ``head(hidden)`` against ``targets``.
 
     Above one chunk of targets, each chunk's logits are recomputed in backward
@@ -59,10 +88,7 @@ def head_loss_sum(
     """
 
     def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float()
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return F.cross_entropy(logits, t, reduction="sum")
+        return F.cross_entropy(head(h).float(), t, reduction="sum")
 
     if len(targets) <= _HEAD_CHUNK:
         total = chunk_loss(hidden, targets)

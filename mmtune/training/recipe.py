@@ -128,6 +128,10 @@ def train(recipe: Recipe) -> RunResult:
     lm.config.use_cache = False
     lm = apply_method(lm, cfg.method)
     objective = CausalLMObjective(lm)
+    probe = torch.as_tensor(np.asarray(data.train[0][0][:32]), dtype=torch.long)[None]
+    if not objective.check_selective_head(probe.to(next(lm.parameters()).device)):
+        log.warning("this model post-processes logits in its forward; training through its full forward "
+                    "(logits at every position: slower, more memory)")
     for line in trainable_table(lm):
         log.info("params: %s", line)
     groups, group_summary = param_groups(objective, cfg.method, tc)
