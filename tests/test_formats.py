@@ -18,6 +18,7 @@ from conftest import write_jsonl
 from mmtune.config.schema import DataConfig, DatasetSpec
 from mmtune.data.pipeline import SourceReport, build_text_data, conversations_of, mixture_counts
 from mmtune.data.sources import resolve_source
+from mmtune.data.templates import install_template
 
 
 # --------------------------------------------------------------------------- helpers
@@ -587,3 +588,14 @@ def test_cache_miss_on_chat_template_change(tmp_path, tokenizer):
     assert other.reports[0].from_cache is False
     assert "### Instruction:" in tokenizer.decode(list(samples(other.train)[0]))
     assert "### Instruction:" not in tokenizer.decode(list(samples(own.train)[0]))
+
+
+def test_validation_split_that_leaves_no_training_sample_is_an_error(tmp_path, tokenizer):
+    from mmtune.errors import DataError
+
+    path = write_jsonl(tmp_path / "one.jsonl", [{"instruction": "Hi", "output": "Hello."}])
+    install_template(tokenizer, "auto")
+    cfg = DataConfig(datasets=[DatasetSpec(path=str(path), format="alpaca")], val_fraction=0.9,
+                     cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError, match="no training sample left"):
+        build_text_data(tokenizer, cfg, seed=0)

@@ -354,6 +354,9 @@ def build_text_data(tokenizer, cfg: DataConfig, *, seed: int) -> TextData:
     for d, pool in enumerate(train_pools):
         chosen = pool if cfg.mixture == "concat" else np.sort(_draw(rng, pool, counts[d]))
         train_refs.append(np.stack([np.full(len(chosen), d), chosen], axis=1))
+    if sum(len(r) for r in train_refs) == 0:
+        raise DataError(f"no training sample left after holding out {sum(n_val)} for validation "
+                        f"(data.val_fraction={cfg.val_fraction})", reason="empty dataset")
     return TextData(
         SampleView(sources, np.concatenate(train_refs).astype(np.int64)),
         SampleView(sources, np.concatenate(val_refs).astype(np.int64)),
