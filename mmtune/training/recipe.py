@@ -128,7 +128,7 @@ def train(recipe: Recipe) -> RunResult:
     lm.config.use_cache = False
     lm = apply_method(lm, cfg.method)
     objective = CausalLMObjective(lm)
-    probe = torch.as_tensor(np.asarray(data.train[0][0][:32]), dtype=torch.long)[None]
+    probe = torch.tensor(np.array(data.train[0][0][:32]), dtype=torch.long)[None]  # a copy: cached arrays are read-only
     if not objective.check_selective_head(probe.to(next(lm.parameters()).device)):
         log.warning("this model post-processes logits in its forward; training through its full forward "
                     "(logits at every position: slower, more memory)")
