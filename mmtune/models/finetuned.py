@@ -44,10 +44,9 @@ def model_dir_of(path: Path) -> Path:
 def load_for_inference(name: str, *, device_type: str = "cpu", dtype: str = "auto", merge: bool = False):
     """(model, tokenizer) ready for generation; peft adapters are applied (and merged if asked)."""
     path = Path(name).expanduser()
-    if not path.exists():
-        cfg = ModelConfig(name=name, dtype=dtype)
-        return load_causal_lm(cfg, device_type=device_type).eval(), load_tokenizer(cfg)
-    path = model_dir_of(path)
+    if path.exists():
+        path = model_dir_of(path)
+        name = str(path)
     meta_file = path / MMTUNE_META
     if (path / "adapter_config.json").is_file():
         if not meta_file.is_file():
@@ -61,7 +60,7 @@ def load_for_inference(name: str, *, device_type: str = "cpu", dtype: str = "aut
             model = model.merge_and_unload()
         tokenizer = load_tokenizer(ModelConfig(name=str(path)))
         return model.eval(), tokenizer
-    cfg = ModelConfig(name=str(path), dtype=dtype)
+    cfg = ModelConfig(name=name, dtype=dtype)  # a plain model directory, hub name or alias
     return load_causal_lm(cfg, device_type=device_type).eval(), load_tokenizer(cfg)
 
 

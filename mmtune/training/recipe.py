@@ -202,7 +202,7 @@ def train(recipe: Recipe) -> RunResult:
     stream = accumulation_windows()
     bar = tqdm(total=max_steps, initial=state.step, desc="train", unit="step", disable=not (tc.progress and is_main),
                dynamic_ncols=True)
-    last_checkpoint = list_checkpoints(run_dir)[-1] if list_checkpoints(run_dir) else None
+    last_checkpoint = next(reversed(list_checkpoints(run_dir)), None)
     rng_after_step = rng_snapshot()
     window_start, window_targets = time.perf_counter(), 0
     last_loss = None
