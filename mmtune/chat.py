@@ -2,6 +2,8 @@
 
 The prompt is built with the tokenizer's chat template, which for a model
 trained by mmtune is the template it was trained with (saved in ``final/``).
+A multimodal model takes images: the first user turn gets one ``<image>`` tag
+per image (unless the text places them), expanded exactly as in training.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from threading import Thread
 import torch
 
 from mmtune.data.formats import Conversation
+from mmtune.errors import ConfigError
+from mmtune.vision.images import IMAGE_TAG, ImageProblem, load_rgb
+from mmtune.vision.model import MultimodalLM
 
 
 @dataclass
@@ -37,8 +42,8 @@ def generate_reply(model, tokenizer, messages: Conversation, opts: GenerationOpt
     """Generate the assistant's reply to ``messages``; ``stream(text)`` receives pieces as they come."""
     from transformers import TextIteratorStreamer
 
-    enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     device = next(model.parameters()).device
+    enc = encode_chat(model, tokenizer, messages)
     enc = {k: v.to(device) for k, v in enc.items()}
     kwargs = dict(
         **enc,
@@ -65,15 +70,54 @@ def generate_reply(model, tokenizer, messages: Conversation, opts: GenerationOpt
     return "".join(pieces).strip()
 
 
-def run_chat(model, tokenizer, prompt: str | None, opts: GenerationOptions, *, system: str | None = None) -> int:
+def with_images(messages: Conversation, images: list[str]) -> Conversation:
+    """Attach image paths to the first user turn, adding tags in front unless the text has them."""
+    if not images:
+        return messages
+    out = [dict(m) for m in messages]
+    first = next(m for m in out if m["role"] == "user")
+    tags = first["content"].count(IMAGE_TAG)
+    if tags == 0:
+        first["content"] = IMAGE_TAG * len(images) + "\n" + first["content"]
+    elif tags != len(images):
+        raise ConfigError(f"{tags} {IMAGE_TAG} tag(s) in the prompt but {len(images)} image(s) given")
+    first["images"] = list(images)
+    return out
+
+
+def encode_chat(model, tokenizer, messages: Conversation) -> dict:
+    """input_ids / attention_mask (and pixel_values for a multimodal model) of the generation prompt."""
+    if not isinstance(model, MultimodalLM):
+        if any(m.get("images") for m in messages):
+            raise ConfigError("this model has no image encoder; it cannot take --image")
+        return dict(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                  return_dict=True))
+    from mmtune.data.tokenize import encode_prompt
+
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = torch.tensor([encode_prompt(tokenizer, text, model.num_image_tokens)])
+    paths = [p for m in messages for p in m.get("images", ())]
+    enc = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if paths:
+        try:
+            enc["pixel_values"] = torch.stack([model.transform(load_rgb(p)) for p in paths])
+        except ImageProblem as exc:
+            raise ConfigError(exc.detail) from None
+    return enc
+
+
+def run_chat(model, tokenizer, prompt: str | None, opts: GenerationOptions, *, system: str | None = None,
+             images: list[str] | None = None) -> int:
     history: Conversation = [{"role": "system", "content": system}] if system else []
+    pending_images = list(images or [])
 
     def write(piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
     if prompt is not None:
-        generate_reply(model, tokenizer, [*history, {"role": "user", "content": prompt}], opts, stream=write)
+        messages = with_images([*history, {"role": "user", "content": prompt}], pending_images)
+        generate_reply(model, tokenizer, messages, opts, stream=write)
         sys.stdout.write("\n")
         return 0
     interactive = sys.stdin.isatty()
@@ -92,6 +136,8 @@ def run_chat(model, tokenizer, prompt: str | None, opts: GenerationOptions, *, s
             history = history[:1] if system else []
             continue
         history.append({"role": "user", "content": line})
+        history = with_images(history, pending_images)
+        pending_images = []
         if interactive:
             sys.stdout.write("assistant> ")
         reply = generate_reply(model, tokenizer, history, opts, stream=write)

@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--model", required=True, help="run directory, model directory, hub name or alias")
     c.add_argument("prompt", nargs="?", help="one-shot prompt; interactive when omitted")
     c.add_argument("--system", help="system message")
+    c.add_argument("--image", action="append", default=[], metavar="PATH",
+                   help="image for a multimodal model (repeat for several); placed at the first user turn")
     c.add_argument("--template", default="auto",
                    help="chat template: auto (the model's own; a trained model's is the one it was trained with) "
                         "or a built-in: alpaca, vicuna_v1, chatml, llama2, plain")
@@ -82,7 +84,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         model, tokenizer = load_for_inference(args.model)
         install_template(tokenizer, args.template)
         opts = GenerationOptions(args.max_new_tokens, args.temperature, args.top_p, args.seed)
-        return run_chat(model, tokenizer, args.prompt, opts, system=args.system)
+        return run_chat(model, tokenizer, args.prompt, opts, system=args.system, images=args.image)
     if args.command == "export":
         from mmtune.models.finetuned import export_hf
 

@@ -7,12 +7,12 @@ Key names are public interface (see configs/README.md) and stay stable.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TemplateName = Literal["auto", "alpaca", "vicuna_v1", "chatml", "llama2", "plain"]
-FormatName = Literal["alpaca", "sharegpt", "vicuna", "openai", "oasst", "dolly"]
+FormatName = Literal["alpaca", "sharegpt", "vicuna", "openai", "oasst", "dolly", "llava"]
 
 
 class _Strict(BaseModel):
@@ -32,6 +32,53 @@ class ModelConfig(_Strict):
     trust_remote_code: bool = False
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     """``auto``: flash_attention_2 when installed on a GPU, else sdpa."""
+    vision: "VisionConfig | None" = None
+    """Image encoder + connector in front of the LLM; absent for a text-only model."""
+
+
+class EncoderConfig(_Strict):
+    """An image encoder (see ``mmtune.vision.encoders``): which one, and which of its features."""
+
+    kind: str = "open_clip"
+    """``open_clip``, ``hf`` (transformers CLIP / SigLIP vision model) or ``package.module:builder``."""
+    name: str = "ViT-L-14-336"
+    """open_clip model name, or hub name / local directory for ``hf``."""
+    pretrained: str | None = "openai"
+    """open_clip pretrained tag or weights file; ``null``: random weights (tests, tiny recipes)."""
+    architecture: dict[str, Any] | None = None
+    """open_clip model config (``embed_dim``, ``vision_cfg``, ...) or transformers vision config dict,
+    used instead of ``name`` to build an encoder of that shape with random weights."""
+    select_layer: int = -2
+    """Hidden state to use, indexed like transformers' ``hidden_states`` (-2: the penultimate layer)."""
+    select_feature: Literal["patch", "cls_patch"] = "patch"
+    """``patch`` drops the CLS token (LLaVA), ``cls_patch`` keeps it."""
+    image_size: int | None = None
+    """Input resolution; default: the encoder's own."""
+    image_mean: tuple[float, float, float] | None = None
+    """Normalisation; default: the encoder's own preprocessing statistics."""
+    image_std: tuple[float, float, float] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for a custom ``package.module:builder``."""
+
+
+class ConnectorConfig(_Strict):
+    """Encoder features -> LLM embeddings (see ``mmtune.vision.connectors``)."""
+
+    kind: str = "mlp2x_gelu"
+    """``linear``, ``mlp{N}x_gelu`` (LLaVA) or ``package.module:builder``."""
+    weights: str | None = None
+    """Start from these connector weights: a ``connector.safetensors`` file or a run directory
+    (LLaVA stage 2 loads the stage-1 projector this way)."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for a custom ``package.module:builder``."""
+
+
+class VisionConfig(_Strict):
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    connector: ConnectorConfig = Field(default_factory=ConnectorConfig)
+    image_preprocess: Literal["pad", "resize", "center_crop"] = "pad"
+    """``pad``: expand to a square with the mean colour (LLaVA-1.5), ``resize``: stretch,
+    ``center_crop``: shorter side to size, then crop the centre."""
 
 
 class DatasetSpec(_Strict):
@@ -54,6 +101,8 @@ class DatasetSpec(_Strict):
     max_samples: int | None = None
     oasst_best_path_only: bool = False
     """OASST trees: keep only the best-ranked reply at every turn."""
+    image_folder: str | None = None
+    """``llava``: folder the ``image`` paths are relative to (no image may resolve outside it)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetSpec":
@@ -85,6 +134,8 @@ class DataConfig(_Strict):
     cache_dir: str | None = None
     """Default: $MMTUNE_CACHE/data or ~/.cache/mmtune/data."""
     shuffle: bool = True
+    num_workers: int = Field(default=2, ge=0)
+    """DataLoader worker processes that build batches (and load images) ahead of the step."""
 
 
 class LoraConfig(_Strict):
@@ -103,8 +154,23 @@ class ParamGroup(_Strict):
     weight_decay: float | None = None
 
 
+class ComponentMethod(_Strict):
+    """How one part of a multimodal model trains."""
+
+    trainable: Literal["frozen", "full", "lora"]
+    lr: float | None = None
+    """Learning rate of this part (default: ``train.lr``)."""
+
+
 class MethodConfig(_Strict):
-    name: Literal["full", "freeze", "lora", "qlora"] = "lora"
+    name: Literal["full", "freeze", "lora", "qlora", "frozen"] = "lora"
+    """How the LLM trains (``frozen``: not at all, e.g. LLaVA stage 1)."""
+    llm_lr: float | None = None
+    """Learning rate of the LLM's trained parameters (default: ``train.lr``)."""
+    encoder: ComponentMethod = Field(default_factory=lambda: ComponentMethod(trainable="frozen"))
+    """The image encoder (multimodal models only); LoRA uses ``method.lora``."""
+    connector: ComponentMethod = Field(default_factory=lambda: ComponentMethod(trainable="full"))
+    """The connector (multimodal models only)."""
     lora: LoraConfig = Field(default_factory=LoraConfig)
     trainable: list[str] = Field(default_factory=list)
     """``freeze``: regular expressions of parameter names that stay trainable."""
@@ -155,3 +221,6 @@ class Recipe(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+ModelConfig.model_rebuild()

@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-Message = dict[str, str]
+from mmtune.vision.images import IMAGE_TAG
+
+Message = dict[str, Any]  # role, content, and "images" (paths) on user turns of image conversations
 Conversation = list[Message]
 CANONICAL_ROLES = ("system", "user", "assistant")
 
@@ -53,6 +55,10 @@ FORMAT_DEFAULTS: dict[str, FormatSpec] = {
     ),
 }
 FORMAT_DEFAULTS["vicuna"] = FORMAT_DEFAULTS["sharegpt"]
+FORMAT_DEFAULTS["llava"] = FormatSpec(
+    {"id": "id", "image": "image", "messages": "conversations", "role": "from", "content": "value", "system": "system"},
+    FORMAT_DEFAULTS["sharegpt"].roles,
+)
 
 
 @dataclass
@@ -183,6 +189,39 @@ def convert_dolly(row: dict[str, Any], m: Mapping) -> list[Conversation]:
     return [[{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]]
 
 
+def convert_llava(row: dict[str, Any], m: Mapping) -> list[Conversation]:
+    """LLaVA JSON: sharegpt-style ``conversations`` plus ``image`` (one path, a list, or absent).
+
+    Each message that contains ``<image>`` tags gets an ``images`` list with the
+    paths of its tags, in order (chat templates ignore the extra key). As in
+    LLaVA, a single image's tag is moved to the start of its turn.
+    """
+    image_col = m.columns["image"]
+    value = row.get(image_col)
+    images = [] if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(images, list) or not all(isinstance(p, str) and p.strip() for p in images):
+        raise BadRow("wrong field type", image_col, f"field '{image_col}' must be a path or a list of paths")
+    conv = convert_messages(row, m)[0]
+    tags = sum(msg["content"].count(IMAGE_TAG) for msg in conv)
+    if tags != len(images):
+        raise BadRow("image tag count mismatch", m.columns["messages"],
+                     f"{tags} {IMAGE_TAG} tag(s) in the conversation but {len(images)} image(s) in '{image_col}'")
+    used = 0
+    for i, msg in enumerate(conv):
+        count = msg["content"].count(IMAGE_TAG)
+        if not count:
+            continue
+        if msg["role"] != "user":
+            raise BadRow("image tag outside a user turn", f"{m.columns['messages']}[{i}]",
+                         f"{IMAGE_TAG} in a {msg['role']} message; images belong to user turns")
+        content = msg["content"]
+        if len(images) == 1:
+            content = IMAGE_TAG + "\n" + content.replace(IMAGE_TAG, "").strip()
+        conv[i] = {**msg, "content": content, "images": images[used : used + count]}
+        used += count
+    return [conv]
+
+
 RowConverter = Callable[[dict[str, Any], Mapping], list[Conversation]]
 ROW_CONVERTERS: dict[str, RowConverter] = {
     "alpaca": convert_alpaca,
@@ -190,6 +229,7 @@ ROW_CONVERTERS: dict[str, RowConverter] = {
     "vicuna": convert_messages,
     "openai": convert_messages,
     "dolly": convert_dolly,
+    "llava": convert_llava,
 }
 
 

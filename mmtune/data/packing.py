@@ -10,6 +10,10 @@ varlen kernel (position ids alone), elsewhere through an explicit 4-D mask.
 Targets are shifted here, inside each sample: position ``t`` predicts token
 ``t+1`` of the same sample, and the last token of a sample predicts nothing.
 So no target crosses a sample boundary, whatever ``train_on_prompt`` says.
+
+Image samples: their image positions hold placeholder ids (counted in every
+length), and the collator loads and preprocesses their images, in the order
+their placeholders appear in the batch, into ``Batch.images``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from mmtune.errors import DataError
+from mmtune.vision.images import ImageProblem, load_rgb
 
 IGNORE_INDEX = -100
 
@@ -86,6 +93,7 @@ class Batch:
     attention_mask: torch.Tensor | None  # [B, 1, L, L] bool block-diagonal causal, or None (varlen)
     num_targets: int
     num_tokens: int  # real (non-pad) tokens
+    images: torch.Tensor | None = None  # [n_images, 3, H, W] in placeholder order, or None
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(
@@ -95,6 +103,7 @@ class Batch:
             None if self.attention_mask is None else self.attention_mask.to(device),
             self.num_targets,
             self.num_tokens,
+            None if self.images is None else self.images.to(device),
         )
 
 
@@ -106,11 +115,14 @@ class Collator:
     (flash-attention varlen).
     """
 
-    def __init__(self, samples, *, pad_id: int, block_mask: bool = True, pad_to_multiple_of: int = 8) -> None:
+    def __init__(self, samples, *, pad_id: int, block_mask: bool = True, pad_to_multiple_of: int = 8,
+                 image_transform=None) -> None:
         self.samples = samples
         self.pad_id = pad_id
         self.block_mask = block_mask
         self.multiple = pad_to_multiple_of
+        self.image_transform = image_transform
+        """PIL image -> tensor; set for vision models (``samples`` must have ``image_paths``)."""
 
     def __call__(self, rows: list[list[int]]) -> Batch:
         parts = [[self.samples[i] for i in row] for row in rows]
@@ -150,4 +162,20 @@ class Collator:
             mask,
             int((t_targets != IGNORE_INDEX).sum()),
             num_tokens,
+            self._images(rows),
         )
+
+    def _images(self, rows: list[list[int]]) -> torch.Tensor | None:
+        if self.image_transform is None:
+            return None
+        paths = [p for row in rows for i in row for p in self.samples.image_paths(i)]
+        if not paths:
+            return None
+        tensors = []
+        for path in paths:
+            try:
+                tensors.append(self.image_transform(load_rgb(path)))
+            except ImageProblem as exc:
+                raise DataError(f"{exc.detail} (found while building a batch; the file changed or is corrupt "
+                                "past its header)", reason=exc.reason) from None
+        return torch.stack(tensors)

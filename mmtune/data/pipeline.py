@@ -7,6 +7,11 @@ tokenizer, the chat template, max length and masking options, so a second run
 with the same inputs skips preprocessing. Every row that is not used is
 counted by reason; with ``on_bad_sample: error`` the first one stops the run
 with its file, row and field.
+
+Image conversations (``llava`` format) carry image paths on their user turns.
+Each path is resolved inside the dataset's image folder and its header checked
+once here; pixels are decoded lazily when batches are built. With a vision
+model, every ``<image>`` tag expands to the connector's number of tokens.
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ from mmtune.data.tokenize import boundary_mismatches, encode_segments
 from mmtune.errors import ConfigError, DataError
 from mmtune.models.aliases import cache_root
 from mmtune.utils.atomic import atomic_directory
+from mmtune.vision.images import IMAGE_TAG, ImageProblem, check_image, resolve_image_path
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # bump when tokenization or masking changes
+CACHE_VERSION = 3  # bump when tokenization or masking changes
 _BATCH = 256
 
 
@@ -49,6 +55,9 @@ class SourceReport:
     rows: int = 0
     samples: int = 0
     truncated: int = 0
+    images: int = 0
+    images_cut: int = 0
+    """Images dropped because truncation would have cut through them (the text before them is kept)."""
     skipped: dict[str, int] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)
     """First location seen for each skip reason, so the user can go and look."""
@@ -68,6 +77,8 @@ class TokenizedSource:
     trained: np.ndarray  # bool, same length
     offsets: np.ndarray  # int64 [n + 1]
     report: SourceReport
+    images: list[list[str]] | None = None
+    """Per sample, the absolute paths of its images in order (None: a text-only source)."""
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -78,6 +89,9 @@ class TokenizedSource:
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.offsets[i], self.offsets[i + 1]
         return self.input_ids[a:b], self.trained[a:b]
+
+    def image_paths(self, i: int) -> list[str]:
+        return self.images[i] if self.images is not None else []
 
 
 @dataclass
@@ -100,6 +114,10 @@ class SampleView:
     def __getitem__(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         s, i = self.refs[k]
         return self.sources[s].sample(int(i))
+
+    def image_paths(self, k: int) -> list[str]:
+        s, i = self.refs[k]
+        return self.sources[s].image_paths(int(i))
 
 
 @dataclass
@@ -174,27 +192,51 @@ def _checked(where: str, conv: Conversation, bad):
 # --------------------------------------------------------------------------- tokenizing
 
 
-def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig) -> TokenizedSource:
+def image_paths_of(src: ResolvedSource, conv: Conversation, image_tokens: int) -> list[str]:
+    """Checked absolute paths of the images of ``conv``, in order; raises :class:`BadRow`."""
+    relative = [p for msg in conv for p in msg.get("images", ())]
+    tags = sum(msg["content"].count(IMAGE_TAG) for msg in conv)
+    if relative and not image_tokens:
+        raise ConfigError(f"dataset '{src.name}' has images but the model has no image encoder (set model.vision)")
+    if image_tokens and tags != len(relative):
+        raise BadRow("image tag count mismatch", "conversation",
+                     f"{tags} {IMAGE_TAG} tag(s) in the text but {len(relative)} image(s)")
+    if image_tokens and any(IMAGE_TAG in m["content"] for m in conv if m["role"] != "user"):
+        raise BadRow("image tag outside a user turn", "conversation", f"{IMAGE_TAG} outside a user turn")
+    paths = []
+    for rel in relative:
+        try:
+            path = resolve_image_path(src.images_root(), rel)
+            check_image(path)
+        except ImageProblem as exc:
+            raise BadRow(exc.reason, "image", exc.detail) from None
+        paths.append(str(path))
+    return paths
+
+
+def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig, image_tokens: int = 0) -> TokenizedSource:
     report = SourceReport(src.name)
     ids_chunks: list[np.ndarray] = []
     mask_chunks: list[np.ndarray] = []
     lengths: list[int] = []
-    pending: list[tuple[str, list, Conversation]] = []
+    sample_images: list[list[str]] = []
+    pending: list[tuple[str, list, Conversation, list[str]]] = []
     checked = False
 
     def flush() -> None:
         nonlocal checked
         encoded = encode_segments(
-            tokenizer, [segs for _, segs, _ in pending], max_length=cfg.max_length, train_on_prompt=cfg.train_on_prompt
+            tokenizer, [segs for _, segs, _, _ in pending], max_length=cfg.max_length,
+            train_on_prompt=cfg.train_on_prompt, image_tokens=image_tokens,
         )
-        if not checked and not cfg.train_on_prompt and not encoded[0].truncated:
+        if not checked and not cfg.train_on_prompt and not encoded[0].truncated and not pending[0][3]:
             checked = True
             bad_turns = boundary_mismatches(tokenizer, pending[0][2], encoded[0])
             if bad_turns:
                 log.warning("%s: the chat template's turn boundaries do not tokenize like the whole prompt "
                             "(assistant turns %s): training tokens differ slightly from inference tokens",
                             pending[0][0], bad_turns)
-        for (where, _, _), enc in zip(pending, encoded):
+        for (where, _, _, paths), enc in zip(pending, encoded):
             if not enc.trained[1:].any():  # the first token is never a target
                 detail = f"no trained token left after truncation to max_length={cfg.max_length}"
                 if cfg.on_bad_sample == "error":
@@ -202,6 +244,9 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig) -> Tokenize
                 report.skip("no trained token after truncation", where)
                 continue
             report.truncated += int(enc.truncated)
+            report.images += enc.images
+            report.images_cut += enc.images_cut
+            sample_images.append(paths[: enc.images])
             ids_chunks.append(enc.input_ids)
             mask_chunks.append(enc.trained)
             lengths.append(len(enc.input_ids))
@@ -209,6 +254,13 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig) -> Tokenize
 
     with tqdm(desc=f"tokenizing {src.name}", unit=" samples", leave=False, mininterval=1.0, disable=None) as bar:
         for where, conv in conversations_of(src, report, cfg.on_bad_sample):
+            try:
+                paths = image_paths_of(src, conv, image_tokens)
+            except BadRow as exc:
+                if cfg.on_bad_sample == "error":
+                    raise DataError(f"{where}: field '{exc.field_name}': {exc.detail}", reason=exc.reason) from None
+                report.skip(exc.reason, where)
+                continue
             try:
                 segments = split_segments(tokenizer, conv)
             except DataError as exc:
@@ -218,7 +270,7 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig) -> Tokenize
                     raise DataError(f"{where}: the chat template failed on this conversation: {exc}") from None
                 report.skip("template error", where)
                 continue
-            pending.append((where, segments, conv))
+            pending.append((where, segments, conv, paths))
             if len(pending) >= _BATCH:
                 flush()
             bar.update()
@@ -237,6 +289,7 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig) -> Tokenize
         np.concatenate(mask_chunks),
         offsets,
         report,
+        sample_images if any(sample_images) else None,
     )
 
 
@@ -256,7 +309,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def cache_key(src: ResolvedSource, tok_fp: str, cfg: DataConfig) -> str:
+def cache_key(src: ResolvedSource, tok_fp: str, cfg: DataConfig, image_tokens: int = 0) -> str:
     payload = {
         "v": CACHE_VERSION,
         "data": src.fingerprint(),
@@ -270,6 +323,8 @@ def cache_key(src: ResolvedSource, tok_fp: str, cfg: DataConfig) -> str:
         "max_length": cfg.max_length,
         "train_on_prompt": cfg.train_on_prompt,
         "on_bad_sample": cfg.on_bad_sample,
+        "image_tokens": image_tokens,
+        "image_folder": str(src.image_folder.resolve()) if src.image_folder else None,
     }
     return hashlib.blake2b(json.dumps(payload, sort_keys=True).encode(), digest_size=16).hexdigest()
 
@@ -278,12 +333,12 @@ def data_cache_dir(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_root() / "data"
 
 
-def load_or_tokenize(tokenizer, src: ResolvedSource, cfg: DataConfig, tok_fp: str) -> TokenizedSource:
+def load_or_tokenize(tokenizer, src: ResolvedSource, cfg: DataConfig, tok_fp: str, image_tokens: int = 0) -> TokenizedSource:
     if not cfg.cache:
-        return tokenize_source(tokenizer, src, cfg)
+        return tokenize_source(tokenizer, src, cfg, image_tokens)
     if src.path is not None and not src.path.is_file():
         raise DataError(f"{src.path}: data file not found (dataset '{src.name}')", reason="missing file")
-    folder = data_cache_dir(cfg) / cache_key(src, tok_fp, cfg)
+    folder = data_cache_dir(cfg) / cache_key(src, tok_fp, cfg, image_tokens)
     if (folder / "report.json").is_file():
         report = SourceReport(**json.loads((folder / "report.json").read_text()))
         report.from_cache = True
@@ -293,12 +348,15 @@ def load_or_tokenize(tokenizer, src: ResolvedSource, cfg: DataConfig, tok_fp: st
             np.load(folder / "trained.npy", mmap_mode="r"),
             np.load(folder / "offsets.npy"),
             report,
+            json.loads((folder / "images.json").read_text()) if (folder / "images.json").is_file() else None,
         )
-    result = tokenize_source(tokenizer, src, cfg)
+    result = tokenize_source(tokenizer, src, cfg, image_tokens)
     with atomic_directory(folder) as tmp:
         np.save(tmp / "input_ids.npy", result.input_ids)
         np.save(tmp / "trained.npy", result.trained)
         np.save(tmp / "offsets.npy", result.offsets)
+        if result.images is not None:
+            (tmp / "images.json").write_text(json.dumps(result.images))
         (tmp / "report.json").write_text(json.dumps(asdict(result.report)))
     return result
 
@@ -332,12 +390,13 @@ def _draw(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray:
     return np.concatenate(reps)[:count]
 
 
-def build_text_data(tokenizer, cfg: DataConfig, *, seed: int) -> TextData:
+def build_text_data(tokenizer, cfg: DataConfig, *, seed: int, image_tokens: int = 0) -> TextData:
+    """Tokenized, mixed and split data; ``image_tokens``: placeholder tokens per image (vision models)."""
     if not cfg.datasets:
         raise ConfigError("data.datasets: no dataset given")
     resolved = [resolve_source(spec) for spec in cfg.datasets]
     tok_fp = tokenizer_fingerprint(tokenizer)
-    sources = [load_or_tokenize(tokenizer, src, cfg, tok_fp) for src in resolved]
+    sources = [load_or_tokenize(tokenizer, src, cfg, tok_fp, image_tokens) for src in resolved]
     rng = np.random.default_rng(seed)
     train_pools, val_refs = [], []
     sizes = [len(s) for s in sources]
@@ -368,6 +427,8 @@ def format_reports(reports: list[SourceReport]) -> list[str]:
     lines = []
     for r in reports:
         line = f"{r.name}: {r.samples} samples from {r.rows} rows, {r.truncated} truncated"
+        if r.images or r.images_cut:
+            line += f", {r.images} images ({r.images_cut} dropped by truncation)"
         if r.skipped:
             line += f", skipped {sum(r.skipped.values())}: {_skip_summary(r)}"
         if r.from_cache:

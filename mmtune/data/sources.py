@@ -22,7 +22,8 @@ from mmtune.data.formats import FORMAT_DEFAULTS
 from mmtune.errors import ConfigError, DataError
 
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".parquet")
-CARD_KEYS = {"description", "license", "path", "hub", "split", "format", "columns", "roles", "oasst_best_path_only", "citation"}
+CARD_KEYS = {"description", "license", "path", "hub", "split", "format", "columns", "roles", "oasst_best_path_only",
+             "citation", "image_folder"}
 
 
 @dataclass
@@ -39,6 +40,15 @@ class ResolvedSource:
     weight: float = 1.0
     max_samples: int | None = None
     oasst_best_path_only: bool = False
+    image_folder: Path | None = None
+    """Where relative image paths point (``llava``); default: the data file's folder."""
+
+    def images_root(self) -> Path:
+        if self.image_folder is not None:
+            return self.image_folder
+        if self.path is not None:
+            return self.path.parent
+        raise ConfigError(f"dataset '{self.name}': a hub dataset with images needs 'image_folder'")
 
     def fingerprint(self) -> str:
         """Content hash of the data (file bytes, or hub name + split)."""
@@ -82,6 +92,7 @@ def resolve_source(spec: DatasetSpec) -> ResolvedSource:
             name=str(spec.path or spec.hub), format=spec.format or "", path=path, hub=spec.hub,
             split=spec.split, columns=dict(spec.columns), roles=dict(spec.roles), weight=spec.weight,
             max_samples=spec.max_samples, oasst_best_path_only=spec.oasst_best_path_only,
+            image_folder=Path(spec.image_folder).expanduser() if spec.image_folder else None,
         )
     card_path = find_card(spec.card)
     try:
@@ -99,6 +110,12 @@ def resolve_source(spec: DatasetSpec) -> ResolvedSource:
         if not isinstance(card.get(key) or {}, dict):
             raise ConfigError(f"{card_path}: {key}: expected a mapping of names")
     path = (card_path.parent / card["path"]).resolve() if "path" in card else None
+    if spec.image_folder:
+        image_folder = Path(spec.image_folder).expanduser()
+    elif card.get("image_folder"):
+        image_folder = (card_path.parent / card["image_folder"]).resolve()
+    else:
+        image_folder = None
     return ResolvedSource(
         name=card_path.stem,
         format=spec.format or card["format"],
@@ -110,6 +127,7 @@ def resolve_source(spec: DatasetSpec) -> ResolvedSource:
         weight=spec.weight,
         max_samples=spec.max_samples,
         oasst_best_path_only=spec.oasst_best_path_only or bool(card.get("oasst_best_path_only", False)),
+        image_folder=image_folder,
     )
 
 

@@ -72,11 +72,15 @@ BUILTIN_TEMPLATES: dict[str, str] = {
         "{%- else %}{{ ' ' + m['content'] + ' ' + eos_token }}{%- endif %}"
         "{%- endfor %}",
     ),
-    # No formatting at all: user text then answer (LLaVA stage-1 style for text).
+    # No formatting at all: user text then answer. LLaVA stage 1 ("plain"): a user turn with
+    # images renders as its image tags only (the caption instruction is dropped), so the
+    # model learns image -> caption.
     "plain": _template(
         "",
         "{%- for m in loop_messages %}"
-        "{%- if m['role'] == 'user' %}{{ m['content'] }}{%- else %}{{ m['content'] + eos_token }}{%- endif %}"
+        "{%- if m['role'] == 'user' %}"
+        "{%- set n = m['content'].count('<image>') %}{{ '<image>' * n if n else m['content'] }}"
+        "{%- else %}{{ m['content'] + eos_token }}{%- endif %}"
         "{%- endfor %}",
     ),
 }

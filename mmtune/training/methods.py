@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmtune.config.schema import MethodConfig, TrainConfig
+from mmtune.config.schema import MethodConfig, ParamGroup, TrainConfig
 from mmtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     """Return the model to train, with ``requires_grad`` set per the method."""
     if cfg.name == "full":
         model.requires_grad_(True)
+        return model
+    if cfg.name == "frozen":
+        model.requires_grad_(False)
         return model
     if cfg.name == "freeze":
         patterns = [re.compile(p) for p in cfg.trainable]
@@ -79,12 +82,30 @@ class GroupSummary:
     weight_decay: float
 
 
-def param_groups(model: nn.Module, method: MethodConfig, train: TrainConfig) -> tuple[list[dict], list[GroupSummary]]:
+COMPONENT_PATTERNS = {"encoder": r"^lm\.encoder\.", "connector": r"^lm\.connector\.", "llm": r"^lm\.llm\."}
+"""Parameter-name patterns of a multimodal model's components, as named inside the training objective."""
+
+
+def component_groups(method: MethodConfig, multimodal: bool) -> list[ParamGroup]:
+    """Per-component learning rates as parameter groups (after the user's own patterns)."""
+    groups = []
+    if multimodal:
+        for name in ("encoder", "connector"):
+            part = getattr(method, name)
+            if part.lr is not None and part.trainable != "frozen":
+                groups.append(ParamGroup(pattern=COMPONENT_PATTERNS[name], lr=part.lr))
+    if method.llm_lr is not None and method.name != "frozen":
+        groups.append(ParamGroup(pattern=COMPONENT_PATTERNS["llm"] if multimodal else r"^lm\.", lr=method.llm_lr))
+    return groups
+
+
+def param_groups(model: nn.Module, method: MethodConfig, train: TrainConfig, *,
+                 multimodal: bool = False) -> tuple[list[dict], list[GroupSummary]]:
     """Optimizer groups: per ``method.param_groups`` pattern (first match wins), then the rest.
 
     Biases and norm weights (1-D tensors) get no weight decay, as is standard.
     """
-    compiled = [(re.compile(g.pattern), g) for g in method.param_groups]
+    compiled = [(re.compile(g.pattern), g) for g in [*method.param_groups, *component_groups(method, multimodal)]]
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     settings: dict[str, tuple[float, float]] = {}
     for name, param in model.named_parameters():
@@ -96,6 +117,8 @@ def param_groups(model: nn.Module, method: MethodConfig, train: TrainConfig) -> 
         wd = group.weight_decay if group and group.weight_decay is not None else train.weight_decay
         settings[key] = (lr, wd)
         buckets.setdefault((key, param.ndim >= 2), []).append(param)
+    if not settings:
+        raise ConfigError("method: nothing to train (every component is frozen)")
     for rx, g in compiled:
         if g.pattern not in settings:
             raise ConfigError(f"method.param_groups: pattern '{g.pattern}' matches no trainable parameter")

@@ -14,6 +14,10 @@ model's own logits, and otherwise falls back to the model's full forward.
 It returns the *sum* of token losses and the number of targets; the training
 loop divides by the number of targets in the whole accumulation window, so
 every trained token weighs the same however the tokens fall into batches.
+
+A :class:`~mmtune.vision.model.MultimodalLM` trains the same way: its input
+embeddings (text embeddings with the connector's image embeddings spliced in)
+go to the same decoder and head.
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmtune.data.packing import IGNORE_INDEX, Batch
+from mmtune.vision.model import MultimodalLM
 
 _HEAD_CHUNK = 4096  # targets per output-head chunk: bounds the [chunk, vocab] logits memory
 
 
 def hf_model_of(model: nn.Module) -> nn.Module:
-    """The transformers model inside a peft wrapper (or the model itself)."""
+    """The transformers model inside a peft wrapper or a multimodal model (or the model itself)."""
+    if isinstance(model, MultimodalLM):
+        return model.language_model
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
@@ -61,17 +68,22 @@ class CausalLMObjective(nn.Module):
         logits = hf.get_output_embeddings()(hidden)
         return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
 
+    def _inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if isinstance(self.lm, MultimodalLM):
+            return {"inputs_embeds": self.lm.input_embeddings(batch.input_ids, batch.images)}
+        return {"input_ids": batch.input_ids}
+
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         hf = hf_model_of(self.lm)
         selected = batch.targets != IGNORE_INDEX
         if not self.selective_head:  # the model's own forward, full logits
-            logits = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+            logits = hf(**self._inputs(batch), attention_mask=batch.attention_mask,
                         position_ids=batch.position_ids, use_cache=False).logits
             targets = batch.targets[selected]
             return F.cross_entropy(logits[selected].float(), targets, reduction="sum"), torch.tensor(
                 len(targets), device=logits.device)
         out = hf.get_decoder()(
-            input_ids=batch.input_ids,
+            **self._inputs(batch),
             attention_mask=batch.attention_mask,
             position_ids=batch.position_ids,
             use_cache=False,

@@ -1,6 +1,6 @@
 """The fine-tuning recipe: the whole training loop, top to bottom, in one place.
 
-    setup -> tokenizer + data -> model + method -> optimizer + schedule
+    setup -> tokenizer -> model (+ vision) + method -> data -> optimizer + schedule
           -> (resume) -> loop: accumulate, clip, step, log, eval, save -> final/
 
 Everything a run needs comes from the validated :class:`Recipe`; nothing is
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from mmtune.config.loader import dump_recipe
 from mmtune.config.schema import Recipe
+from mmtune.data.loader import MicroBatchKey, micro_batch_stream
 from mmtune.data.packing import Collator, make_rows, packing_utilisation
 from mmtune.data.pipeline import build_text_data, format_reports
 from mmtune.data.templates import install_template
@@ -50,6 +51,8 @@ from mmtune.training.methods import (
 from mmtune.training.metrics import MetricsLogger, peak_flops, setup_run_logging
 from mmtune.training.objective import CausalLMObjective
 from mmtune.training.schedule import lr_lambda
+from mmtune.vision.build import build_multimodal, set_component_trainable
+from mmtune.vision.images import IMAGE_PLACEHOLDER_ID
 
 log = logging.getLogger("mmtune")
 
@@ -95,19 +98,36 @@ def train(recipe: Recipe) -> RunResult:
     log.info("run directory: %s (device %s, %d process(es), mixed precision %s)",
              run_dir, accelerator.device, accelerator.num_processes, mixed)
 
-    # ---- tokenizer and data -------------------------------------------------------------
+    # ---- tokenizer, model and method --------------------------------------------------
     tokenizer = load_tokenizer(cfg.model)
     install_template(tokenizer, cfg.data.template)
+    quant = qlora_quantization_config(device_type) if cfg.method.name == "qlora" else None
+    lm = load_causal_lm(cfg.model, device_type=device_type, quantization_config=quant)
+    if tc.gradient_checkpointing:
+        enable_activation_checkpointing(lm)
+    lm.config.use_cache = False
+    lm = apply_method(lm, cfg.method)
+    log.info("llm: %s", cfg.method.name)
+    vision = cfg.model.vision
+    if vision is not None:
+        lm = build_multimodal(vision, lm)
+        set_component_trainable(lm.encoder, cfg.method.encoder, cfg.method.lora, "encoder")
+        set_component_trainable(lm.connector, cfg.method.connector, cfg.method.lora, "connector")
+    image_tokens = lm.num_image_tokens if vision is not None else 0
+    objective = CausalLMObjective(lm)
+
+    # ---- data ---------------------------------------------------------------------------
     with accelerator.main_process_first():  # the main process tokenizes and fills the cache
-        data = build_text_data(tokenizer, cfg.data, seed=tc.seed)
+        data = build_text_data(tokenizer, cfg.data, seed=tc.seed, image_tokens=image_tokens)
     for line in format_reports(data.reports):
         log.info("data: %s", line)
     lengths = data.train.lengths()
     rows = make_rows(lengths, cfg.data.max_length, cfg.data.packing)
     val_rows = make_rows(data.val.lengths(), cfg.data.max_length, cfg.data.packing)
     use_varlen = resolve_attn(cfg.model.attn_implementation, device_type) == "flash_attention_2"
-    collate = Collator(data.train, pad_id=tokenizer.pad_token_id, block_mask=not use_varlen)
-    val_collate = Collator(data.val, pad_id=tokenizer.pad_token_id, block_mask=not use_varlen)
+    transform = lm.transform if vision is not None else None
+    collate = Collator(data.train, pad_id=tokenizer.pad_token_id, block_mask=not use_varlen, image_transform=transform)
+    val_collate = Collator(data.val, pad_id=tokenizer.pad_token_id, block_mask=not use_varlen, image_transform=transform)
     utilisation = packing_utilisation(rows, lengths, cfg.data.max_length) if cfg.data.packing else None
     log.info("train: %d samples in %d rows%s; val: %d samples", len(data.train), len(rows),
              f" (packing utilisation {utilisation:.1%})" if utilisation is not None else "", len(data.val))
@@ -120,21 +140,14 @@ def train(recipe: Recipe) -> RunResult:
         log.warning("an epoch has %d micro-batches, fewer than one optimizer step needs (%d); batches repeat",
                     micro_per_epoch, micro_per_step)
 
-    # ---- model and method ---------------------------------------------------------------
-    quant = qlora_quantization_config(device_type) if cfg.method.name == "qlora" else None
-    lm = load_causal_lm(cfg.model, device_type=device_type, quantization_config=quant)
-    if tc.gradient_checkpointing:
-        enable_activation_checkpointing(lm)
-    lm.config.use_cache = False
-    lm = apply_method(lm, cfg.method)
-    objective = CausalLMObjective(lm)
-    probe = torch.tensor(np.array(data.train[0][0][:32]), dtype=torch.long)[None]  # a copy: cached arrays are read-only
-    if not objective.check_selective_head(probe.to(next(lm.parameters()).device)):
+    first_ids = np.array(data.train[0][0][:64])  # a copy: cached arrays are read-only
+    probe = torch.tensor(first_ids[first_ids != IMAGE_PLACEHOLDER_ID][:32], dtype=torch.long)[None]
+    if not objective.check_selective_head(probe.to(next(objective.parameters()).device)):
         log.warning("this model post-processes logits in its forward; training through its full forward "
                     "(logits at every position: slower, more memory)")
     for line in trainable_table(lm):
         log.info("params: %s", line)
-    groups, group_summary = param_groups(objective, cfg.method, tc)
+    groups, group_summary = param_groups(objective, cfg.method, tc, multimodal=vision is not None)
     for g in group_summary:
         log.info("optimizer group %s: %s params, lr %g, weight decay %g", g.name, f"{g.params:,}", g.lr, g.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, fused=True)  # fused kernels exist for CPU and CUDA
@@ -142,6 +155,10 @@ def train(recipe: Recipe) -> RunResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(tc.scheduler, warmup=warmup, total=max_steps, min_ratio=tc.min_lr_ratio)
     )
+    if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed cannot infer these without a DataLoader
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = tc.micro_batch_size
+        ds["gradient_accumulation_steps"] = tc.grad_accum_steps
     model, optimizer = accelerator.prepare(objective, optimizer)
     if tc.compile:
         model = torch.compile(model)
@@ -196,23 +213,36 @@ def train(recipe: Recipe) -> RunResult:
         total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
         return float(total / count.clamp(min=1))
 
+    def micro_batch_keys():
+        """This process's share of every window, marked so the loop knows where a window ends."""
+        for window in accumulation_windows():
+            mine = window[accelerator.process_index :: accelerator.num_processes]
+            end = (window[-1][0], window[-1][1])
+            for j, (epoch, index, batch_rows) in enumerate(mine):
+                yield MicroBatchKey(epoch, index, tuple(int(r) for r in batch_rows), j == len(mine) - 1, end)
+
     # ---- loop ---------------------------------------------------------------------------
     metrics = MetricsLogger(run_dir if is_main else None, tensorboard=tc.tensorboard)
     flops_peak = peak_flops(accelerator.device)
-    stream = accumulation_windows()
+    stream = micro_batch_stream(micro_batch_keys(), rows, collate, num_workers=cfg.data.num_workers)
     bar = tqdm(total=max_steps, initial=state.step, desc="train", unit="step", disable=not (tc.progress and is_main),
                dynamic_ncols=True)
     last_checkpoint = next(reversed(list_checkpoints(run_dir)), None)
     rng_after_step = rng_snapshot()
-    window_start, window_targets = time.perf_counter(), 0
+    window_start, window_targets, data_wait = time.perf_counter(), 0, 0.0
     last_loss = None
     model.train()
     try:
         while state.step < max_steps:
             # Fetch the whole accumulation window first: its trained-token count is the divisor.
-            window = next(stream)
-            mine = window[accelerator.process_index :: accelerator.num_processes]
-            batches = [collate([rows[r] for r in batch_rows]) for _, _, batch_rows in mine]
+            fetch_start = time.perf_counter()
+            batches = []
+            while True:
+                key, batch = next(stream)
+                batches.append(batch)
+                if key.ends_window:
+                    break
+            data_wait += time.perf_counter() - fetch_start
             local_targets = torch.tensor(sum(b.num_targets for b in batches), device=accelerator.device)
             total_targets = int(accelerator.reduce(local_targets, "sum"))
             loss_total = torch.zeros((), device=accelerator.device)
@@ -235,7 +265,7 @@ def train(recipe: Recipe) -> RunResult:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            last_epoch, last_index, _ = window[-1]
+            last_epoch, last_index = key.window_end
             state = TrainState(state.step + 1, last_epoch, last_index + 1, state.targets_seen + total_targets)
             rng_after_step = rng_snapshot()
             last_loss = loss
@@ -251,6 +281,7 @@ def train(recipe: Recipe) -> RunResult:
                     "lr": scheduler.get_last_lr()[0],
                     "grad_norm": float(grad_norm),
                     "tokens_per_s": tps,
+                    "data_wait": data_wait / max(elapsed, 1e-9),
                     "targets_seen": state.targets_seen,
                     "epoch": state.epoch + state.micro_batch / micro_per_epoch,
                 }
@@ -258,7 +289,7 @@ def train(recipe: Recipe) -> RunResult:
                     record["mfu"] = 6 * n_params * tps / flops_peak
                 metrics.log(record)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
-                window_start, window_targets = time.perf_counter(), 0
+                window_start, window_targets, data_wait = time.perf_counter(), 0, 0.0
             if tc.eval_every and (state.step % tc.eval_every == 0 or state.step == max_steps):
                 val = evaluate()
                 if val is not None:
@@ -282,7 +313,8 @@ def train(recipe: Recipe) -> RunResult:
     final_dir = run_dir / "final"
     accelerator.wait_for_everyone()
     if is_main:
-        save_final(final_dir, accelerator.unwrap_model(model).lm, tokenizer, base=cfg.model, method=cfg.method.name)
+        save_final(final_dir, accelerator.unwrap_model(model).lm, tokenizer, base=cfg.model, method=cfg.method.name,
+                   encoder_trained=cfg.method.encoder.trainable != "frozen")
         (run_dir / "summary.json").write_text(json.dumps({
             "steps": state.step, "final_loss": last_loss, "targets_seen": state.targets_seen,
             "packing_utilisation": utilisation, "data": [r.__dict__ for r in data.reports],

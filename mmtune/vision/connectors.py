@@ -1,0 +1,73 @@
+"""Connectors: encoder features ``[B, N, D_in]`` -> LLM input embeddings ``[B, M, D_out]``.
+
+The contract (:class:`Connector`): ``forward(features, text_ids=None,
+text_mask=None)`` and ``num_output_tokens(num_input_tokens) -> M``. A
+projector keeps ``M = N``; a resampler or Q-Former returns a fixed ``M``
+whatever ``N`` is; an instruction-aware Q-Former also reads the instruction
+tokens (``wants_text = True``). Built-ins: ``linear`` and LLaVA's
+``mlp{N}x_gelu`` (Linear, then (GELU, Linear) N-1 times).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+from mmtune.config.schema import ConnectorConfig
+from mmtune.errors import ConfigError
+from mmtune.utils.imports import import_object
+
+
+class Connector(nn.Module):
+    """Base class of connectors."""
+
+    wants_text: bool = False
+    """True for connectors that condition on the instruction (they get ``text_ids`` / ``text_mask``)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.in_dim = in_dim
+        self.out_dim = out_dim
+
+    def num_output_tokens(self, num_input_tokens: int) -> int:
+        return num_input_tokens
+
+    def forward(self, features: torch.Tensor, text_ids: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover - contract
+        raise NotImplementedError
+
+
+class MLPProjector(Connector):
+    """``depth`` Linear layers with GELU between them (depth 1 = LLaVA's linear projector)."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int = 2):
+        super().__init__(in_dim, out_dim)
+        layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+        for _ in range(depth - 1):
+            layers += [nn.GELU(), nn.Linear(out_dim, out_dim)]
+        self.layers = nn.Sequential(*layers)
+        self.depth = depth
+
+    def forward(self, features, text_ids=None, text_mask=None):
+        return self.layers(features)
+
+
+_MLP = re.compile(r"^mlp(\d+)x_gelu$")
+
+
+def build_connector(cfg: ConnectorConfig, in_dim: int, out_dim: int) -> Connector:
+    if cfg.kind == "linear":
+        connector: nn.Module = MLPProjector(in_dim, out_dim, depth=1)
+    elif match := _MLP.match(cfg.kind):
+        depth = int(match.group(1))
+        if depth < 1:
+            raise ConfigError("model.vision.connector.kind: mlp{N}x_gelu needs N >= 1")
+        connector = MLPProjector(in_dim, out_dim, depth=depth)
+    else:
+        connector = import_object(cfg.kind, "model.vision.connector.kind")(in_dim=in_dim, out_dim=out_dim, **cfg.options)
+    if not isinstance(connector, Connector):
+        raise ConfigError(f"model.vision.connector.kind: '{cfg.kind}' built a {type(connector).__name__}, "
+                          "not an mmtune.vision.connectors.Connector")
+    return connector

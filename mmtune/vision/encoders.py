@@ -1,0 +1,185 @@
+"""Image encoders: the contract, and built-ins over open_clip and transformers.
+
+The contract (:class:`ImageEncoder`) is what the rest of mmtune relies on:
+
+- ``forward(pixel_values [B, 3, H, W]) -> features [B, N, D]``
+- ``hidden_size`` (D), ``num_tokens`` (N for ``image_size``), ``image_size``
+- ``image_mean`` / ``image_std``: the normalisation its weights expect, from
+  which :class:`~mmtune.vision.images.ImageTransform` is built.
+
+Anything satisfying it can be used from a recipe by dotted import path
+(``model.vision.encoder.kind: my_pkg.encoders:MyEncoder``, called with
+``options``). ``select_layer`` follows transformers' ``hidden_states``
+indexing (0 = embeddings, -1 = last block), so -2 means the same layer for
+both families, as in LLaVA.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mmtune.config.schema import EncoderConfig
+from mmtune.errors import ConfigError, ModelError
+from mmtune.utils.imports import import_object
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)
+# Normalisation by transformers config type, for checkpoints saved without an image processor.
+HF_DEFAULT_STATS = {"clip_vision_model": (CLIP_MEAN, CLIP_STD), "siglip_vision_model": (HALF, HALF)}
+
+
+class ImageEncoder(nn.Module):
+    """Base class of image encoders: subclasses set the attributes and implement ``forward``."""
+
+    def __init__(self, *, hidden_size: int, num_tokens: int, image_size: int,
+                 image_mean: tuple[float, float, float] = CLIP_MEAN, image_std: tuple[float, float, float] = CLIP_STD):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.num_tokens = num_tokens
+        self.image_size = image_size
+        self.image_mean = tuple(image_mean)
+        self.image_std = tuple(image_std)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # pragma: no cover - contract
+        raise NotImplementedError
+
+
+class OpenClipEncoder(ImageEncoder):
+    """An open_clip ViT's hidden states at one layer (blocks after it are pruned away)."""
+
+    def __init__(self, visual: nn.Module, *, select_layer: int, keep_cls: bool, image_mean, image_std):
+        blocks = len(visual.transformer.resblocks)
+        # hidden_states[k] is the output of block k-1; negative k counts from hidden_states[blocks].
+        index = (blocks + select_layer if select_layer < 0 else select_layer - 1)
+        if not 0 <= index < blocks:
+            raise ConfigError(f"model.vision.encoder.select_layer: {select_layer} is outside this encoder's "
+                              f"{blocks} layers (valid: 1..{blocks} or -1..-{blocks})")
+        visual.prune_intermediate_layers([index], prune_norm=True, prune_head=True)
+        height, width = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
+        ph, pw = visual.patch_size
+        super().__init__(hidden_size=visual.transformer.width, num_tokens=(height // ph) * (width // pw) + keep_cls,
+                         image_size=height, image_mean=image_mean, image_std=image_std)
+        self.visual = visual
+        self.index = index
+        self.keep_cls = keep_cls
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        out = self.visual.forward_intermediates(
+            pixel_values, indices=[self.index], stop_early=True, intermediates_only=True,
+            output_fmt="NLC", output_extra_tokens=self.keep_cls,
+        )
+        features = out["image_intermediates"][0]
+        if self.keep_cls:
+            features = torch.cat([out["image_intermediates_prefix"][0], features], dim=1)
+        return features
+
+
+class HFVisionEncoder(ImageEncoder):
+    """A transformers vision model (``CLIPVisionModel``, ``SiglipVisionModel``) at one hidden layer."""
+
+    def __init__(self, model: nn.Module, *, select_layer: int, keep_cls: bool, image_mean, image_std):
+        cfg = model.config
+        patches = (cfg.image_size // cfg.patch_size) ** 2
+        embeddings = model.vision_model.embeddings
+        # CLIP has one class token in front of the patches; SigLIP has none.
+        self.num_prefix = int(embeddings.num_positions) - patches
+        layers = cfg.num_hidden_layers
+        if not -(layers + 1) <= select_layer <= layers:
+            raise ConfigError(f"model.vision.encoder.select_layer: {select_layer} is outside this encoder's "
+                              f"{layers} layers")
+        super().__init__(hidden_size=cfg.hidden_size, num_tokens=patches + (self.num_prefix if keep_cls else 0),
+                         image_size=cfg.image_size, image_mean=image_mean, image_std=image_std)
+        self.model = model
+        self.select_layer = select_layer
+        self.keep_cls = keep_cls
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[self.select_layer]
+        return hidden if self.keep_cls else hidden[:, self.num_prefix:]
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def build_open_clip(cfg: EncoderConfig) -> ImageEncoder:
+    import open_clip
+
+    keep_cls = cfg.select_feature == "cls_patch"
+    if cfg.architecture is not None:
+        try:
+            model = open_clip.CLIP(**cfg.architecture)
+        except TypeError as exc:
+            raise ConfigError(f"model.vision.encoder.architecture: not an open_clip model config: {exc}") from None
+    else:
+        try:
+            model = open_clip.create_model(cfg.name, pretrained=cfg.pretrained,
+                                           force_image_size=cfg.image_size, require_pretrained=cfg.pretrained is not None)
+        except Exception as exc:  # open_clip raises RuntimeError / ValueError / hub errors
+            raise ModelError(f"could not load open_clip encoder '{cfg.name}' (pretrained={cfg.pretrained!r}): "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    visual = model.visual
+    if not hasattr(visual, "transformer"):
+        raise ConfigError(f"model.vision.encoder: open_clip model '{cfg.name}' has no ViT trunk; "
+                          "mmtune's open_clip encoder reads ViT hidden states")
+    pre = open_clip.get_model_preprocess_cfg(model)
+    mean = cfg.image_mean or tuple(pre.get("mean", CLIP_MEAN))
+    std = cfg.image_std or tuple(pre.get("std", CLIP_STD))
+    return OpenClipEncoder(visual, select_layer=cfg.select_layer, keep_cls=keep_cls, image_mean=mean, image_std=std)
+
+
+def build_hf(cfg: EncoderConfig) -> ImageEncoder:
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    keep_cls = cfg.select_feature == "cls_patch"
+    if cfg.architecture is not None:
+        arch = dict(cfg.architecture)
+        model_type = arch.pop("model_type", None)
+        if model_type is None:
+            raise ConfigError("model.vision.encoder.architecture: needs 'model_type' "
+                              "(clip_vision_model or siglip_vision_model)")
+        model = AutoModel.from_config(AutoConfig.for_model(model_type, **arch))
+        processor = None
+    else:
+        try:
+            config = AutoConfig.from_pretrained(cfg.name)
+            vision_config = config.vision_config if hasattr(config, "vision_config") else config
+            model_class = AutoModel._model_mapping[type(vision_config)]
+            model = model_class.from_pretrained(cfg.name)
+        except Exception as exc:
+            raise ModelError(f"could not load vision encoder '{cfg.name}' through transformers: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        try:
+            processor = AutoImageProcessor.from_pretrained(cfg.name)
+        except Exception:  # a model directory without preprocessor_config.json
+            processor = None
+    if not hasattr(model, "vision_model"):
+        raise ConfigError(f"model.vision.encoder: {type(model).__name__} is not a transformers vision model "
+                          "with a vision_model (CLIPVisionModel, SiglipVisionModel)")
+    default_mean, default_std = HF_DEFAULT_STATS.get(model.config.model_type, (CLIP_MEAN, CLIP_STD))
+    mean = cfg.image_mean or tuple(getattr(processor, "image_mean", None) or default_mean)
+    std = cfg.image_std or tuple(getattr(processor, "image_std", None) or default_std)
+    if cfg.image_size is not None and cfg.image_size != model.config.image_size:
+        raise ConfigError(f"model.vision.encoder.image_size: {cfg.image_size} differs from the model's "
+                          f"{model.config.image_size}; transformers vision models keep their resolution")
+    return HFVisionEncoder(model, select_layer=cfg.select_layer, keep_cls=keep_cls, image_mean=mean, image_std=std)
+
+
+ENCODER_BUILDERS: dict[str, Callable[[EncoderConfig], ImageEncoder]] = {"open_clip": build_open_clip, "hf": build_hf}
+
+
+def build_encoder(cfg: EncoderConfig) -> ImageEncoder:
+    if cfg.kind in ENCODER_BUILDERS:
+        encoder = ENCODER_BUILDERS[cfg.kind](cfg)
+    else:
+        encoder = import_object(cfg.kind, "model.vision.encoder.kind")(**cfg.options)
+    if not isinstance(encoder, ImageEncoder):
+        raise ConfigError(f"model.vision.encoder.kind: '{cfg.kind}' built a {type(encoder).__name__}, "
+                          "not an mmtune.vision.encoders.ImageEncoder")
+    return encoder
