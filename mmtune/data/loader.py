@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mmtune.data.packing import Batch, Collator
@@ -46,5 +47,8 @@ def micro_batch_stream(keys: Iterable[MicroBatchKey], rows: list[list[int]], col
     loader = DataLoader(
         MicroBatches(rows, collate), sampler=keys, batch_size=None, collate_fn=_as_is,
         num_workers=num_workers, prefetch_factor=4 if num_workers else None,
+        # Its own generator: starting the loader must not draw from the global RNG, which a
+        # resumed run restores exactly (dropout masks would shift otherwise).
+        generator=torch.Generator().manual_seed(0),
     )
     return iter(loader)

@@ -87,7 +87,8 @@ class HFVisionEncoder(ImageEncoder):
     def __init__(self, model: nn.Module, *, select_layer: int, keep_cls: bool, image_mean, image_std):
         cfg = model.config
         patches = (cfg.image_size // cfg.patch_size) ** 2
-        embeddings = model.vision_model.embeddings
+        # transformers 5 puts the embeddings on the model, earlier versions under .vision_model.
+        embeddings = model.embeddings if hasattr(model, "embeddings") else model.vision_model.embeddings
         # CLIP has one class token in front of the patches; SigLIP has none.
         self.num_prefix = int(embeddings.num_positions) - patches
         layers = cfg.num_hidden_layers
@@ -159,9 +160,9 @@ def build_hf(cfg: EncoderConfig) -> ImageEncoder:
             processor = AutoImageProcessor.from_pretrained(cfg.name)
         except Exception:  # a model directory without preprocessor_config.json
             processor = None
-    if not hasattr(model, "vision_model"):
-        raise ConfigError(f"model.vision.encoder: {type(model).__name__} is not a transformers vision model "
-                          "with a vision_model (CLIPVisionModel, SiglipVisionModel)")
+    if not any(hasattr(m, "patch_embedding") and hasattr(m, "num_positions") for m in model.modules()):
+        raise ConfigError(f"model.vision.encoder: {type(model).__name__} is not a ViT-style transformers vision "
+                          "model (CLIPVisionModel, SiglipVisionModel)")
     default_mean, default_std = HF_DEFAULT_STATS.get(model.config.model_type, (CLIP_MEAN, CLIP_STD))
     mean = cfg.image_mean or tuple(getattr(processor, "image_mean", None) or default_mean)
     std = cfg.image_std or tuple(getattr(processor, "image_std", None) or default_std)
