@@ -13,6 +13,7 @@ from mmtune.data.packing import make_rows, packing_utilisation
 from mmtune.data.pipeline import build_text_data, format_reports
 from mmtune.data.templates import install_template
 from mmtune.models.loading import load_tokenizer
+from mmtune.vision.images import IMAGE_PLACEHOLDER_ID
 
 OPEN, CLOSE = "⟦", "⟧"
 GREEN, RESET = "\033[32m", "\033[0m"
@@ -21,9 +22,13 @@ GREEN, RESET = "\033[32m", "\033[0m"
 def mark_trained(tokenizer, ids: np.ndarray, trained: np.ndarray, *, color: bool) -> str:
     """Decode ``ids`` with every trained run wrapped in markers (or coloured)."""
     out, start = [], 0
+    image = ids == IMAGE_PLACEHOLDER_ID
     for i in range(1, len(ids) + 1):
-        if i == len(ids) or trained[i] != trained[start]:
-            text = tokenizer.decode(ids[start:i].tolist(), skip_special_tokens=False)
+        if i == len(ids) or trained[i] != trained[start] or image[i] != image[start]:
+            if image[start]:
+                text = f"<image x{i - start}>"
+            else:
+                text = tokenizer.decode(ids[start:i].tolist(), skip_special_tokens=False)
             if trained[start]:
                 text = f"{GREEN}{text}{RESET}" if color else f"{OPEN}{text}{CLOSE}"
             out.append(text)
@@ -34,7 +39,12 @@ def mark_trained(tokenizer, ids: np.ndarray, trained: np.ndarray, *, color: bool
 def inspect_data(recipe: Recipe, *, samples: int = 3, color: bool = False) -> str:
     tokenizer = load_tokenizer(recipe.model)
     install_template(tokenizer, recipe.data.template)
-    data = build_text_data(tokenizer, recipe.data, seed=recipe.train.seed)
+    image_tokens = 0
+    if recipe.model.vision is not None:
+        from mmtune.vision.build import count_image_tokens
+
+        image_tokens = count_image_tokens(recipe.model.vision)
+    data = build_text_data(tokenizer, recipe.data, seed=recipe.train.seed, image_tokens=image_tokens)
     lines = ["== datasets"] + [f"  {line}" for line in format_reports(data.reports)]
     legend = "green" if color else f"{OPEN}…{CLOSE}"
     for k in range(min(samples, len(data.train))):

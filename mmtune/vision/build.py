@@ -44,6 +44,13 @@ def build_multimodal(vision: VisionConfig, llm: nn.Module) -> MultimodalLM:
     return model
 
 
+def count_image_tokens(vision: VisionConfig) -> int:
+    """Tokens per image, for tools that need the data layout without the LLM (data inspect)."""
+    encoder = build_encoder(vision.encoder)
+    connector = build_connector(vision.connector, encoder.hidden_size, encoder.hidden_size)
+    return connector.num_output_tokens(encoder.num_tokens)
+
+
 def vision_weights_file(path: str | Path) -> Path:
     """A ``vision.safetensors`` file, or the one in a model / run directory."""
     p = Path(path).expanduser()
