@@ -21,6 +21,9 @@ from mmtune.vision.images import IMAGE_PLACEHOLDER_ID, ImageTransform
 class MultimodalLM(nn.Module):
     def __init__(self, encoder: ImageEncoder, connector: Connector, llm: nn.Module, transform: ImageTransform):
         super().__init__()
+        if connector.wants_text:
+            raise ModelError(f"{type(connector).__name__} wants the instruction text (wants_text=True); "
+                             "MultimodalLM does not pass it to connectors yet (it comes with the Q-Former)")
         self.encoder = encoder
         self.connector = connector
         self.llm = llm
