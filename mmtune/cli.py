@@ -40,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="merge adapters and write a standard Hugging Face model directory")
     e.add_argument("run_dir")
     e.add_argument("out_dir")
+    e.add_argument("--format", choices=("hf", "hf-llava"), default="hf",
+                   help="hf: a transformers causal LM (text models); hf-llava: a LlavaForConditionalGeneration "
+                        "with processor and tokenizer (multimodal models with an hf CLIP/SigLIP encoder and an "
+                        "mlp2x_gelu connector)")
 
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -86,9 +90,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         opts = GenerationOptions(args.max_new_tokens, args.temperature, args.top_p, args.seed)
         return run_chat(model, tokenizer, args.prompt, opts, system=args.system, images=args.image)
     if args.command == "export":
-        from mmtune.models.finetuned import export_hf
+        if args.format == "hf-llava":
+            from mmtune.vision.export_llava import export_llava
 
-        out = export_hf(args.run_dir, args.out_dir)
+            out = export_llava(args.run_dir, args.out_dir)
+        else:
+            from mmtune.models.finetuned import export_hf
+
+            out = export_hf(args.run_dir, args.out_dir)
         print(f"exported to {out}")
         return 0
     if args.command == "data" and args.data_command == "inspect":

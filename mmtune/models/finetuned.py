@@ -65,6 +65,10 @@ def load_for_inference(name: str, *, device_type: str = "cpu", dtype: str = "aut
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     if "vision" in meta:
         return _load_multimodal(path, meta, device_type=device_type, dtype=dtype, merge=merge)
+    from mmtune.vision.import_llava import llava_config, load_llava
+
+    if llava_config(path) is not None:  # a transformers Llava checkpoint (e.g. from export --format hf-llava)
+        return load_llava(path, device_type=device_type, dtype=dtype)
     if (path / "adapter_config.json").is_file():
         if not meta_file.is_file():
             raise ModelError(f"{path}: adapter without {MMTUNE_META}; cannot tell which base model it belongs to")

@@ -104,7 +104,12 @@ def load_causal_lm(
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": torch.cuda.current_device()}
+    from mmtune.vision.import_llava import llava_config, load_language_model
+
     try:
+        llava = llava_config(source)
+        if llava is not None:  # a Llava checkpoint: its language model part
+            return load_language_model(source, llava, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         raise ModelError(f"could not load model '{cfg.name}' (tried {source}): {_first_line(exc)}") from None

@@ -62,8 +62,13 @@ def vision_weights_file(path: str | Path) -> Path:
 
 
 def load_connector_weights(connector: nn.Module, path: str | Path) -> None:
-    file = vision_weights_file(path)
-    state = load_file(str(file))
+    from mmtune.vision.import_llava import llava_config, projector_state
+
+    if llava_config(path) is not None:  # a Llava checkpoint: its projector
+        file, state = Path(path), projector_state(path)
+    else:
+        file = vision_weights_file(path)
+        state = load_file(str(file))
     if any(k.startswith("connector.") for k in state):
         state = {k.removeprefix("connector."): v for k, v in state.items() if k.startswith("connector.")}
     try:

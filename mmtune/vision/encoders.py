@@ -138,6 +138,8 @@ def build_open_clip(cfg: EncoderConfig) -> ImageEncoder:
 def build_hf(cfg: EncoderConfig) -> ImageEncoder:
     from transformers import AutoConfig, AutoImageProcessor, AutoModel
 
+    from mmtune.vision.import_llava import check_encoder_matches, llava_config, load_vision_tower
+
     keep_cls = cfg.select_feature == "cls_patch"
     if cfg.architecture is not None:
         arch = dict(cfg.architecture)
@@ -149,10 +151,17 @@ def build_hf(cfg: EncoderConfig) -> ImageEncoder:
         processor = None
     else:
         try:
-            config = AutoConfig.from_pretrained(cfg.name)
-            vision_config = config.vision_config if hasattr(config, "vision_config") else config
-            model_class = AutoModel._model_mapping[type(vision_config)]
-            model = model_class.from_pretrained(cfg.name)
+            llava = llava_config(cfg.name)
+            if llava is not None:  # a Llava checkpoint: its vision tower
+                check_encoder_matches(cfg, llava)
+                model = load_vision_tower(cfg.name, llava)
+            else:
+                config = AutoConfig.from_pretrained(cfg.name)
+                vision_config = config.vision_config if hasattr(config, "vision_config") else config
+                model_class = AutoModel._model_mapping[type(vision_config)]
+                model = model_class.from_pretrained(cfg.name)
+        except ConfigError:
+            raise
         except Exception as exc:
             raise ModelError(f"could not load vision encoder '{cfg.name}' through transformers: "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None

@@ -73,7 +73,7 @@ class ImageTransform:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")
         if self.mode == "pad":
-            image = expand_to_square(image, tuple(int(round(255 * m)) for m in self.mean))
+            image = expand_to_square(image, tuple(int(255 * m) for m in self.mean))  # as LLaVA: int(), not round()
             image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
         elif self.mode == "resize":
             image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
