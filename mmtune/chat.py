@@ -39,8 +39,20 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 
 @torch.no_grad()
 def generate_reply(model, tokenizer, messages: Conversation, opts: GenerationOptions, *, stream=None) -> str:
-    """Generate the assistant's reply to ``messages``; ``stream(text)`` receives pieces as they come."""
+    """Generate the assistant's reply to ``messages``; ``stream(text)`` receives pieces as they come.
+
+    ``model`` may also be a :class:`mmtune.generation.proxy.ProxyTuned`, which decodes with its own loop.
+    """
     from transformers import TextIteratorStreamer
+
+    from mmtune.generation.proxy import ProxyTuned
+
+    if isinstance(model, ProxyTuned):
+        from mmtune.generation.decoding import stream_reply
+
+        if any(m.get("images") for m in messages):
+            raise ConfigError("proxy tuning is text-only; it cannot take --image")
+        return stream_reply(model, tokenizer, messages, opts, stream)
 
     device = next(model.parameters()).device
     enc = encode_chat(model, tokenizer, messages)

@@ -1,4 +1,4 @@
-"""The ``mmtune`` command: train, chat, export, data inspect.
+"""The ``mmtune`` command: train, chat, generate, eval, export, data inspect.
 
 Expected failures (bad recipe, bad data, missing model) print one line and
 exit 2; anything else is a bug and keeps its traceback.
@@ -13,6 +13,7 @@ import sys
 import warnings
 
 from mmtune.errors import MmtuneError
+from mmtune.generation.cli_args import add_generation_flags, add_proxy_flags
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +37,31 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     c.add_argument("--top-p", type=float, default=1.0)
     c.add_argument("--seed", type=int, default=0)
+    add_proxy_flags(c)
+
+    g = sub.add_parser("generate", help="replies for a prompt file (text: one per line; JSONL) or one prompt, as JSONL")
+    g.add_argument("--model", required=True, help="run directory, model directory, hub name or alias")
+    g.add_argument("prompt", nargs="?", help="one prompt (instead of --prompts)")
+    g.add_argument("--prompts", help="prompt file: .jsonl rows with prompt / messages / instruction, else one per line")
+    g.add_argument("--out", help="output JSONL (default: print rows to stdout)")
+    g.add_argument("--system", help="system message added to every prompt")
+    add_generation_flags(g)
+    add_proxy_flags(g)
+
+    v = sub.add_parser("eval", help="exact match / numeric accuracy / loss on held-out data, as a JSON report")
+    v.add_argument("model", metavar="RUN_OR_MODEL", help="run directory, model directory, hub name or alias")
+    v.add_argument("--data", required=True, help="data file in any training format, or a dataset card name")
+    v.add_argument("--format", default="auto", help="data format (default: detected from the first row)")
+    v.add_argument("--metric", action="append", choices=["exact", "numeric", "loss"],
+                   help="repeatable; default: all three")
+    v.add_argument("--out", help="write the JSON report here (default: print it)")
+    v.add_argument("--max-samples", type=int, help="evaluate only the first N conversations")
+    v.add_argument("--max-length", type=int, default=1024, help="token limit for the loss (as data.max_length)")
+    v.add_argument("--number", choices=["first", "last"], default="last", help="which number numeric accuracy compares")
+    v.add_argument("--tolerance", type=float, default=1e-6, help="numeric tolerance, relative to the gold's size")
+    v.add_argument("--no-records", action="store_true", help="leave per-sample records out of the report")
+    add_generation_flags(v)
+    add_proxy_flags(v)
 
     e = sub.add_parser("export", help="merge adapters and write a standard Hugging Face model directory")
     e.add_argument("run_dir")
@@ -82,13 +108,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "chat":
         from mmtune.chat import GenerationOptions, run_chat
-        from mmtune.data.templates import install_template
-        from mmtune.models.finetuned import load_for_inference
+        from mmtune.generation.cli_args import load_model_or_proxy
 
-        model, tokenizer = load_for_inference(args.model)
-        install_template(tokenizer, args.template)
+        model, tokenizer = load_model_or_proxy(args, args.model)
         opts = GenerationOptions(args.max_new_tokens, args.temperature, args.top_p, args.seed)
         return run_chat(model, tokenizer, args.prompt, opts, system=args.system, images=args.image)
+    if args.command in ("generate", "eval"):
+        from mmtune.generation.commands import run_eval, run_generate
+
+        return (run_generate if args.command == "generate" else run_eval)(args)
     if args.command == "export":
         if args.format == "hf-llava":
             from mmtune.vision.export_llava import export_llava

@@ -1,4 +1,4 @@
-"""Write a directory so that readers see either the old one or the complete new one.
+"""Write a directory (or file) so that readers see either the old one or the complete new one.
 
 Checkpoints, final models, exports, converted models and tokenized-data caches
 are all written into a temporary sibling (``.tmp-NAME``) and renamed into
@@ -38,4 +38,12 @@ def atomic_directory(target: Path, *, fsync: bool = False) -> Iterator[Path]:
                     os.fsync(fh.fileno())
     if target.exists():
         shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    """Write a file through a temporary sibling and one rename (reports, generated JSONL)."""
+    target = Path(target)
+    tmp = temporary_sibling(target)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)

@@ -1,0 +1,217 @@
+"""A hand-written batched decoding loop over one or more models that advance in lockstep.
+
+Why not ``model.generate``: proxy tuning needs the next-token logits of three
+models combined before sampling, and each model needs its own KV cache. One
+loop serves both the plain case (a single model) and the combined case, so
+``mmtune generate``, ``mmtune eval`` and ``mmtune chat --proxy-*`` decode the
+same way. Prompts are left-padded; every model gets the same attention mask
+and position ids counted from each row's first real token, so a padded row
+decodes like the same prompt alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmtune.chat import GenerationOptions, stop_token_ids
+from mmtune.data.formats import Conversation
+from mmtune.errors import ModelError
+
+
+@dataclass
+class SingleModel:
+    """The plain case: next-token logits are the model's own."""
+
+    model: nn.Module
+
+    @property
+    def models(self) -> tuple[nn.Module, ...]:
+        return (self.model,)
+
+    def combine(self, logits: Sequence[torch.Tensor]) -> torch.Tensor:
+        return logits[0]
+
+
+def as_source(model_or_source):
+    """A model becomes a :class:`SingleModel`; anything with ``models`` and ``combine`` passes through.
+
+    Text models only: a multimodal model needs its image tokens expanded and
+    pixels encoded, which ``mmtune chat --image`` does and this loop does not.
+    """
+    from mmtune.vision.model import MultimodalLM
+
+    is_source = hasattr(model_or_source, "combine") and hasattr(model_or_source, "models")
+    source = model_or_source if is_source else SingleModel(model_or_source)
+    if any(isinstance(m, MultimodalLM) for m in source.models):
+        raise ModelError("batched generation, evaluation and proxy tuning take text models; "
+                         "a multimodal model answers through mmtune chat --image")
+    return source
+
+
+def device_of(source) -> torch.device:
+    return next(source.models[0].parameters()).device
+
+
+def source_stop_ids(source, tokenizer) -> list[int]:
+    """Stop tokens of every model involved (their eos may differ) plus the tokenizer's."""
+    ids: set[int] = set()
+    for model in source.models:
+        ids.update(stop_token_ids(model, tokenizer))
+    return sorted(ids)
+
+
+def pad_id_of(tokenizer) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return 0 if pad is None else pad
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of shape [B, T] with padding on the left."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def positions_of(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counted from each row's first real token (padding gets 0)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def sample_next(logits: torch.Tensor, opts: GenerationOptions, generator: torch.Generator | None) -> torch.Tensor:
+    """Greedy when ``temperature == 0``, else temperature + nucleus (top-p) sampling."""
+    if opts.temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / opts.temperature
+    if opts.top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens ranked above it already cover top_p (the first one always stays)
+        drop = probs.cumsum(-1) - probs >= opts.top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def decode_batch(
+    source,
+    prompts: Sequence[Sequence[int]],
+    opts: GenerationOptions,
+    *,
+    stop_ids: Sequence[int],
+    pad_id: int,
+    generator: torch.Generator | None = None,
+    on_token: Callable[[list[int]], None] | None = None,
+) -> list[list[int]]:
+    """Generated token ids per prompt (stop token excluded).
+
+    Every model of ``source`` keeps its own KV cache; all of them see the same
+    tokens, mask and positions at every step, so the caches stay in lockstep.
+    ``on_token(tokens_of_row_0)`` is called after each step (used for streaming).
+    """
+    device = device_of(source)
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    positions = positions_of(mask)
+    caches: list = [None] * len(source.models)
+    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    out: list[list[int]] = [[] for _ in prompts]
+    step_ids = ids
+    for _ in range(opts.max_new_tokens):
+        logits = []
+        for k, model in enumerate(source.models):
+            res = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                        past_key_values=caches[k], use_cache=True)
+            caches[k] = res.past_key_values
+            logits.append(res.logits[:, -1, :].float())
+        next_ids = sample_next(source.combine(logits), opts, generator)
+        finished_now = torch.isin(next_ids, stop) if len(stop) else torch.zeros_like(done)
+        for i in (~done & ~finished_now).nonzero().flatten().tolist():
+            out[i].append(int(next_ids[i]))
+        done |= finished_now
+        if on_token is not None:
+            on_token(out[0])
+        if bool(done.all()):
+            break
+        step_ids = torch.where(done, torch.full_like(next_ids, pad_id), next_ids)[:, None]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions[:, -1:] + 1
+    return out
+
+
+def prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
+    """The chat-templated prompt for the next assistant turn, as token ids."""
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def generate_texts(
+    model_or_source,
+    tokenizer,
+    conversations: Sequence[Conversation],
+    opts: GenerationOptions,
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "generating",
+) -> list[str]:
+    """Replies to many conversations, batched (longest-first for less padding), seeded, with a progress bar."""
+    source = as_source(model_or_source)
+    encoded = [prompt_ids(tokenizer, conv) for conv in conversations]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    generator = torch.Generator(device=device_of(source)).manual_seed(opts.seed)
+    stop, pad = source_stop_ids(source, tokenizer), pad_id_of(tokenizer)
+    replies: list[str] = [""] * len(encoded)
+    with tqdm(total=len(encoded), desc=desc, unit=" prompts", disable=not progress or None) as bar:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            tokens = decode_batch(source, [encoded[i] for i in chunk], opts, stop_ids=stop, pad_id=pad,
+                                  generator=generator)
+            for i, toks in zip(chunk, tokens):
+                replies[i] = tokenizer.decode(toks, skip_special_tokens=True).strip()
+            bar.update(len(chunk))
+    return replies
+
+
+def stream_reply(model_or_source, tokenizer, conversation: Conversation, opts: GenerationOptions,
+                 stream: Callable[[str], None] | None = None) -> str:
+    """One reply, handing ``stream`` each new piece of text as tokens arrive."""
+    source = as_source(model_or_source)
+    generator = torch.Generator(device=device_of(source)).manual_seed(opts.seed)
+    shown = ""
+
+    def emit(tokens: list[int]) -> None:
+        nonlocal shown
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if text.startswith(shown) and not text.endswith("\ufffd"):  # wait for a whole UTF-8 character
+            stream(text[len(shown):])
+            shown = text
+
+    tokens = decode_batch(source, [prompt_ids(tokenizer, conversation)], opts,
+                          stop_ids=source_stop_ids(source, tokenizer), pad_id=pad_id_of(tokenizer),
+                          generator=generator, on_token=emit if stream else None)[0]
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if stream and text.startswith(shown) and len(text) > len(shown):
+        stream(text[len(shown):])
+    return text.strip()
+
+
+@torch.no_grad()
+def sequence_logits(model_or_source, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Combined logits [B, T, V] of a padded batch (one full forward per model, no cache)."""
+    source = as_source(model_or_source)
+    positions = positions_of(attention_mask)
+    logits = [m(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False).logits.float()
+              for m in source.models]
+    return source.combine(logits)
