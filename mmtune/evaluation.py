@@ -136,9 +136,18 @@ def _detect_format(path: Path) -> str:
     raise DataError(f"{path}: no rows", reason="empty dataset")
 
 
-def load_eval_conversations(data: str | Path, *, data_format: str = "auto", max_samples: int | None = None,
-                            on_bad_sample: str = "error") -> tuple[list[tuple[str, Conversation]], dict[str, int]]:
-    """``([(location, conversation)], skipped counts)`` from a file (any training format) or a dataset card name."""
+@dataclass
+class EvalData:
+    """Held-out conversations (each ending with the gold answer), where each came from, and what was skipped."""
+
+    name: str
+    conversations: list[tuple[str, Conversation]]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def load_eval_data(data: str | Path, *, data_format: str = "auto", max_samples: int | None = None,
+                   on_bad_sample: str = "error") -> EvalData:
+    """Conversations from a file (any training format, detected from its first row) or a dataset card name."""
     from mmtune.config.schema import DatasetSpec
     from mmtune.data.pipeline import SourceReport, conversations_of
     from mmtune.data.sources import resolve_source
@@ -162,7 +171,20 @@ def load_eval_conversations(data: str | Path, *, data_format: str = "auto", max_
             break
     if not convs:
         raise DataError(f"{data}: no usable conversation", reason="empty dataset")
-    return convs, dict(report.skipped)
+    return EvalData(str(data), convs, dict(report.skipped))
+
+
+def eval_data_of(conversations: Sequence[Conversation], max_samples: int | None = None) -> EvalData:
+    """Wrap in-memory conversations, checked like file rows (alternating turns, ending on the gold answer)."""
+    from mmtune.data.formats import BadRow, check_conversation
+
+    located = []
+    for i, conv in enumerate(list(conversations)[:max_samples]):
+        try:
+            located.append((f"conversation {i + 1}", check_conversation(list(conv), "conversation")))
+        except BadRow as exc:
+            raise DataError(f"conversation {i + 1}: {exc.detail}", reason=exc.reason) from None
+    return EvalData(f"{len(located)} conversations", located)
 
 
 # --------------------------------------------------------------------------- loss
@@ -206,7 +228,7 @@ def answer_loss(model_or_source, tokenizer, conversations: Sequence[Conversation
 def evaluate(
     model_or_source,
     tokenizer,
-    data: str | Path | Sequence[Conversation],
+    data: str | Path | EvalData | Sequence[Conversation],
     metrics: Sequence[str] = METRICS,
     opts: GenerationOptions | None = None,
     *,
@@ -220,32 +242,24 @@ def evaluate(
     progress: bool = True,
     model_name: str = "",
 ) -> EvalReport:
-    """Evaluate on held-out data: a file / card name, or conversations that each end with the gold answer.
+    """Evaluate on held-out data: a file / card name, :class:`EvalData`, or conversations ending with the gold answer.
 
     ``model_or_source`` is a causal LM or a :class:`mmtune.generation.proxy.ProxyTuned`.
     Generation (for ``exact`` / ``numeric``) answers the last user turn with
     the history before it, batched and seeded by ``opts`` (default greedy).
     """
+    metrics = list(dict.fromkeys(metrics))
     unknown = [m for m in metrics if m not in METRICS]
     if unknown or not metrics:
         raise ConfigError(f"metrics: unknown {unknown or 'none given'}; choose from {', '.join(METRICS)}")
     if number not in ("first", "last"):
         raise ConfigError(f"number: '{number}' is not 'first' or 'last'")
     opts = opts or GenerationOptions()
-    skipped: dict[str, int] = {}
     if isinstance(data, (str, Path)):
-        located, skipped = load_eval_conversations(data, data_format=data_format, max_samples=max_samples)
-        data_name = str(data)
-    else:
-        from mmtune.data.formats import BadRow, check_conversation
-
-        located = []
-        for i, conv in enumerate(list(data)[:max_samples]):
-            try:
-                located.append((f"conversation {i + 1}", check_conversation(list(conv), "conversation")))
-            except BadRow as exc:
-                raise DataError(f"conversation {i + 1}: {exc.detail}", reason=exc.reason) from None
-        data_name = f"{len(located)} conversations"
+        data = load_eval_data(data, data_format=data_format, max_samples=max_samples)
+    elif not isinstance(data, EvalData):
+        data = eval_data_of(data, max_samples)
+    located = data.conversations
     convs = [c for _, c in located]
     recs: list[dict[str, Any]] = [
         {"where": where, "prompt": conv[-2]["content"], "gold": conv[-1]["content"]} for where, conv in located
@@ -282,4 +296,4 @@ def evaluate(
             rec["loss"], rec["answer_tokens"] = (s / n if n else None), n
         results["loss"] = {"loss": mean, "perplexity": math.exp(mean) if tokens else float("nan"),
                            "tokens": tokens, "truncated": truncated, "max_length": max_length}
-    return EvalReport(model_name, data_name, len(convs), results, skipped, recs if records else None)
+    return EvalReport(model_name, data.name, len(convs), results, data.skipped, recs if records else None)

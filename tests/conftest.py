@@ -76,3 +76,24 @@ def tiny_recipe(tmp_path, tiny_llama_dir):
         return recipe
 
     return make
+
+
+@pytest.fixture(scope="session")
+def varied_llama_dirs(tmp_path_factory, smol_tokenizer) -> list[Path]:
+    """Three tiny Llamas (seeds 1, 2, 3) whose greedy choices vary and are well separated (decoding tests)."""
+    from mmtune.models.tiny import build_tiny_llama
+
+    root = tmp_path_factory.mktemp("varied-llama")
+    return [build_tiny_llama(root / f"seed{seed}", smol_tokenizer, seed=seed, tie_word_embeddings=False,
+                             initializer_range=0.3) for seed in (1, 2, 3)]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared CPU spend most of their time in thread hand-offs; one thread is ~10x faster."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -30,25 +30,10 @@ PROMPTS = [
 STEPS = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CPU spend most of their time in thread hand-offs; one thread is ~10x faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def variant(root, tokenizer, seed: int, **kw):
-    return build_tiny_llama(root / f"v{seed}-{kw.get('extra_vocab', 0)}", tokenizer, seed=seed,
-                            tie_word_embeddings=False, initializer_range=0.3, **kw)
-
-
 @pytest.fixture(scope="module")
-def trio(tmp_path_factory, smol_tokenizer):
+def trio(varied_llama_dirs, one_torch_thread):
     """(dirs, models): base, expert, anti-expert as three differently seeded tiny Llamas."""
-    root = tmp_path_factory.mktemp("proxy")
-    dirs = [variant(root, smol_tokenizer, seed) for seed in (1, 2, 3)]
+    dirs = varied_llama_dirs
     return dirs, [AutoModelForCausalLM.from_pretrained(d).eval() for d in dirs]
 
 
@@ -154,7 +139,8 @@ def test_sampling_is_seeded_and_top_p_near_zero_is_greedy(trio, smol_tokenizer):
 
 def test_vocabulary_checks(tmp_path, trio, smol_tokenizer):
     dirs, (base, expert, anti) = trio
-    long_dir = variant(tmp_path, smol_tokenizer, 2, extra_vocab=64)
+    long_dir = build_tiny_llama(tmp_path / "long", smol_tokenizer, seed=2, extra_vocab=64, tie_word_embeddings=False,
+                                initializer_range=0.3)
     long_expert = AutoModelForCausalLM.from_pretrained(long_dir).eval()
     check_proxy_compatible(base, long_expert, anti, [smol_tokenizer] * 3)  # a longer tail is fine
     out = decode(ProxyTuned(base, long_expert, anti), smol_tokenizer, PROMPTS[:1])

@@ -47,13 +47,13 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from mmtune.evaluation import METRICS, evaluate
+    from mmtune.evaluation import METRICS, evaluate, load_eval_data
 
     _check_batch_size(args)
+    data = load_eval_data(args.data, data_format=args.format, max_samples=args.max_samples)  # fail before loading models
     model, tokenizer = load_model_or_proxy(args, args.model)
     report = evaluate(
-        model, tokenizer, args.data, args.metric or METRICS, generation_options(args),
-        data_format=args.format, max_samples=args.max_samples, batch_size=args.batch_size,
+        model, tokenizer, data, args.metric or METRICS, generation_options(args), batch_size=args.batch_size,
         max_length=args.max_length, number=args.number, tolerance=args.tolerance,
         records=not args.no_records, model_name=_describe(args, args.model),
     )
