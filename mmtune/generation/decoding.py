@@ -117,25 +117,28 @@ def decode_batch(
 
     Every model of ``source`` keeps its own KV cache; all of them see the same
     tokens, mask and positions at every step, so the caches stay in lockstep.
+    A model object named twice (e.g. base = anti-expert) runs once per step:
+    same weights and same inputs give the same logits and cache.
     ``on_token(tokens_of_row_0)`` is called after each step (used for streaming).
     """
     device = device_of(source)
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     positions = positions_of(mask)
-    caches: list = [None] * len(source.models)
+    models, slot = _distinct(source.models)
+    caches: list = [None] * len(models)
     stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     out: list[list[int]] = [[] for _ in prompts]
     step_ids = ids
     for _ in range(opts.max_new_tokens):
         logits = []
-        for k, model in enumerate(source.models):
+        for k, model in enumerate(models):
             res = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
                         past_key_values=caches[k], use_cache=True)
             caches[k] = res.past_key_values
             logits.append(res.logits[:, -1, :].float())
-        next_ids = sample_next(source.combine(logits), opts, generator)
+        next_ids = sample_next(source.combine([logits[k] for k in slot]), opts, generator)
         finished_now = torch.isin(next_ids, stop) if len(stop) else torch.zeros_like(done)
         for i in (~done & ~finished_now).nonzero().flatten().tolist():
             out[i].append(int(next_ids[i]))
@@ -148,6 +151,19 @@ def decode_batch(
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
     return out
+
+
+def _distinct(models: Sequence[nn.Module]) -> tuple[list[nn.Module], list[int]]:
+    """The distinct model objects, and for each role the index of its object among them."""
+    unique: list[nn.Module] = []
+    slot = []
+    for m in models:
+        found = next((k for k, u in enumerate(unique) if u is m), None)
+        if found is None:
+            unique.append(m)
+            found = len(unique) - 1
+        slot.append(found)
+    return unique, slot
 
 
 def prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
@@ -212,6 +228,7 @@ def sequence_logits(model_or_source, input_ids: torch.Tensor, attention_mask: to
     """Combined logits [B, T, V] of a padded batch (one full forward per model, no cache)."""
     source = as_source(model_or_source)
     positions = positions_of(attention_mask)
+    models, slot = _distinct(source.models)
     logits = [m(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False).logits.float()
-              for m in source.models]
-    return source.combine(logits)
+              for m in models]
+    return source.combine([logits[k] for k in slot])
