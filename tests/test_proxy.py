@@ -172,6 +172,10 @@ def test_load_proxy_and_generate_command(tmp_path, capsys, trio, smol_tokenizer)
     convs = [[{"role": "user", "content": t}] for t in ("Name a prime number.", "Hi", "Add\n\n2 and 3")]
     want = generate_texts(expert, tok, convs, GenerationOptions(max_new_tokens=8), progress=False)
     assert [r["output"] for r in rows] == want
+    capsys.readouterr()
+    assert main(["chat", "--model", str(dirs[0]), "--proxy-expert", str(dirs[1]), "--proxy-antiexpert", str(dirs[0]),
+                 "--max-new-tokens", "8", "Name a prime number."]) == 0
+    assert capsys.readouterr().out.strip() == want[0]
 
     assert main(args) == 2
     assert "needs both --proxy-expert and --proxy-antiexpert" in capsys.readouterr().err
