@@ -11,7 +11,9 @@ import logging
 import os
 import sys
 import warnings
+from typing import get_args
 
+from mmtune.config.schema import FormatName
 from mmtune.errors import MmtuneError
 from mmtune.generation.cli_args import add_generation_flags, add_proxy_flags
 
@@ -51,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("eval", help="exact match / numeric accuracy / loss on held-out data, as a JSON report")
     v.add_argument("model", metavar="RUN_OR_MODEL", help="run directory, model directory, hub name or alias")
     v.add_argument("--data", required=True, help="data file in any training format, or a dataset card name")
-    v.add_argument("--format", default="auto", help="data format (default: detected from the first row)")
+    v.add_argument("--format", default="auto", choices=["auto", *get_args(FormatName)],
+                   help="data format (default: detected from the first row)")
     v.add_argument("--metric", action="append", choices=["exact", "numeric", "loss"],
                    help="repeatable; default: all three")
     v.add_argument("--out", help="write the JSON report here (default: print it)")

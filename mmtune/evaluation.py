@@ -122,7 +122,7 @@ def _detect_format(path: Path) -> str:
             raise DataError(f"{where}: {row.detail}", reason="malformed JSON")
         keys = set(row)
         if "conversations" in keys:
-            return "sharegpt"
+            return "llava" if "image" in keys else "sharegpt"
         if "messages" in keys:
             return "openai"
         if {"instruction", "output"} <= keys:
@@ -132,7 +132,7 @@ def _detect_format(path: Path) -> str:
         if "parent_id" in keys or "prompt" in keys:
             return "oasst"
         raise DataError(f"{where}: cannot tell the data format from the fields {sorted(keys)}; "
-                        "name it with --format (alpaca, sharegpt, openai, dolly, oasst)", reason="unknown format")
+                        "name it with --format (alpaca, sharegpt, openai, dolly, oasst, llava)", reason="unknown format")
     raise DataError(f"{path}: no rows", reason="empty dataset")
 
 
@@ -260,6 +260,10 @@ def evaluate(
     elif not isinstance(data, EvalData):
         data = eval_data_of(data, max_samples)
     located = data.conversations
+    with_images = next((where for where, conv in located if any(m.get("images") for m in conv)), None)
+    if with_images is not None:
+        raise DataError(f"{with_images}: a conversation with images; evaluation takes text conversations",
+                        reason="images in text evaluation")
     convs = [c for _, c in located]
     recs: list[dict[str, Any]] = [
         {"where": where, "prompt": conv[-2]["content"], "gold": conv[-1]["content"]} for where, conv in located

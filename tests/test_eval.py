@@ -170,6 +170,10 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, varied_llama_dirs, models
         evaluate(models[0], smol_tokenizer, CONVS, metrics=["bleu"], progress=False)
     with pytest.raises(DataError, match="conversation 1: conversation ends on a user turn"):
         evaluate(models[0], smol_tokenizer, [CONVS[0][:1]], progress=False)
+    llava = write_jsonl(tmp_path / "llava.jsonl", [{"image": "cat.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A cat."}]}])
+    with pytest.raises(DataError, match=r"llava.jsonl:1: a conversation with images"):
+        evaluate(models[0], smol_tokenizer, llava, progress=False)
     assert main(["eval", str(varied_llama_dirs[0]), "--data", str(odd)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"mmtune: error: {odd}:1: cannot tell the data format")
