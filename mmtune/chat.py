@@ -70,7 +70,9 @@ def generate_reply(model, tokenizer, messages: Conversation, opts: GenerationOpt
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     if stream is None:
         out = model.generate(**kwargs)
-        return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+        # A text LM returns prompt + reply; MultimodalLM generates from embeddings and returns the reply only.
+        reply = out[0] if isinstance(model, MultimodalLM) else out[0, enc["input_ids"].shape[1] :]
+        return tokenizer.decode(reply, skip_special_tokens=True).strip()
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     thread = Thread(target=model.generate, kwargs={**kwargs, "streamer": streamer}, daemon=True)
     thread.start()
