@@ -105,6 +105,10 @@ def _add_generate_parser(dsub) -> None:
     g.add_argument("--rounds", type=int, default=1, help="evol-instruct: evolution rounds (default 1; WizardLM used 4)")
     g.add_argument("--limit", type=int, help="evol-instruct: evolve only the first N instructions")
     g.add_argument("--batch-size", type=int, default=8, help="prompts per model call (default 8)")
+    g.add_argument("--max-new-tokens", type=int,
+                   help="tokens for new instructions: the continued task list / the rewrite (default 128 / 192)")
+    g.add_argument("--output-max-new-tokens", type=int,
+                   help="tokens for outputs: a task's instances / an evolved instruction's response (default 192 / 384)")
     g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
     g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
     g.add_argument("--seed", type=int, default=0, help="run seed; every batch is seeded from it (default 0)")
@@ -180,12 +184,20 @@ def _generate(args: argparse.Namespace) -> int:
                                            max_batches=args.max_batches)
         if args.seeds:
             opts.seeds = Path(args.seeds)
+        if args.max_new_tokens:
+            opts.max_new_tokens = args.max_new_tokens
+        if args.output_max_new_tokens:
+            opts.instance_max_new_tokens = args.output_max_new_tokens
         report = datagen.self_instruct(Path(args.out_dir), sampler, opts)
     else:
         opts = datagen.EvolInstructOptions(input_format=args.input_format, rounds=args.rounds, limit=args.limit,
                                            batch_size=args.batch_size, seed=args.seed)
         if args.input:
             opts.input = Path(args.input)
+        if args.max_new_tokens:
+            opts.max_new_tokens = args.max_new_tokens
+        if args.output_max_new_tokens:
+            opts.response_max_new_tokens = args.output_max_new_tokens
         report = datagen.evol_instruct(Path(args.out_dir), sampler, opts)
     print(report.format())
     return 0

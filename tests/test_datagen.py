@@ -30,6 +30,19 @@ from mmtune.datagen.self_instruct import (
 )
 from mmtune.errors import ConfigError, DataError
 
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny-model generation is latency-bound; on a shared 2-core box one thread is ~10x faster than two."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------- ROUGE-L
 
 
@@ -422,10 +435,11 @@ def test_cli_generate(tmp_path, tiny_llama_dir, capsys):
 
     out = tmp_path / "cli"
     rc = main(["data", "generate", "evol-instruct", str(out), "--model", str(tiny_llama_dir), "--limit", "2",
-               "--batch-size", "2", "--seed", "1"])
+               "--batch-size", "2", "--seed", "1", "--max-new-tokens", "16", "--output-max-new-tokens", "16"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "evol-instruct:" in printed and "evolution: 2 candidates" in printed
     assert json.loads((out / "state.json").read_text())["settings"]["seed"] == 1
-    rc = main(["data", "generate", "self-instruct", str(out), "--model", str(tiny_llama_dir), "--count", "1"])
+    rc = main(["data", "generate", "self-instruct", str(out), "--model", str(tiny_llama_dir), "--count", "1",
+               "--max-new-tokens", "16"])
     assert rc == 2 and "evol-instruct run" in capsys.readouterr().err
