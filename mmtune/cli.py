@@ -96,22 +96,22 @@ def _add_generate_parser(dsub) -> None:
                    help="run directory, model directory, hub name or alias (default: smollm2-135m-instruct)")
     g.add_argument("--seeds", help="self-instruct: seed task JSONL {instruction, instances, is_classification} "
                                    "(default: datasets/self-instruct-seeds.jsonl)")
-    g.add_argument("--count", type=int, default=100, help="self-instruct: tasks to accept (default 100)")
+    g.add_argument("--count", type=int, help="self-instruct: tasks to accept (default 100)")
     g.add_argument("--max-batches", type=int,
                    help="self-instruct: give up after this many batches (default 10 x ceil(count / batch size))")
     g.add_argument("--input", help="evol-instruct: instructions to evolve (default: the self-instruct seed file)")
-    g.add_argument("--input-format", default="self-instruct-seeds",
+    g.add_argument("--input-format",
                    help="evol-instruct: self-instruct-seeds (default) or alpaca, sharegpt, openai, dolly ...")
-    g.add_argument("--rounds", type=int, default=1, help="evol-instruct: evolution rounds (default 1; WizardLM used 4)")
+    g.add_argument("--rounds", type=int, help="evol-instruct: evolution rounds (default 1; WizardLM used 4)")
     g.add_argument("--limit", type=int, help="evol-instruct: evolve only the first N instructions")
-    g.add_argument("--batch-size", type=int, default=8, help="prompts per model call (default 8)")
+    g.add_argument("--batch-size", type=int, help="prompts per model call (default 8)")
     g.add_argument("--max-new-tokens", type=int,
                    help="tokens for new instructions: the continued task list / the rewrite (default 128 / 192)")
     g.add_argument("--output-max-new-tokens", type=int,
                    help="tokens for outputs: a task's instances / an evolved instruction's response (default 192 / 384)")
-    g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
-    g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
-    g.add_argument("--seed", type=int, default=0, help="run seed; every batch is seeded from it (default 0)")
+    g.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling (default 0.9)")
+    g.add_argument("--seed", type=int, help="run seed; every batch is seeded from it (default 0)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,30 +174,25 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    """Flags left out keep the defaults of the options dataclasses (their one home)."""
     from pathlib import Path
 
     from mmtune import datagen
 
-    sampler = datagen.load_sampler(args.model, temperature=args.temperature, top_p=args.top_p)
+    def given(**pairs):
+        return {k: v for k, v in pairs.items() if v is not None}
+
+    sampler = datagen.load_sampler(args.model, **given(temperature=args.temperature, top_p=args.top_p))
+    common = given(batch_size=args.batch_size, seed=args.seed, max_new_tokens=args.max_new_tokens)
     if args.method == "self-instruct":
-        opts = datagen.SelfInstructOptions(count=args.count, batch_size=args.batch_size, seed=args.seed,
-                                           max_batches=args.max_batches)
-        if args.seeds:
-            opts.seeds = Path(args.seeds)
-        if args.max_new_tokens:
-            opts.max_new_tokens = args.max_new_tokens
-        if args.output_max_new_tokens:
-            opts.instance_max_new_tokens = args.output_max_new_tokens
+        opts = datagen.SelfInstructOptions(**common, **given(
+            count=args.count, max_batches=args.max_batches, seeds=args.seeds and Path(args.seeds),
+            instance_max_new_tokens=args.output_max_new_tokens))
         report = datagen.self_instruct(Path(args.out_dir), sampler, opts)
     else:
-        opts = datagen.EvolInstructOptions(input_format=args.input_format, rounds=args.rounds, limit=args.limit,
-                                           batch_size=args.batch_size, seed=args.seed)
-        if args.input:
-            opts.input = Path(args.input)
-        if args.max_new_tokens:
-            opts.max_new_tokens = args.max_new_tokens
-        if args.output_max_new_tokens:
-            opts.response_max_new_tokens = args.output_max_new_tokens
+        opts = datagen.EvolInstructOptions(**common, **given(
+            input=args.input and Path(args.input), input_format=args.input_format, rounds=args.rounds,
+            limit=args.limit, response_max_new_tokens=args.output_max_new_tokens))
         report = datagen.evol_instruct(Path(args.out_dir), sampler, opts)
     print(report.format())
     return 0

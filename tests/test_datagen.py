@@ -331,8 +331,12 @@ def test_self_instruct_counts_add_up_and_stop_at_count(tmp_path):
     assert c["instruction: candidates"] == rejected + c["instruction: passed"]
     assert c["instruction: passed"] == c["task: candidates"] == c["task: accepted"] + c.get("task: no valid instance", 0)
     assert rep.rows == c["instance: accepted"] == len(_rows(tmp_path / "o"))
-    # the in-context lists of later batches contain generated instructions; the classification tasks are output-first
-    assert any(r["is_classification"] for r in _rows(tmp_path / "o"))
+    # classification tasks were prompted output-first (one-word label, then a 3-word input), the others
+    # input-first (3-word input, 4-word output): the scripted sampler answers in the format it is prompted with
+    rows = _rows(tmp_path / "o")
+    assert {r["is_classification"] for r in rows} == {True, False}
+    for r in rows:
+        assert (len(r["input"].split()), len(r["output"].split())) == ((3, 1) if r["is_classification"] else (3, 4))
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

@@ -76,6 +76,8 @@ class HFSampler:
         self.tokenizer = tokenizer
         self.temperature = temperature
         self.top_p = top_p
+        # the sampler owns its tokenizer: batches are left-padded, with eos as pad when there is none
+        tokenizer.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._eos = stop_token_ids(model, tokenizer)
@@ -96,7 +98,6 @@ class HFSampler:
             return []
         tok = self.tokenizer
         texts = [self._render(p, chat) for p in prompts]
-        tok.padding_side = "left"
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not (chat and tok.chat_template))
         device = next(self.model.parameters()).device
         enc = {k: v.to(device) for k, v in enc.items()}
