@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_jsonl
+from conftest import write_jsonl
 from mmtune.config.schema import DatasetSpec
 from mmtune.data.pipeline import SourceReport, conversations_of
 from mmtune.data.sources import resolve_source

@@ -40,7 +40,10 @@ class SelfInstructOptions:
     count: int = 100
     """Stop after the batch in which this many tasks have been accepted."""
     batch_size: int = 8
-    """Prompts generated together (and instance / type prompts per model call)."""
+    """Instruction-list prompts per batch (one batch = one resumable step)."""
+    followup_batch_size: int = 32
+    """Type and instance prompts per model call: a batch yields several candidates per prompt, and
+    sampling many short continuations together costs little more per step than a few on a CPU."""
     max_batches: int | None = None
     """Give up after this many batches; None = 10 x the batches ``count`` would need if every prompt gave one task."""
     seed: int = 0
@@ -149,7 +152,8 @@ def self_instruct(out_dir: Path, sampler: Sampler, opts: SelfInstructOptions, *,
                         f"{opts.prompt_instructions - opts.machine_instructions}", reason="too few seeds")
     seed_instructions = [t.instruction for t in seed_tasks]
     settings = {
-        "seed": opts.seed, "batch_size": opts.batch_size, "seeds": str(Path(opts.seeds).resolve()),
+        "seed": opts.seed, "batch_size": opts.batch_size, "followup_batch_size": opts.followup_batch_size,
+        "seeds": str(Path(opts.seeds).resolve()),
         "prompt_instructions": opts.prompt_instructions, "machine_instructions": opts.machine_instructions,
         "rouge_threshold": opts.rouge_threshold, "max_instances": opts.max_instances,
         "classification_demos": opts.classification_demos, "instance_demos": opts.instance_demos,
@@ -224,7 +228,7 @@ def _type_and_instances(candidates, seed_tasks, sampler, opts, b, counters):
     rng = random.Random(derived_seed(opts.seed, b, "demos"))
     clf_demos = balanced_demos(rng, seed_tasks, opts.classification_demos)
     types: list[bool] = []
-    for i, chunk in _chunks(candidates, opts.batch_size):
+    for i, chunk in _chunks(candidates, opts.followup_batch_size):
         answers = sampler.complete([prompts.classification_prompt(clf_demos, c) for c in chunk], chat=False,
                                    seed=derived_seed(opts.seed, b, "type", i), max_new_tokens=3, greedy=True,
                                    stop=("\n",))
@@ -235,7 +239,7 @@ def _type_and_instances(candidates, seed_tasks, sampler, opts, b, counters):
     counters["type: classification"] += sum(types)
     counters["task: candidates"] += len(candidates)
     results = []
-    for i, chunk in _chunks(list(zip(candidates, types)), opts.batch_size):
+    for i, chunk in _chunks(list(zip(candidates, types)), opts.followup_batch_size):
         instance_prompts = []
         for inst, is_clf in chunk:
             pool = [t for t in seed_tasks if t.is_classification == is_clf] or seed_tasks
