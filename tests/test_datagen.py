@@ -218,6 +218,7 @@ def test_instances_input_first_for_generation_output_first_for_classification():
     assert prompts.parse_generation_instances("Input: abc\nOutput: cba\nInput: no\nOutput: on") == [
         ("abc", "cba"), ("no", "on")]
     assert prompts.parse_generation_instances("Output: A poem.") == [("", "A poem.")]
+    assert prompts.parse_generation_instances("Output: sunrise\n\nOutput: sunrise again") == [("", "sunrise")]
     assert prompts.parse_generation_instances("just rambling text") == []
 
 

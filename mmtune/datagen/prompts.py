@@ -114,7 +114,7 @@ def parse_generation_instances(text: str) -> list[tuple[str, str]]:
         m = re.match(r"(?:Input:\s*(?P<inp>.*?)\s*\n)?\s*Output:\s*(?P<out>.*)", block, re.DOTALL)
         if m is None:
             continue
-        out = re.split(r"\n\s*Input:", m.group("out"))[0]
+        out = re.split(r"\n\s*(?:Input|Output)\s*\d*\s*:", m.group("out"))[0]  # one output per block
         pairs.append(((m.group("inp") or "").strip(), out.strip()))
     return pairs
 
