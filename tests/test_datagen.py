@@ -344,6 +344,13 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     self_instruct(tmp_path / "o", ScriptedSampler(), SelfInstructOptions(count=2, max_batches=1), progress=False)
     with pytest.raises(ConfigError, match="different settings.*seed"):
         self_instruct(tmp_path / "o", ScriptedSampler(), SelfInstructOptions(count=2, seed=1), progress=False)
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(DEFAULT_SEEDS.read_text())
+    self_instruct(tmp_path / "s", ScriptedSampler(), SelfInstructOptions(seeds=seeds, count=2, max_batches=1),
+                  progress=False)
+    seeds.write_text(DEFAULT_SEEDS.read_text().replace("staying healthy", "staying well"))
+    with pytest.raises(ConfigError, match="seeds_sha256"):  # same path, other content
+        self_instruct(tmp_path / "s", ScriptedSampler(), SelfInstructOptions(seeds=seeds, count=2), progress=False)
     with pytest.raises(ConfigError, match="self-instruct run"):
         evol_instruct(tmp_path / "o", ScriptedSampler(), EvolInstructOptions(limit=2), progress=False)
 

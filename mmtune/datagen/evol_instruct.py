@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from mmtune.datagen import filters, prompts
 from mmtune.datagen.report import GenerationReport, counters_dict
 from mmtune.datagen.sampler import Sampler
-from mmtune.datagen.self_instruct import DEFAULT_SEEDS, derived_seed, load_seed_tasks
+from mmtune.datagen.self_instruct import DEFAULT_SEEDS, derived_seed, file_digest, load_seed_tasks
 from mmtune.datagen.store import RunFolder
 from mmtune.errors import ConfigError, DataError
 
@@ -73,6 +73,7 @@ def evol_instruct(out_dir: Path, sampler: Sampler, opts: EvolInstructOptions, *,
         raise DataError(f"{opts.input}: no instructions to evolve", reason="empty input")
     settings = {
         "seed": opts.seed, "batch_size": opts.batch_size, "input": str(Path(opts.input).resolve()),
+        "input_sha256": file_digest(opts.input),
         "input_format": opts.input_format, "limit": opts.limit, "max_new_tokens": opts.max_new_tokens,
         "response_max_new_tokens": opts.response_max_new_tokens, "sampler": sampler.settings(),
     }

@@ -92,6 +92,11 @@ def load_seed_tasks(path: Path) -> list[SeedTask]:
     return tasks
 
 
+def file_digest(path: Path) -> str:
+    """Content hash of an input file: a resumed run must read the same data."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def derived_seed(*parts) -> int:
     """A 63-bit seed from the run seed, batch number and stage: stable across processes and resumes."""
     return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest(), "big") >> 1
@@ -153,7 +158,7 @@ def self_instruct(out_dir: Path, sampler: Sampler, opts: SelfInstructOptions, *,
     seed_instructions = [t.instruction for t in seed_tasks]
     settings = {
         "seed": opts.seed, "batch_size": opts.batch_size, "followup_batch_size": opts.followup_batch_size,
-        "seeds": str(Path(opts.seeds).resolve()),
+        "seeds": str(Path(opts.seeds).resolve()), "seeds_sha256": file_digest(opts.seeds),
         "prompt_instructions": opts.prompt_instructions, "machine_instructions": opts.machine_instructions,
         "rouge_threshold": opts.rouge_threshold, "max_instances": opts.max_instances,
         "classification_demos": opts.classification_demos, "instance_demos": opts.instance_demos,
@@ -195,7 +200,8 @@ def self_instruct(out_dir: Path, sampler: Sampler, opts: SelfInstructOptions, *,
 
 def _filter_instructions(completions, pool: RougePool, seen: set[str], opts: SelfInstructOptions, counters: Counter) -> list[str]:
     batch_pool = RougePool()
-    kept = []
+    kept: list[str] = []
+    kept_keys: set[str] = set()
     for comp in completions:
         items = prompts.parse_instructions(comp.text, False)
         if comp.truncated and items:
@@ -204,7 +210,8 @@ def _filter_instructions(completions, pool: RougePool, seen: set[str], opts: Sel
         counters["instruction: candidates"] += len(items) + (1 if comp.truncated and comp.text.strip() else 0)
         for inst in items:
             reason = filters.instruction_rejection(inst)
-            if reason is None and filters.normalize(inst) in seen | {filters.normalize(k) for k in kept}:
+            key = filters.normalize(inst)
+            if reason is None and (key in seen or key in kept_keys):
                 reason = "duplicate"
             if reason is None and max(pool.max_score(inst, stop_at=opts.rouge_threshold),
                                       batch_pool.max_score(inst, stop_at=opts.rouge_threshold)) >= opts.rouge_threshold:
@@ -213,6 +220,7 @@ def _filter_instructions(completions, pool: RougePool, seen: set[str], opts: Sel
                 counters[f"instruction: {reason}"] += 1
                 continue
             kept.append(inst)
+            kept_keys.add(key)
             batch_pool.add(inst)
     counters["instruction: passed"] += len(kept)
     return kept
