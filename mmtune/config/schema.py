@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TemplateName = Literal["auto", "alpaca", "vicuna_v1", "chatml", "llama2", "plain"]
-FormatName = Literal["alpaca", "sharegpt", "vicuna", "openai", "oasst", "dolly", "llava"]
+FormatName = Literal["alpaca", "sharegpt", "vicuna", "openai", "oasst", "dolly", "llava", "self_correction"]
 
 
 class _Strict(BaseModel):
@@ -81,6 +81,13 @@ class VisionConfig(_Strict):
     ``center_crop``: shorter side to size, then crop the centre."""
 
 
+class PromptErasure(_Strict):
+    """Orca-2 prompt erasure: train under a generic system message instead of the detailed one."""
+
+    replace_with: str | None = None
+    """The generic system message trained on; ``null`` removes the system message."""
+
+
 class DatasetSpec(_Strict):
     """One entry of ``data.datasets``: a card by name/path, or a file/hub set inline."""
 
@@ -103,6 +110,8 @@ class DatasetSpec(_Strict):
     """OASST trees: keep only the best-ranked reply at every turn."""
     image_folder: str | None = None
     """``llava``: folder the ``image`` paths are relative to (no image may resolve outside it)."""
+    prompt_erasure: PromptErasure | None = None
+    """Replace each sample's system message at training time (kept in the sample's metadata)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetSpec":

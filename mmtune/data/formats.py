@@ -16,9 +16,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmtune.data.self_correction import self_correction_parts
 from mmtune.vision.images import IMAGE_TAG
 
-Message = dict[str, Any]  # role, content, and "images" (paths) on user turns of image conversations
+Message = dict[str, Any]
+"""``role`` and ``content``; user turns of image conversations add ``images`` (paths), an assistant message
+may add partial-answer-masking ``parts`` (see self_correction.py)."""
 Conversation = list[Message]
 CANONICAL_ROLES = ("system", "user", "assistant")
 
@@ -52,6 +55,10 @@ FORMAT_DEFAULTS: dict[str, FormatSpec] = {
     "oasst": FormatSpec(
         {"id": "message_id", "parent": "parent_id", "text": "text", "role": "role", "rank": "rank"},
         {"user": "prompter", "assistant": "assistant"},
+    ),
+    "self_correction": FormatSpec(
+        {"question": "question", "initial_answer": "initial_answer", "correct": "correct", "reason": "reason",
+         "revised_answer": "revised_answer", "system": "system"}
     ),
 }
 FORMAT_DEFAULTS["vicuna"] = FORMAT_DEFAULTS["sharegpt"]
@@ -222,6 +229,30 @@ def convert_llava(row: dict[str, Any], m: Mapping) -> list[Conversation]:
     return [conv]
 
 
+def _verdict(value: Any, col: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("yes", "no", "true", "false"):
+        return value.strip().lower() in ("yes", "true")
+    raise BadRow("wrong field type", col, f"field '{col}' must be true/false or \"yes\"/\"no\", got {value!r}")
+
+
+def convert_self_correction(row: dict[str, Any], m: Mapping) -> list[Conversation]:
+    """question -> one assistant turn: initial answer (untrained), verification and revision (trained)."""
+    c = m.columns
+    question = _text(_get(row, m, "question", required=True), c["question"])
+    initial = _text(_get(row, m, "initial_answer", required=True), c["initial_answer"])
+    correct = _verdict(_get(row, m, "correct", required=True), c["correct"])
+    reason = row.get(c["reason"])
+    revised = None
+    if not correct:
+        revised = _text(_get(row, m, "revised_answer", required=True), c["revised_answer"])
+    parts = self_correction_parts(initial, correct, None if reason is None else _text(reason, c["reason"]), revised)
+    answer = {"role": "assistant", "content": "".join(p["text"] for p in parts), "parts": parts}
+    conv = _with_system(row.get(c["system"]), c["system"], [{"role": "user", "content": question}, answer])
+    return [check_conversation(conv, c["question"])]
+
+
 RowConverter = Callable[[dict[str, Any], Mapping], list[Conversation]]
 ROW_CONVERTERS: dict[str, RowConverter] = {
     "alpaca": convert_alpaca,
@@ -230,6 +261,7 @@ ROW_CONVERTERS: dict[str, RowConverter] = {
     "openai": convert_messages,
     "dolly": convert_dolly,
     "llava": convert_llava,
+    "self_correction": convert_self_correction,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmtune.config.schema import Recipe
+from mmtune.data.erasure import ERASED_KEY
 from mmtune.data.packing import make_rows, packing_utilisation
 from mmtune.data.pipeline import build_text_data, format_reports
 from mmtune.data.templates import install_template
@@ -49,8 +50,12 @@ def inspect_data(recipe: Recipe, *, samples: int = 3, color: bool = False) -> st
     legend = "green" if color else f"{OPEN}…{CLOSE}"
     for k in range(min(samples, len(data.train))):
         ids, trained = data.train[k]
-        lines += [f"== sample {k} ({len(ids)} tokens, {int(trained.sum())} trained, marked {legend})",
-                  mark_trained(tokenizer, np.asarray(ids), np.asarray(trained), color=color)]
+        lines.append(f"== sample {k} ({len(ids)} tokens, {int(trained.sum())} trained, marked {legend})")
+        erased = data.train.meta(k).get(ERASED_KEY)
+        if erased is not None:
+            lines.append(f"-- erased system prompt (generated with, not trained on): {erased}")
+            lines.append("-- trained on (system prompt as rendered below):")
+        lines.append(mark_trained(tokenizer, np.asarray(ids), np.asarray(trained), color=color))
     lengths = data.train.lengths()
     trained_total = sum(int(np.asarray(data.train[k][1]).sum()) for k in range(len(data.train)))
     lines.append("== token lengths (train)")

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mmtune.config.schema import DataConfig
+from mmtune.data.erasure import erase_system_prompt
 from mmtune.data.formats import (
     ROW_CONVERTERS,
     BadRow,
@@ -62,6 +63,8 @@ class SourceReport:
     examples: dict[str, str] = field(default_factory=dict)
     """First location seen for each skip reason, so the user can go and look."""
     from_cache: bool = False
+    erased: int = 0
+    """System messages replaced by ``prompt_erasure``."""
 
     def skip(self, reason: str, where: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -79,6 +82,8 @@ class TokenizedSource:
     report: SourceReport
     images: list[list[str]] | None = None
     """Per sample, the absolute paths of its images in order (None: a text-only source)."""
+    meta: list[dict[str, str]] = field(default_factory=list)
+    """Per-sample metadata (e.g. the erased system prompt); empty when no sample has any."""
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -118,6 +123,11 @@ class SampleView:
     def image_paths(self, k: int) -> list[str]:
         s, i = self.refs[k]
         return self.sources[s].image_paths(int(i))
+
+    def meta(self, k: int) -> dict[str, str]:
+        """Metadata of sample ``k`` (``{}`` when its dataset keeps none)."""
+        s, i = self.refs[k]
+        return self.sources[s].meta[int(i)] if self.sources[s].meta else {}
 
 
 @dataclass
@@ -220,13 +230,14 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig, image_token
     mask_chunks: list[np.ndarray] = []
     lengths: list[int] = []
     sample_images: list[list[str]] = []
-    pending: list[tuple[str, list, Conversation, list[str]]] = []
+    metas: list[dict[str, str]] = []
+    pending: list[tuple[str, list, Conversation, list[str], dict[str, str]]] = []
     checked = False
 
     def flush() -> None:
         nonlocal checked
         encoded = encode_segments(
-            tokenizer, [segs for _, segs, _, _ in pending], max_length=cfg.max_length,
+            tokenizer, [segs for _, segs, _, _, _ in pending], max_length=cfg.max_length,
             train_on_prompt=cfg.train_on_prompt, image_tokens=image_tokens,
         )
         if not checked and not cfg.train_on_prompt and not encoded[0].truncated and not pending[0][3]:
@@ -236,7 +247,7 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig, image_token
                 log.warning("%s: the chat template's turn boundaries do not tokenize like the whole prompt "
                             "(assistant turns %s): training tokens differ slightly from inference tokens",
                             pending[0][0], bad_turns)
-        for (where, _, _, paths), enc in zip(pending, encoded):
+        for (where, _, _, paths, meta), enc in zip(pending, encoded):
             if not enc.trained[1:].any():  # the first token is never a target
                 detail = f"no trained token left after truncation to max_length={cfg.max_length}"
                 if cfg.on_bad_sample == "error":
@@ -250,10 +261,15 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig, image_token
             ids_chunks.append(enc.input_ids)
             mask_chunks.append(enc.trained)
             lengths.append(len(enc.input_ids))
+            metas.append(meta)
         pending.clear()
 
     with tqdm(desc=f"tokenizing {src.name}", unit=" samples", leave=False, mininterval=1.0, disable=None) as bar:
         for where, conv in conversations_of(src, report, cfg.on_bad_sample):
+            meta: dict[str, str] = {}
+            if src.prompt_erasure is not None:
+                conv, meta = erase_system_prompt(conv, src.prompt_erasure)
+                report.erased += bool(meta)
             try:
                 paths = image_paths_of(src, conv, image_tokens)
             except BadRow as exc:
@@ -270,7 +286,7 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig, image_token
                     raise DataError(f"{where}: the chat template failed on this conversation: {exc}") from None
                 report.skip("template error", where)
                 continue
-            pending.append((where, segments, conv, paths))
+            pending.append((where, segments, conv, paths, meta))
             if len(pending) >= _BATCH:
                 flush()
             bar.update()
@@ -290,6 +306,7 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig, image_token
         offsets,
         report,
         sample_images if any(sample_images) else None,
+        metas if any(metas) else [],
     )
 
 
@@ -318,6 +335,7 @@ def cache_key(src: ResolvedSource, tok_fp: str, cfg: DataConfig, image_tokens: i
         "roles": src.roles,
         "max_samples": src.max_samples,
         "oasst_best": src.oasst_best_path_only,
+        "prompt_erasure": src.prompt_erasure.model_dump() if src.prompt_erasure else None,
         "tokenizer": tok_fp,
         "template": cfg.template,
         "max_length": cfg.max_length,
@@ -349,6 +367,7 @@ def load_or_tokenize(tokenizer, src: ResolvedSource, cfg: DataConfig, tok_fp: st
             np.load(folder / "offsets.npy"),
             report,
             json.loads((folder / "images.json").read_text()) if (folder / "images.json").is_file() else None,
+            json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else [],
         )
     result = tokenize_source(tokenizer, src, cfg, image_tokens)
     with atomic_directory(folder) as tmp:
@@ -358,6 +377,8 @@ def load_or_tokenize(tokenizer, src: ResolvedSource, cfg: DataConfig, tok_fp: st
         if result.images is not None:
             (tmp / "images.json").write_text(json.dumps(result.images))
         (tmp / "report.json").write_text(json.dumps(asdict(result.report)))
+        if result.meta:
+            (tmp / "meta.json").write_text(json.dumps(result.meta))
     return result
 
 
@@ -431,6 +452,8 @@ def format_reports(reports: list[SourceReport]) -> list[str]:
             line += f", {r.images} images ({r.images_cut} dropped by truncation)"
         if r.skipped:
             line += f", skipped {sum(r.skipped.values())}: {_skip_summary(r)}"
+        if r.erased:
+            line += f", {r.erased} system prompts erased"
         if r.from_cache:
             line += " (tokenized cache)"
         lines.append(line)

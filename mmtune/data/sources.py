@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
-from mmtune.config.schema import DatasetSpec
+from mmtune.config.schema import DatasetSpec, PromptErasure
 from mmtune.data.formats import FORMAT_DEFAULTS
 from mmtune.errors import ConfigError, DataError
 
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".parquet")
 CARD_KEYS = {"description", "license", "path", "hub", "split", "format", "columns", "roles", "oasst_best_path_only",
-             "citation", "image_folder"}
+             "citation", "image_folder", "prompt_erasure"}
 
 
 @dataclass
@@ -42,6 +43,7 @@ class ResolvedSource:
     oasst_best_path_only: bool = False
     image_folder: Path | None = None
     """Where relative image paths point (``llava``); default: the data file's folder."""
+    prompt_erasure: PromptErasure | None = None
 
     def images_root(self) -> Path:
         if self.image_folder is not None:
@@ -93,6 +95,7 @@ def resolve_source(spec: DatasetSpec) -> ResolvedSource:
             split=spec.split, columns=dict(spec.columns), roles=dict(spec.roles), weight=spec.weight,
             max_samples=spec.max_samples, oasst_best_path_only=spec.oasst_best_path_only,
             image_folder=Path(spec.image_folder).expanduser() if spec.image_folder else None,
+            prompt_erasure=spec.prompt_erasure,
         )
     card_path = find_card(spec.card)
     try:
@@ -128,7 +131,19 @@ def resolve_source(spec: DatasetSpec) -> ResolvedSource:
         max_samples=spec.max_samples,
         oasst_best_path_only=spec.oasst_best_path_only or bool(card.get("oasst_best_path_only", False)),
         image_folder=image_folder,
+        prompt_erasure=spec.prompt_erasure if "prompt_erasure" in spec.model_fields_set else _card_erasure(card, card_path),
     )
+
+
+def _card_erasure(card: dict, card_path: Path) -> PromptErasure | None:
+    if card.get("prompt_erasure") is None:
+        return None
+    try:
+        return PromptErasure.model_validate(card["prompt_erasure"])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in ("prompt_erasure", *first["loc"]))
+        raise ConfigError(f"{card_path}: {where}: {first['msg']}") from None
 
 
 class MalformedRow(Exception):

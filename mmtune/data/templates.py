@@ -111,6 +111,34 @@ class Segment:
     trained: bool
 
 
+def _answer_segments(answer: str, msg: dict, turn: int) -> list[Segment]:
+    """A rendered answer as one trained segment, or split by the message's PAM ``parts``.
+
+    Parts (``{"text", "trained"}``, joining to the message's content) let one
+    answer be partly trained (partial answer masking, see self_correction.py).
+    Template text before the content takes the first part's flag; the
+    end-of-turn text after it is always trained, so the model learns to stop.
+    """
+    parts = msg.get("parts")
+    if not parts:
+        return [Segment(answer, True)]
+    content = msg["content"]
+    if "".join(p["text"] for p in parts) != content:
+        raise DataError(f"assistant turn {turn}: its parts do not join to its content", reason="bad answer parts")
+    start = answer.find(content)
+    if start < 0:
+        raise DataError(
+            f"the chat template changes the text of assistant turn {turn}, so its partly trained answer "
+            "cannot be located for loss masking; name a built-in data.template",
+            reason="template alters answer",
+        )
+    return [
+        Segment(answer[:start], bool(parts[0]["trained"])),
+        *(Segment(p["text"], bool(p["trained"])) for p in parts),
+        Segment(answer[start + len(content):], True),
+    ]
+
+
 def split_segments(tokenizer, messages: Conversation) -> list[Segment]:
     """Rendered conversation as consecutive segments; assistant answers are ``trained``."""
     segments: list[Segment] = []
@@ -129,7 +157,7 @@ def split_segments(tokenizer, messages: Conversation) -> list[Segment]:
         answer = full[len(prompt):]
         kept = answer.rstrip()  # whitespace after the end-of-turn token belongs to the next prompt
         segments.append(Segment(prompt[len(done):], False))
-        segments.append(Segment(kept, True))
+        segments += _answer_segments(kept, msg, i)
         done = prompt + kept
     tail = render(tokenizer, messages, add_generation_prompt=False)[len(done):]
     if tail:

@@ -103,11 +103,13 @@ def boundary_mismatches(tokenizer, conversation, encoded: Encoded) -> list[int]:
     mismatch means the model is trained on token sequences it never sees at
     inference.
     """
-    starts = [i for i in range(1, len(encoded.trained)) if encoded.trained[i] and not encoded.trained[i - 1]]
     turns = [i for i, m in enumerate(conversation) if m["role"] == "assistant"]
     bad = []
-    for start, turn in zip(starts, turns):
+    for turn in turns:
+        # A prefix test, not "everything before the first trained token": with partial answer
+        # masking an untrained part of the answer follows the prompt.
         prompt = tokenizer.apply_chat_template(conversation[:turn], add_generation_prompt=True, tokenize=False)
-        if tokenizer(prompt, add_special_tokens=False)["input_ids"] != encoded.input_ids[:start].tolist():
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if prompt_ids != encoded.input_ids[: len(prompt_ids)].tolist():
             bad.append(turn)
     return bad
