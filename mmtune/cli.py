@@ -1,4 +1,4 @@
-"""The ``mmtune`` command: train, chat, generate, eval, export, data inspect.
+"""The ``mmtune`` command: train, chat, generate, eval, export, data inspect, data selfcorrect.
 
 Expected failures (bad recipe, bad data, missing model) print one line and
 exit 2; anything else is a bug and keeps its traceback.
@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     di.add_argument("overrides", nargs="*")
     di.add_argument("--samples", type=int, default=3)
     _add_generate_parser(dsub)
+    _add_selfcorrect_parser(dsub)
     return p
 
 
@@ -112,6 +113,31 @@ def _add_generate_parser(dsub) -> None:
     g.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
     g.add_argument("--top-p", type=float, help="nucleus sampling (default 0.9)")
     g.add_argument("--seed", type=int, help="run seed; every batch is seeded from it (default 0)")
+
+
+def _add_selfcorrect_parser(dsub) -> None:
+    s = dsub.add_parser(
+        "selfcorrect",
+        help="build self_correction training data from a model's own answers to questions with gold answers",
+        description="Sample answers, judge them against the gold answer, append self_correction JSONL rows "
+                    "(resumable: a restart skips rows already in --out).",
+    )
+    s.add_argument("questions", help="JSONL file of questions with gold answers")
+    s.add_argument("--out", required=True, help="JSONL file to append self_correction rows to")
+    s.add_argument("--model", default="smollm2-135m-instruct", help="model directory, run directory, hub name or alias")
+    s.add_argument("--judge", default="numeric", help="exact, numeric, or module:function taking (answer, gold)")
+    s.add_argument("--system", help="system instruction the answers are generated with (written into every row)")
+    s.add_argument("--samples", type=int, default=1, help="answers sampled per question")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--max-new-tokens", type=int, default=128)
+    s.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    s.add_argument("--top-p", type=float, default=0.95)
+    s.add_argument("--seed", type=int, default=0, help="batch b is sampled with seed + b")
+    s.add_argument("--limit", type=int, help="use only the first N questions")
+    s.add_argument("--id-field", default="id", help="question id column (default: the line number)")
+    s.add_argument("--question-field", default="question")
+    s.add_argument("--answer-field", default="answer", help="gold answer column")
+    s.add_argument("--revision-field", help="worked-solution column used as the revised answer (default: the gold)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,6 +196,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "data" and args.data_command == "generate":
         return _generate(args)
+    if args.command == "data" and args.data_command == "selfcorrect":
+        from mmtune.data.build_self_correction import QuestionFields, build_self_correction
+        from mmtune.data.judges import resolve_judge
+
+        report = build_self_correction(
+            args.questions, args.out, model=args.model, judge=resolve_judge(args.judge),
+            fields=QuestionFields(args.id_field, args.question_field, args.answer_field, args.revision_field),
+            system=args.system, samples_per_question=args.samples, batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+            limit=args.limit,
+        )
+        print("\n".join(report.lines()))
+        return 0
     raise AssertionError(f"unhandled command {args.command}")
 
 
