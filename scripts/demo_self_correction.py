@@ -7,7 +7,7 @@ Steps (each resumable / skipped when its output exists):
   4. evaluate the untuned and the tuned model on the held-out problems with the same scaffold
      (mmtune.data.self_correction_eval) and write benchmarks/self_correction/results.json + RESULTS.md.
 
-    PYTHONPATH=. python scripts/demo_self_correction.py [--train-questions 320] [--heldout 100]
+    PYTHONPATH=. python scripts/demo_self_correction.py [--train-questions 40] [--heldout 30]
 
 Figures are measured, never typed in: RESULTS.md is written from results.json by this script.
 """
@@ -48,7 +48,7 @@ def accuracy_eval(model_name: str, rows: list[dict], batch_size: int):
 
     model, tokenizer = load_for_inference(model_name)
     return evaluate_self_correction(model, tokenizer, rows, numeric_match, system=SYSTEM, batch_size=batch_size,
-                                    max_new_tokens=ANSWER_TOKENS, verify_tokens=16, revise_tokens=40)
+                                    max_new_tokens=ANSWER_TOKENS, verify_tokens=12, revise_tokens=32)
 
 
 def write_markdown(results: dict) -> None:
@@ -84,8 +84,8 @@ def write_markdown(results: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--train-questions", type=int, default=100)
-    p.add_argument("--heldout", type=int, default=40)
+    p.add_argument("--train-questions", type=int, default=40)
+    p.add_argument("--heldout", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--temperature", type=float, default=0.7)
     args = p.parse_args()

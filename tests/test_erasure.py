@@ -122,3 +122,14 @@ def test_inspect_shows_the_erased_prompt_and_the_trained_one(tmp_path, tiny_llam
     body = out.split("-- trained on", 1)[1]
     assert GENERIC in body and DETAILED not in body
     assert "1 system prompts erased" in out
+
+
+def test_erasure_keeps_the_images_of_a_llava_conversation():
+    from mmtune.data.formats import Mapping, convert_llava
+
+    row = {"id": "1", "image": "cat.jpg", "system": DETAILED,
+           "conversations": [{"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "A cat."}]}
+    conv = convert_llava(row, Mapping.for_format("llava", {}, {}))[0]
+    erased, meta = erase_system_prompt(conv, PromptErasure(replace_with=GENERIC))
+    assert erased[0] == {"role": "system", "content": GENERIC} and meta == {ERASED_KEY: DETAILED}
+    assert erased[1:] == conv[1:] and erased[1]["images"] == ["cat.jpg"]
