@@ -45,7 +45,7 @@ def make_problems(n_train: int, n_heldout: int) -> None:
 
 def accuracy_eval(model_name: str, rows: list[dict], batch_size: int):
     """Self-correction scores of one model. The one place to swap in another evaluator."""
-    from mmtune.data.judges import numeric_match
+    from mmtune.evaluation import numeric_match
     from mmtune.data.self_correction_eval import evaluate_self_correction
     from mmtune.models.finetuned import load_for_inference
 
@@ -122,7 +122,7 @@ def main() -> None:
     import mmtune
     from mmtune.config.loader import load_recipe
     from mmtune.data.build_self_correction import QuestionFields, build_self_correction
-    from mmtune.data.judges import numeric_match
+    from mmtune.evaluation import numeric_match
 
     make_problems(args.train_questions, args.heldout)
     all_rows = DATA / "selfcorrect_smollm2_all.jsonl"

@@ -9,7 +9,8 @@ import pytest
 from conftest import write_jsonl
 from mmtune.data import self_correction_eval
 from mmtune.data.build_self_correction import QuestionFields, build_self_correction, done_keys
-from mmtune.data.judges import exact_match, last_number, numeric_match, resolve_judge
+from mmtune.data.judges import resolve_judge
+from mmtune.evaluation import exact_match, numeric_match
 from mmtune.data.self_correction import NO, REVISED, VERIFICATION
 from mmtune.errors import ConfigError, DataError
 
@@ -17,29 +18,17 @@ QUESTIONS = [{"id": f"q{i}", "question": f"What is {i} + {i}?", "answer": "ok" i
               "solution": f"{i} + {i} = {2 * i}."} for i in range(5)]
 
 
-def gold_is_ok(answer: str, gold: str) -> bool:
-    """A judge whose verdict is known in advance: rows with gold 'ok' are correct."""
-    return gold == "ok"
+def gold_is_ok(answer: str, gold: str) -> bool | None:
+    """A judge whose verdict is known in advance: gold 'ok' is correct, 'no' wrong, anything else unjudgeable."""
+    return {"ok": True, "no": False}.get(gold)
 
 
-def test_numeric_judge_uses_the_last_number_and_ignores_thousands_separators():
-    assert last_number("3 + 4 = 7, so she has 7 apples.") == 7
-    assert last_number("no digits") is None
-    assert numeric_match("That makes 1,200 in total.", "1200")
-    assert numeric_match("The answer is 7.", "7.0")
-    assert not numeric_match("It is 8. Not 7? No, 8.", "7")
-    assert not numeric_match("I do not know.", "7")
-    with pytest.raises(ValueError, match="no number"):
-        numeric_match("7", "seven")
-
-
-def test_exact_judge_normalises_case_space_and_outer_punctuation():
-    assert exact_match("  Paris. ", "paris")
-    assert not exact_match("Paris, France", "Paris")
+def test_builtin_judges_are_the_evaluation_judges():
+    assert resolve_judge("numeric") is numeric_match and resolve_judge("exact") is exact_match
+    assert numeric_match("3 + 4 = 7, so she has 7 apples.", "7") and not numeric_match("It is 8.", "7")
 
 
 def test_judges_resolve_by_name_or_import_path():
-    assert resolve_judge("numeric") is numeric_match
     assert resolve_judge("test_selfcorrect:gold_is_ok") is gold_is_ok
     with pytest.raises(ConfigError, match="not one of"):
         resolve_judge("fuzzy")
@@ -101,6 +90,13 @@ def test_builder_output_trains_through_the_self_correction_format(tmp_path, tiny
     assert len(rows_of(out)) == 2 * len(QUESTIONS)
     result = mmtune.train(tiny_recipe(out, fmt="self_correction", train={"max_steps": 2}))
     assert result.steps == 2 and result.final_loss == result.final_loss  # finite, not NaN
+
+
+def test_unjudgeable_gold_is_skipped_and_counted(tmp_path, tiny):
+    q = write_jsonl(tmp_path / "q.jsonl", [QUESTIONS[0], {**QUESTIONS[1], "answer": "???"}])
+    report = build_self_correction(q, tmp_path / "o.jsonl", loaded=tiny, judge=gold_is_ok, max_new_tokens=4,
+                                   progress=False)
+    assert report.skipped.get("gold not judgeable") == 1 and report.written == 1
 
 
 def test_bad_questions_file_names_line_and_field(tmp_path, tiny):

@@ -158,7 +158,11 @@ def build_self_correction(
                 if not answer:
                     report.skipped["empty answer"] = report.skipped.get("empty answer", 0) + 1
                     continue
-                ok = bool(judge(answer, row["gold"]))
+                verdict = judge(answer, row["gold"])
+                if verdict is None:
+                    report.skipped["gold not judgeable"] = report.skipped.get("gold not judgeable", 0) + 1
+                    continue
+                ok = bool(verdict)
                 record = {"id": row["id"], "sample": k, "question": row["question"], "initial_answer": answer,
                           "correct": ok, "gold": row["gold"]}
                 if not ok:

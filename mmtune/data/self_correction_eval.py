@@ -67,6 +67,8 @@ def evaluate_self_correction(
 ) -> SelfCorrectionScores:
     """Score ``rows`` (``id``, ``question``, ``answer`` = gold) with the scaffold above; greedy decoding.
 
+    A judge's None (gold not judgeable) counts as a wrong answer.
+
     ``max_new_tokens`` bounds step 1 (answer, and a tuned model's own verification and revision);
     ``verify_tokens`` and ``revise_tokens`` bound the prefilled steps 2 and 3.
     """
