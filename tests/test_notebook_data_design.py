@@ -19,3 +19,4 @@ def test_data_design_notebook_executes(monkeypatch):
     outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
     assert "kept as metadata" in outputs and "Verification: Is the answer correct?" in outputs
     assert "final_accuracy" in outputs  # the demonstration's figures were read and printed
+    assert "max |combined - formula| = 0.0" in outputs  # proxy logits are exactly the formula
