@@ -1,4 +1,4 @@
-"""The ``mmtune`` command: train, chat, generate, eval, export, data inspect, data selfcorrect.
+"""The ``mmtune`` command: train, chat, generate, eval, export, data inspect, data generate, data selfcorrect.
 
 Expected failures (bad recipe, bad data, missing model) print one line and
 exit 2; anything else is a bug and keeps its traceback.
