@@ -88,6 +88,28 @@ def test_open_clip_encoder_reads_the_selected_layer():
     assert with_cls.num_tokens == TOKENS + 1 and with_cls(x).shape == (2, TOKENS + 1, 32)
 
 
+def test_open_clip_timm_trunk_encoder_eva_style():
+    """EVA01-g-14, EVA02 and SigLIP are timm trunks inside open_clip: same contract, same layer rule."""
+    import open_clip
+
+    from mmtune.vision.encoders import build_encoder
+
+    arch = {"embed_dim": 16, "vision_cfg": {"image_size": 224, "timm_model_name": "eva02_tiny_patch14_224",
+                                            "timm_model_pretrained": False, "timm_pool": "token", "timm_proj": "linear"},
+            "text_cfg": OPEN_CLIP_TINY["text_cfg"]}
+    torch.manual_seed(0)
+    reference = open_clip.CLIP(**arch).visual.eval()
+    torch.manual_seed(0)
+    encoder = build_encoder(EncoderConfig(kind="open_clip", pretrained=None, architecture=arch,
+                                          select_feature="cls_patch")).eval()
+    assert (encoder.hidden_size, encoder.num_tokens, encoder.image_size) == (192, 16 * 16 + 1, 224)
+    x = torch.randn(1, 3, 224, 224)
+    out = reference.forward_intermediates(x, indices=[10], intermediates_only=True, output_fmt="NLC",
+                                          output_extra_tokens=True)
+    expected = torch.cat([out["image_intermediates_prefix"][0], out["image_intermediates"][0]], dim=1)
+    torch.testing.assert_close(encoder(x), expected)
+
+
 def test_hf_clip_encoder_matches_hidden_states_and_drops_cls():
     from mmtune.vision.encoders import build_encoder
 

@@ -51,24 +51,48 @@ class ImageEncoder(nn.Module):
         raise NotImplementedError
 
 
+def open_clip_vit_geometry(visual: nn.Module) -> tuple[int, int, tuple[int, int], int] | None:
+    """(blocks, width, patch grid, prefix tokens) of an open_clip image tower, or None if not a ViT.
+
+    open_clip has two ViT kinds: its own (CLIP ViT-L/14, ViT-g-14) and timm trunks (EVA01-g-14,
+    EVA02, SigLIP); both expose ``forward_intermediates`` with the same signature.
+    """
+    if hasattr(visual, "transformer"):
+        height, width = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
+        ph, pw = visual.patch_size
+        return len(visual.transformer.resblocks), visual.transformer.width, (height // ph, width // pw), 1
+    trunk = getattr(visual, "trunk", None)  # open_clip's TimmModel
+    if trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "forward_intermediates"):
+        return len(trunk.blocks), trunk.embed_dim, tuple(trunk.patch_embed.grid_size), int(trunk.num_prefix_tokens)
+    return None
+
+
 class OpenClipEncoder(ImageEncoder):
     """An open_clip ViT's hidden states at one layer (blocks after it are pruned away)."""
 
     def __init__(self, visual: nn.Module, *, select_layer: int, keep_cls: bool, image_mean, image_std):
-        blocks = len(visual.transformer.resblocks)
+        geometry = open_clip_vit_geometry(visual)
+        if geometry is None:
+            raise ConfigError(f"model.vision.encoder: this open_clip image tower ({type(visual).__name__}) is not a "
+                              "ViT; mmtune's open_clip encoder reads ViT hidden states")
+        blocks, width, grid, prefix = geometry
         # hidden_states[k] is the output of block k-1; negative k counts from hidden_states[blocks].
         index = (blocks + select_layer if select_layer < 0 else select_layer - 1)
         if not 0 <= index < blocks:
             raise ConfigError(f"model.vision.encoder.select_layer: {select_layer} is outside this encoder's "
                               f"{blocks} layers (valid: 1..{blocks} or -1..-{blocks})")
-        visual.prune_intermediate_layers([index], prune_norm=True, prune_head=True)
-        height, width = visual.image_size if isinstance(visual.image_size, tuple) else (visual.image_size,) * 2
-        ph, pw = visual.patch_size
-        super().__init__(hidden_size=visual.transformer.width, num_tokens=(height // ph) * (width // pw) + keep_cls,
-                         image_size=height, image_mean=image_mean, image_std=image_std)
+        if hasattr(visual, "transformer"):
+            visual.prune_intermediate_layers([index], prune_norm=True, prune_head=True)
+        else:
+            visual.trunk.prune_intermediate_layers([index], prune_norm=True, prune_head=True)
+        keep_prefix = keep_cls and prefix > 0
+        super().__init__(hidden_size=width, num_tokens=grid[0] * grid[1] + (prefix if keep_prefix else 0),
+                         image_size=grid[0] * (visual.patch_size[0] if hasattr(visual, "patch_size")
+                                               else visual.trunk.patch_embed.patch_size[0]),
+                         image_mean=image_mean, image_std=image_std)
         self.visual = visual
         self.index = index
-        self.keep_cls = keep_cls
+        self.keep_cls = keep_prefix
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         out = self.visual.forward_intermediates(
@@ -126,9 +150,6 @@ def build_open_clip(cfg: EncoderConfig) -> ImageEncoder:
             raise ModelError(f"could not load open_clip encoder '{cfg.name}' (pretrained={cfg.pretrained!r}): "
                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     visual = model.visual
-    if not hasattr(visual, "transformer"):
-        raise ConfigError(f"model.vision.encoder: open_clip model '{cfg.name}' has no ViT trunk; "
-                          "mmtune's open_clip encoder reads ViT hidden states")
     pre = open_clip.get_model_preprocess_cfg(model)
     mean = cfg.image_mean or tuple(pre.get("mean", CLIP_MEAN))
     std = cfg.image_std or tuple(pre.get("std", CLIP_STD))
