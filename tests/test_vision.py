@@ -411,6 +411,12 @@ def test_two_stage_training_loads_the_stage1_projector_and_loss_falls(tiny_recip
                                                    [str(photos / "p0.png")]), GenerationOptions(max_new_tokens=4))
     assert isinstance(reply, str)
 
+    from mmtune.cli import main
+
+    assert main(["chat", "--model", str(result2.run_dir), "--image", str(photos / "p1.png"), "Describe it.",
+                 "--max-new-tokens", "3"]) == 0
+    assert main(["chat", "--model", str(result2.run_dir), "--image", str(photos / "nope.png"), "Describe it."]) == 2
+
 
 def test_multimodal_resume_matches_an_uninterrupted_run(tiny_recipe, photos, tmp_path):
     import mmtune
