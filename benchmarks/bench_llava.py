@@ -57,6 +57,7 @@ import torch  # noqa: E402
 
 # Shared with the text benchmark: metrics.jsonl reading, load average, percentiles.
 from bench_text_sft import _loadavg, mmtune_fed_padding, mmtune_throughput, pct, spread  # noqa: E402
+from report import print_table, timing_rows  # noqa: E402
 
 VISION_JSON = REPO / "datasets" / "mmtune-vision" / "train.json"
 VISION_IMAGES = REPO / "datasets" / "mmtune-vision" / "images"
@@ -435,16 +436,7 @@ def print_report(plan: dict, mm: dict, bl: dict) -> dict:
         ("", "mmtune (packed)", "HF Llava + Trainer (padded)"),
         ("samples per optimizer step", f"{plan['samples'] / max(mm['steps'], 1):.2f} ({plan['micro_batch_size']} rows)",
          f"{bl['batch_size']}"),
-        ("optimizer steps (timed)", f"{mm['steps']} ({mm['timed_steps']})", f"{bl['steps']} ({bl['timed_steps']})"),
-        ("trained targets (all / timed)", f"{mm['targets_total']:,} / {mm['targets_timed']:,}",
-         f"{bl['targets_total']:,} / {bl['targets_timed']:,}"),
-        ("timed training seconds", f"{mm['seconds_timed']:.2f}", f"{bl['seconds_timed']:.2f}"),
-        ("step-1 (warm-up, excluded) s", f"{mm['step1_seconds'] or float('nan'):.2f}",
-         f"{bl['step1_seconds'] or float('nan'):.2f}"),
-        ("trained tokens/s", f"{mm['tok_s']:.1f}", f"{bl['tok_s']:.1f}"),
-        ("  per step: p50 (min-max)", f"{mm['step_tok_s']['p50']:.1f} ({mm['step_tok_s']['min']:.1f}-{mm['step_tok_s']['max']:.1f})",
-         f"{bl['step_tok_s']['p50']:.1f} ({bl['step_tok_s']['min']:.1f}-{bl['step_tok_s']['max']:.1f})"),
-        ("  baseline compute-only tok/s", "", f"{bl['tok_s_compute_only']:.1f}"),
+        *timing_rows(mm, bl),
         (f"data wait, {plan['workers']} workers (max step)", f"{mm['data_wait']:.2%} ({mm['data_wait_max']:.2%})",
          f"{bl['data_wait']:.2%}"),
         ("pad fraction of fed tokens", f"{plan['mm_pad_fraction_fed']:.1%}", f"{bl['padding_fraction']:.1%}"),
@@ -456,12 +448,9 @@ def print_report(plan: dict, mm: dict, bl: dict) -> dict:
          f"{bl['params']['trainable']:,} / {bl['params']['total']:,}"),
         ("final loss", f"{mm['final_loss']:.4f}", f"{bl['final_loss']:.4f} (mean)"),
     ]
-    w0 = max(len(a) for a, _, _ in rows) + 2
-    w1 = max(len(b) for _, b, _ in rows) + 2
     print(f"\n--- results: llm {plan['llm']} ({plan['samples']} samples, {plan['images']} images, "
           f"max_length {plan['max_length']}) ---")
-    for a, b, c in rows:
-        print(f"{a:<{w0}}{b:<{w1}}{c}")
+    print_table(rows)
     same = mm["targets_total"] == bl["targets_total"]
     if not same:
         print(f"WARNING: the two sides trained different target counts ({mm['targets_total']} vs {bl['targets_total']})")

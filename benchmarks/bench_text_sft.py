@@ -50,6 +50,7 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
+from report import print_table, timing_rows  # noqa: E402
 
 SOURCE_JSONL = REPO / "datasets" / "mmtune-instruct" / "train.jsonl"
 
@@ -548,16 +549,7 @@ def print_report(r: dict) -> None:
         ("", "mmtune (packed)", "HF Trainer (padded)"),
         ("samples per optimizer step", f"{mm['samples_per_step']:.2f} ({r['micro_batch_size']} rows)",
          f"{bl['batch_size']}"),
-        ("optimizer steps (timed)", f"{mm['steps']} ({mm['timed_steps']})", f"{bl['steps']} ({bl['timed_steps']})"),
-        ("trained targets (all / timed)", f"{mm['targets_total']:,} / {mm['targets_timed']:,}",
-         f"{bl['targets_total']:,} / {bl['targets_timed']:,}"),
-        ("timed training seconds", f"{mm['seconds_timed']:.2f}", f"{bl['seconds_timed']:.2f}"),
-        ("step-1 (warm-up, excluded) s", f"{mm['step1_seconds'] or float('nan'):.2f}",
-         f"{bl['step1_seconds'] or float('nan'):.2f}"),
-        ("trained tokens/s", f"{mm['tok_s']:.1f}", f"{bl['tok_s']:.1f}"),
-        ("  per step: p50 (min-max)", f"{mm['step_tok_s']['p50']:.1f} ({mm['step_tok_s']['min']:.1f}-{mm['step_tok_s']['max']:.1f})",
-         f"{bl['step_tok_s']['p50']:.1f} ({bl['step_tok_s']['min']:.1f}-{bl['step_tok_s']['max']:.1f})"),
-        ("  baseline compute-only tok/s", "", f"{bl['tok_s_compute_only']:.1f}"),
+        *timing_rows(mm, bl),
         ("pad fraction of fed tokens", f"{mm['pad_fraction_fed']:.1%}", f"{bl['padding_fraction']:.1%}"),
         ("packing utilisation", f"{mm['packing_utilisation']:.1%}", "-"),
         ("peak RSS MiB (phase start)", f"{mm['rss']['peak_mib']:.0f} ({mm['rss']['start_mib']:.0f})",
@@ -566,10 +558,7 @@ def print_report(r: dict) -> None:
         ("phase wall s (incl. load)", f"{mm['wall_s_phase']:.1f}", f"{bl['wall_s_phase']:.1f}"),
         ("final loss", f"{mm['final_loss']:.4f}", f"{bl['final_loss']:.4f} (mean)"),
     ]
-    w0 = max(len(a) for a, _, _ in rows) + 2
-    w1 = max(len(b) for _, b, _ in rows) + 2
-    for a, b, c in rows:
-        print(f"{a:<{w0}}{b:<{w1}}{c}")
+    print_table(rows)
     if not r["same_targets"]:
         print(f"WARNING: the two sides trained different target counts ({mm['targets_total']} vs {bl['targets_total']})")
     print(f"ratio mmtune/baseline: {r['ratio']:.2f}x (vs baseline compute-only: {r['ratio_vs_compute_only']:.2f}x); "
