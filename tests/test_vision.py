@@ -467,6 +467,31 @@ class MeanPool(Connector):
 '''
 
 
+def test_custom_parts_that_break_the_contract_are_config_errors(tmp_path, monkeypatch):
+    from mmtune.vision.connectors import build_connector
+    from mmtune.vision.encoders import build_encoder
+
+    (tmp_path / "broken_vision.py").write_text(
+        "from mmtune.vision.encoders import ImageEncoder\n"
+        "from mmtune.vision.connectors import Connector\n"
+        "class NoForward(ImageEncoder):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(hidden_size=8, num_tokens=4, image_size=16)\n"
+        "class NoForwardConnector(Connector):\n"
+        "    pass\n"
+        "class Fine(NoForward):\n"
+        "    def forward(self, pixel_values):\n"
+        "        return pixel_values\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="abstract method forward"):
+        build_encoder(EncoderConfig(kind="broken_vision:NoForward"))
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'width'"):
+        build_encoder(EncoderConfig(kind="broken_vision:Fine", options={"width": 3}))
+    with pytest.raises(ConfigError, match="abstract method forward"):
+        build_connector(ConnectorConfig(kind="broken_vision:NoForwardConnector"), 8, 8)
+
+
 def test_custom_encoder_and_connector_from_a_recipe(tiny_recipe, photos, tmp_path, monkeypatch):
     import mmtune
     from mmtune.models.finetuned import load_for_inference

@@ -10,6 +10,7 @@ tokens (``wants_text = True``). Built-ins: ``linear`` and LLaVA's
 
 from __future__ import annotations
 
+import abc
 import re
 
 import torch
@@ -20,8 +21,8 @@ from mmtune.errors import ConfigError
 from mmtune.utils.imports import import_object
 
 
-class Connector(nn.Module):
-    """Base class of connectors."""
+class Connector(nn.Module, abc.ABC):
+    """Base class of connectors (``forward`` is abstract: a connector without it fails when built)."""
 
     wants_text: bool = False
     """True for connectors that condition on the instruction (they get ``text_ids`` / ``text_mask``)."""
@@ -34,9 +35,10 @@ class Connector(nn.Module):
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return num_input_tokens
 
+    @abc.abstractmethod
     def forward(self, features: torch.Tensor, text_ids: torch.Tensor | None = None,
-                text_mask: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover - contract
-        raise NotImplementedError
+                text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, N, in_dim]`` -> ``[B, num_output_tokens(N), out_dim]``."""
 
 
 class MLPProjector(Connector):
@@ -66,7 +68,11 @@ def build_connector(cfg: ConnectorConfig, in_dim: int, out_dim: int) -> Connecto
             raise ConfigError("model.vision.connector.kind: mlp{N}x_gelu needs N >= 1")
         connector = MLPProjector(in_dim, out_dim, depth=depth)
     else:
-        connector = import_object(cfg.kind, "model.vision.connector.kind")(in_dim=in_dim, out_dim=out_dim, **cfg.options)
+        builder = import_object(cfg.kind, "model.vision.connector.kind")
+        try:
+            connector = builder(in_dim=in_dim, out_dim=out_dim, **cfg.options)
+        except TypeError as exc:  # wrong options, or a class that does not implement the contract
+            raise ConfigError(f"model.vision.connector: cannot build '{cfg.kind}': {exc}") from None
     if not isinstance(connector, Connector):
         raise ConfigError(f"model.vision.connector.kind: '{cfg.kind}' built a {type(connector).__name__}, "
                           "not an mmtune.vision.connectors.Connector")

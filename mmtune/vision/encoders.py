@@ -16,6 +16,7 @@ both families, as in LLaVA.
 
 from __future__ import annotations
 
+import abc
 import logging
 from collections.abc import Callable
 
@@ -35,8 +36,11 @@ HALF = (0.5, 0.5, 0.5)
 HF_DEFAULT_STATS = {"clip_vision_model": (CLIP_MEAN, CLIP_STD), "siglip_vision_model": (HALF, HALF)}
 
 
-class ImageEncoder(nn.Module):
-    """Base class of image encoders: subclasses set the attributes and implement ``forward``."""
+class ImageEncoder(nn.Module, abc.ABC):
+    """Base class of image encoders: subclasses set the attributes and implement ``forward``.
+
+    ``forward`` is abstract, so an encoder that forgets it fails when it is built, not at the first batch.
+    """
 
     def __init__(self, *, hidden_size: int, num_tokens: int, image_size: int,
                  image_mean: tuple[float, float, float] = CLIP_MEAN, image_std: tuple[float, float, float] = CLIP_STD):
@@ -47,8 +51,9 @@ class ImageEncoder(nn.Module):
         self.image_mean = tuple(image_mean)
         self.image_std = tuple(image_std)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # pragma: no cover - contract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, image_size, image_size]`` -> ``[B, num_tokens, hidden_size]``."""
 
 
 def open_clip_vit_geometry(visual: nn.Module) -> tuple[int, int, tuple[int, int], int] | None:
@@ -209,7 +214,11 @@ def build_encoder(cfg: EncoderConfig) -> ImageEncoder:
     if cfg.kind in ENCODER_BUILDERS:
         encoder = ENCODER_BUILDERS[cfg.kind](cfg)
     else:
-        encoder = import_object(cfg.kind, "model.vision.encoder.kind")(**cfg.options)
+        builder = import_object(cfg.kind, "model.vision.encoder.kind")
+        try:
+            encoder = builder(**cfg.options)
+        except TypeError as exc:  # wrong options, or a class that does not implement the contract
+            raise ConfigError(f"model.vision.encoder: cannot build '{cfg.kind}': {exc}") from None
     if not isinstance(encoder, ImageEncoder):
         raise ConfigError(f"model.vision.encoder.kind: '{cfg.kind}' built a {type(encoder).__name__}, "
                           "not an mmtune.vision.encoders.ImageEncoder")
