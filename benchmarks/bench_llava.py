@@ -138,7 +138,7 @@ def unused_special_id(tokenizer, view) -> int:
 
 def baseline_features(view, image_token_id: int) -> list[dict]:
     """mmtune's ids with each image position set to the image token; labels = id where trained, else -100."""
-    from mmtune.vision.images import IMAGE_PLACEHOLDER_ID
+    from mmtune.modalities.image import IMAGE_PLACEHOLDER_ID
 
     feats = []
     for k in range(len(view)):
@@ -157,7 +157,7 @@ def prepare(work: Path, *, llm: str, repeat: int, max_length: int, micro_batch_s
     from mmtune import validate_recipe
     from mmtune.config.schema import ModelConfig
     from mmtune.data.packing import make_rows, packing_utilisation
-    from mmtune.data.pipeline import build_text_data
+    from mmtune.data.pipeline import build_conversation_data
     from mmtune.data.templates import install_template
     from mmtune.models.aliases import resolve_alias
     from mmtune.models.loading import load_tokenizer
@@ -189,7 +189,7 @@ def prepare(work: Path, *, llm: str, repeat: int, max_length: int, micro_batch_s
     probe_llm = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32)
     image_tokens = build_multimodal(VisionConfig(**rc.model.vision.model_dump()), probe_llm).num_image_tokens
     del probe_llm
-    data = build_text_data(tokenizer, rc.data, seed=rc.train.seed, image_tokens=image_tokens)
+    data = build_conversation_data(tokenizer, rc.data, seed=rc.train.seed, image_tokens=image_tokens)
     view = data.train
     lengths = view.lengths()
     targets = np.array([int(np.asarray(view[k][1])[1:].sum()) for k in range(len(view))])
@@ -277,7 +277,7 @@ class LlavaFeatures(torch.utils.data.Dataset):
         return len(self.features)
 
     def __getitem__(self, i: int) -> dict:
-        from mmtune.vision.images import load_rgb
+        from mmtune.modalities.image import load_rgb
 
         f = self.features[i]
         pixels = [self.transform(load_rgb(p)) for p in f["images"]]
@@ -333,8 +333,8 @@ def run_hf(plan: dict) -> dict:
     from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, set_seed
     from transformers.trainer_callback import PrinterCallback
 
-    from mmtune.vision.encoders import CLIP_MEAN, CLIP_STD
-    from mmtune.vision.images import ImageTransform
+    from mmtune.models.multimodal.encoders import CLIP_MEAN, CLIP_STD
+    from mmtune.modalities.image import ImageTransform
 
     class StepTimer(TrainerCallback):
         def __init__(self) -> None:

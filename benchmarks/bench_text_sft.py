@@ -276,7 +276,7 @@ def mmtune_fed_padding(lengths: np.ndarray, max_length: int, micro_batch_size: i
     """Replay mmtune's rows and micro-batches to count the pad tokens it feeds (rows pad to the batch's widest, x8)."""
     from mmtune.data.packing import make_rows
 
-    from mmtune.training.recipe import micro_batch_order
+    from mmtune.training.loop import micro_batch_order
 
     rows = make_rows(lengths, max_length, True)
     real = fed = 0
@@ -436,7 +436,7 @@ def run_baseline(model_dir: Path, tokenizer, features: list[dict], out_dir: Path
 def bench_model(which: str, work: Path, *, samples: int, max_length: int, micro_batch_size: int) -> dict:
     from mmtune import train as mmtune_train
     from mmtune import validate_recipe
-    from mmtune.data.pipeline import build_text_data
+    from mmtune.data.pipeline import build_conversation_data
     from mmtune.data.packing import packing_utilisation, make_rows
     from mmtune.data.templates import install_template
     from mmtune.models.aliases import resolve_alias
@@ -461,7 +461,7 @@ def bench_model(which: str, work: Path, *, samples: int, max_length: int, micro_
     # Tokenize once with mmtune's own pipeline; mmtune.train below reads the same cache entry.
     tokenizer = load_tokenizer(rc.model)
     install_template(tokenizer, rc.data.template)
-    data = build_text_data(tokenizer, rc.data, seed=rc.train.seed)
+    data = build_conversation_data(tokenizer, rc.data, seed=rc.train.seed)
     view = data.train
     lengths = view.lengths()
     trained_per_sample = np.array([int(np.asarray(view[k][1])[1:].sum()) for k in range(len(view))])

@@ -26,13 +26,13 @@ from pathlib import Path
 
 
 def held_out_conversations(run_dir: Path):
-    """The validation conversations of a run, selected as ``build_text_data`` selected them."""
+    """The validation conversations of a run, selected as ``build_conversation_data`` selected them."""
     import yaml
 
     from mmtune.config.schema import DataConfig
-    from mmtune.data.pipeline import SourceReport, build_text_data, conversations_of
+    from mmtune.data.pipeline import SourceReport, build_conversation_data, conversations_of
     from mmtune.data.sources import resolve_source
-    from mmtune.models.finetuned import load_for_inference
+    from mmtune.models.run_outputs import load_for_inference
 
     # Only the data section and the seed matter here; reading just those keeps runs of older versions usable.
     raw = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -40,7 +40,7 @@ def held_out_conversations(run_dir: Path):
     if data_cfg.val_fraction <= 0:
         raise SystemExit(f"{run_dir}: the run held out no validation data (data.val_fraction = 0)")
     _, tokenizer = load_for_inference(str(run_dir))
-    data = build_text_data(tokenizer, data_cfg, seed=seed)
+    data = build_conversation_data(tokenizer, data_cfg, seed=seed)
     sources = [resolve_source(spec) for spec in data_cfg.datasets]
     convs = [[c for _, c in conversations_of(src, SourceReport(src.name), data_cfg.on_bad_sample)] for src in sources]
     for src, tokenized, all_convs in zip(sources, data.val.sources, convs):
@@ -57,10 +57,10 @@ def main() -> None:
     p.add_argument("--out", help="also write every figure (and per-sample predictions) as JSON")
     args = p.parse_args()
 
-    from mmtune.chat import GenerationOptions
+    from mmtune.generation.options import GenerationOptions
     from mmtune.evaluation import evaluate
     from mmtune.generation.proxy import check_proxy_compatible, ProxyTuned
-    from mmtune.models.finetuned import load_for_inference
+    from mmtune.models.run_outputs import load_for_inference
 
     run = Path(args.run)
     convs = held_out_conversations(run)

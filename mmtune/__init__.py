@@ -1,8 +1,8 @@
-"""mmtune: instruction tuning for any Hugging Face causal LM, from text today and images, video and audio next.
+"""mmtune: instruction tuning for any Hugging Face causal LM, from text, images and (next) video and audio.
 
 The Python API is small: ``mmtune.train(recipe)`` runs a recipe (a YAML path,
-a dict, or a :class:`mmtune.Recipe`), and the building blocks it uses are
-importable on their own (see README.md).
+a dict, or a validated recipe object), and the building blocks it uses are
+importable on their own (see README.md and docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -11,22 +11,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmtune.config.loader import load_recipe, validate_recipe
-from mmtune.config.schema import Recipe
+from mmtune.config.schema import Recipe, SftRecipe
 from mmtune.errors import ConfigError, DataError, MmtuneError, ModelError, TrainingError
 
 if TYPE_CHECKING:
-    from mmtune.training.recipe import RunResult
+    from mmtune.training.loop import RunResult
 
 __version__ = "0.1.0"
 __all__ = [
-    "ConfigError", "DataError", "MmtuneError", "ModelError", "Recipe", "TrainingError",
+    "ConfigError", "DataError", "MmtuneError", "ModelError", "Recipe", "SftRecipe", "TrainingError",
     "load_recipe", "train", "validate_recipe",
 ]
 
 
 def train(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None) -> "RunResult":
     """Run a training recipe; returns the run directory, step count, final loss and model path."""
-    from mmtune.training.recipe import train as run_recipe
+    from mmtune.training.loop import train as run_recipe
 
     if isinstance(recipe, (str, Path)):
         recipe = load_recipe(recipe, overrides)

@@ -1,7 +1,13 @@
-"""The ``mmtune`` command: train, chat, generate, eval, export, data inspect, data generate, data selfcorrect.
+"""The ``mmtune`` command: train, chat, generate, eval, export, data inspect / generate / selfcorrect.
 
 Expected failures (bad recipe, bad data, missing model) print one line and
-exit 2; anything else is a bug and keeps its traceback.
+exit 2; anything else is a bug and keeps its traceback. Flags left unset are
+absent from the parsed arguments, so every default keeps its one home (the
+options dataclasses and function signatures; the help shows them).
+
+Several processes: ``torchrun --nproc_per_node N -m mmtune.cli train ...``
+(CPU or GPU) or ``accelerate launch -m mmtune.cli train ...`` (GPUs); only the
+main process prints.
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ import sys
 import warnings
 from typing import get_args
 
-from mmtune.config.schema import FormatName
+from mmtune.config.schema import DEFAULT_MODEL, FormatName
 from mmtune.errors import MmtuneError
-from mmtune.generation.cli_args import add_generation_flags, add_proxy_flags
+from mmtune.generation.cli_args import add_generation_flags, add_proxy_flags, given
+
+SUPPRESS = argparse.SUPPRESS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,19 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--system", help="system message")
     c.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="image for a multimodal model (repeat for several); placed at the first user turn")
-    c.add_argument("--template", default="auto",
-                   help="chat template: auto (the model's own; a trained model's is the one it was trained with) "
-                        "or a built-in: alpaca, vicuna_v1, chatml, llama2, plain")
-    c.add_argument("--max-new-tokens", type=int, default=256)
-    c.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    c.add_argument("--top-p", type=float, default=1.0)
-    c.add_argument("--seed", type=int, default=0)
+    add_generation_flags(c, batched=False)
     add_proxy_flags(c)
 
     g = sub.add_parser("generate", help="replies for a prompt file (text: one per line; JSONL) or one prompt, as JSONL")
     g.add_argument("--model", required=True, help="run directory, model directory, hub name or alias")
     g.add_argument("prompt", nargs="?", help="one prompt (instead of --prompts)")
-    g.add_argument("--prompts", help="prompt file: .jsonl rows with prompt / messages / instruction, else one per line")
+    g.add_argument("--prompts", help="prompt file: .jsonl rows with prompt / messages / instruction (+ images), "
+                                     "else one prompt per line")
     g.add_argument("--out", help="output JSONL (default: print rows to stdout)")
     g.add_argument("--system", help="system message added to every prompt")
     add_generation_flags(g)
@@ -53,15 +56,18 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("eval", help="exact match / numeric accuracy / loss on held-out data, as a JSON report")
     v.add_argument("model", metavar="RUN_OR_MODEL", help="run directory, model directory, hub name or alias")
     v.add_argument("--data", required=True, help="data file in any training format, or a dataset card name")
-    v.add_argument("--format", default="auto", choices=["auto", *get_args(FormatName)],
-                   help="data format (default: detected from the first row)")
-    v.add_argument("--metric", action="append", choices=["exact", "numeric", "loss"],
+    v.add_argument("--format", default=SUPPRESS, choices=["auto", *get_args(FormatName)],
+                   help="data format (default: auto, detected from the first row)")
+    v.add_argument("--metric", action="append", default=SUPPRESS, choices=["exact", "numeric", "loss"],
                    help="repeatable; default: all three")
     v.add_argument("--out", help="write the JSON report here (default: print it)")
-    v.add_argument("--max-samples", type=int, help="evaluate only the first N conversations")
-    v.add_argument("--max-length", type=int, default=1024, help="token limit for the loss (as data.max_length)")
-    v.add_argument("--number", choices=["first", "last"], default="last", help="which number numeric accuracy compares")
-    v.add_argument("--tolerance", type=float, default=1e-6, help="numeric tolerance, relative to the gold's size")
+    v.add_argument("--max-samples", type=int, default=SUPPRESS, help="evaluate only the first N conversations")
+    v.add_argument("--max-length", type=int, default=SUPPRESS,
+                   help="token limit for the loss (default: data.max_length's default)")
+    v.add_argument("--number", choices=["first", "last"], default=SUPPRESS,
+                   help="which number numeric accuracy compares (default last)")
+    v.add_argument("--tolerance", type=float, default=SUPPRESS,
+                   help="numeric tolerance, relative to the gold's size (default 1e-6)")
     v.add_argument("--no-records", action="store_true", help="leave per-sample records out of the report")
     add_generation_flags(v)
     add_proxy_flags(v)
@@ -69,9 +75,10 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="merge adapters and write a standard Hugging Face model directory")
     e.add_argument("run_dir")
     e.add_argument("out_dir")
-    e.add_argument("--format", choices=("hf", "hf-llava"), default="hf",
-                   help="hf: a transformers causal LM (text models); hf-llava: a LlavaForConditionalGeneration "
-                        "with processor and tokenizer (multimodal models with an hf CLIP/SigLIP encoder and an "
+    e.add_argument("--format", default=SUPPRESS,
+                   help="an export format of mmtune.interop.EXPORTERS; default: the model family's own "
+                        "(hf: a transformers causal LM for text models; hf-llava: a LlavaForConditionalGeneration "
+                        "with processor and tokenizer for image models with an hf CLIP/SigLIP encoder and an "
                         "mlp2x_gelu connector)")
 
     d = sub.add_parser("data", help="data tools")
@@ -79,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     di = dsub.add_parser("inspect", help="render samples with trained spans marked, print length statistics")
     di.add_argument("recipe")
     di.add_argument("overrides", nargs="*")
-    di.add_argument("--samples", type=int, default=3)
+    di.add_argument("--samples", type=int, default=SUPPRESS, help="samples shown (default 3)")
     _add_generate_parser(dsub)
     _add_selfcorrect_parser(dsub)
     return p
@@ -90,11 +97,10 @@ def _add_generate_parser(dsub) -> None:
         "generate", help="synthesize instruction data with a local LM (Self-Instruct or Evol-Instruct)",
         description="Write alpaca JSONL (OUT_DIR/data.jsonl) generated by a local causal LM. Resumable: run the "
                     "same command again to continue; OUT_DIR/state.json keeps progress and filter counters, "
-                    "OUT_DIR/report.json the final counts.")
+                    "OUT_DIR/report.json the final counts.", argument_default=SUPPRESS)
     g.add_argument("method", choices=["self-instruct", "evol-instruct"])
     g.add_argument("out_dir", help="output folder (created; an existing run in it is resumed)")
-    g.add_argument("--model", default="smollm2-135m-instruct",
-                   help="run directory, model directory, hub name or alias (default: smollm2-135m-instruct)")
+    g.add_argument("--model", help=f"run directory, model directory, hub name or alias (default: {DEFAULT_MODEL})")
     g.add_argument("--seeds", help="self-instruct: seed task JSONL {instruction, instances, is_classification} "
                                    "(default: datasets/self-instruct-seeds.jsonl)")
     g.add_argument("--count", type=int, help="self-instruct: tasks to accept (default 100)")
@@ -120,24 +126,26 @@ def _add_selfcorrect_parser(dsub) -> None:
         "selfcorrect",
         help="build self_correction training data from a model's own answers to questions with gold answers",
         description="Sample answers, judge them against the gold answer, append self_correction JSONL rows "
-                    "(resumable: a restart skips rows already in --out).",
+                    "(resumable: a restart skips rows already in --out).", argument_default=SUPPRESS,
     )
     s.add_argument("questions", help="JSONL file of questions with gold answers")
     s.add_argument("--out", required=True, help="JSONL file to append self_correction rows to")
-    s.add_argument("--model", default="smollm2-135m-instruct", help="model directory, run directory, hub name or alias")
-    s.add_argument("--judge", default="numeric", help="exact, numeric, or module:function taking (answer, gold)")
+    s.add_argument("--model", help=f"model directory, run directory, hub name or alias (default {DEFAULT_MODEL})")
+    s.add_argument("--judge", help="exact, numeric (default), or module:function taking (answer, gold)")
     s.add_argument("--system", help="system instruction the answers are generated with (written into every row)")
-    s.add_argument("--samples", type=int, default=1, help="answers sampled per question")
-    s.add_argument("--batch-size", type=int, default=16, help="questions generated together (and written together)")
-    s.add_argument("--max-new-tokens", type=int, default=128, help="cap on the length of a sampled answer")
-    s.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    s.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
-    s.add_argument("--seed", type=int, default=0, help="batch b is sampled with seed + b")
+    s.add_argument("--samples", type=int, dest="samples_per_question", help="answers sampled per question (default 1)")
+    s.add_argument("--batch-size", type=int, help="questions generated together, and written together (default 16)")
+    s.add_argument("--max-new-tokens", type=int, help="cap on the length of a sampled answer (default 128)")
+    s.add_argument("--temperature", type=float, help="0 = greedy (default 0.7)")
+    s.add_argument("--top-p", type=float, help="nucleus sampling threshold (default 0.95)")
+    s.add_argument("--seed", type=int, help="batch b is sampled with seed + b (default 0)")
     s.add_argument("--limit", type=int, help="use only the first N questions")
-    s.add_argument("--id-field", default="id", help="question id column; a row without it is identified by its line number")
-    s.add_argument("--question-field", default="question", help="question column")
-    s.add_argument("--answer-field", default="answer", help="gold answer column")
-    s.add_argument("--revision-field", help="worked-solution column used as the revised answer (default: the gold)")
+    s.add_argument("--id-field", dest="id", help="question id column (default id); a row without it is identified "
+                                                  "by its line number")
+    s.add_argument("--question-field", dest="question", help="question column (default question)")
+    s.add_argument("--answer-field", dest="answer", help="gold answer column (default answer)")
+    s.add_argument("--revision-field", dest="revision",
+                   help="worked-solution column used as the revised answer (default: the gold)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,55 +169,51 @@ def _dispatch(args: argparse.Namespace) -> int:
     from mmtune.config.loader import load_recipe
 
     if args.command == "train":
-        from mmtune.training.recipe import train
+        from mmtune.training.loop import train
 
         result = train(load_recipe(args.recipe, args.overrides))
-        print(f"trained {result.steps} steps; final loss {result.final_loss:.4f}; model in {result.final_dir}")
+        if result.is_main:
+            print(f"trained {result.steps} steps; final loss {result.final_loss:.4f}; model in {result.final_dir}")
         return 0
-    if args.command == "chat":
-        from mmtune.chat import GenerationOptions, run_chat
-        from mmtune.generation.cli_args import load_model_or_proxy
+    if args.command in ("chat", "generate", "eval"):
+        from mmtune.generation import commands
 
-        model, tokenizer = load_model_or_proxy(args, args.model)
-        opts = GenerationOptions(args.max_new_tokens, args.temperature, args.top_p, args.seed)
-        return run_chat(model, tokenizer, args.prompt, opts, system=args.system, images=args.image)
-    if args.command in ("generate", "eval"):
-        from mmtune.generation.commands import run_eval, run_generate
-
-        return (run_generate if args.command == "generate" else run_eval)(args)
+        return {"chat": commands.run_chat, "generate": commands.run_generate, "eval": commands.run_eval}[
+            args.command](args)
     if args.command == "export":
-        if args.format == "hf-llava":
-            from mmtune.vision.export_llava import export_llava
-
-            out = export_llava(args.run_dir, args.out_dir)
-        else:
-            from mmtune.models.finetuned import export_hf
-
-            out = export_hf(args.run_dir, args.out_dir)
-        print(f"exported to {out}")
-        return 0
+        return _export(args)
     if args.command == "data" and args.data_command == "inspect":
         from mmtune.data.inspect import inspect_data
 
         recipe = load_recipe(args.recipe, args.overrides)
-        print(inspect_data(recipe, samples=args.samples, color=sys.stdout.isatty()))
+        print(inspect_data(recipe, color=sys.stdout.isatty(), **given(args, "samples")))
         return 0
     if args.command == "data" and args.data_command == "generate":
         return _generate(args)
     if args.command == "data" and args.data_command == "selfcorrect":
-        from mmtune.data.build_self_correction import QuestionFields, build_self_correction
-        from mmtune.data.judges import resolve_judge
+        from mmtune.datagen.self_correction import QuestionFields, build_self_correction
 
-        report = build_self_correction(
-            args.questions, args.out, model=args.model, judge=resolve_judge(args.judge),
-            fields=QuestionFields(args.id_field, args.question_field, args.answer_field, args.revision_field),
-            system=args.system, samples_per_question=args.samples, batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-            limit=args.limit,
-        )
+        fields = QuestionFields(**given(args, "id", "question", "answer", "revision"))
+        options = given(args, "model", "judge", "system", "samples_per_question", "batch_size", "max_new_tokens",
+                        "temperature", "top_p", "seed", "limit")
+        report = build_self_correction(args.questions, args.out, fields=fields, **options)
         print("\n".join(report.lines()))
         return 0
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from mmtune.errors import ConfigError
+    from mmtune.interop import EXPORTERS, default_format
+    from mmtune.models.run_outputs import load_for_inference
+
+    fmt = getattr(args, "format", None)
+    if fmt is not None and fmt not in EXPORTERS:
+        raise ConfigError(f"export --format: unknown format '{fmt}' (valid: {', '.join(EXPORTERS)})")
+    model, tokenizer = load_for_inference(args.run_dir, merge=True)
+    out = EXPORTERS[fmt or default_format(model)](model, tokenizer, args.out_dir)
+    print(f"exported to {out}")
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -218,20 +222,18 @@ def _generate(args: argparse.Namespace) -> int:
 
     from mmtune import datagen
 
-    def given(**pairs):
-        return {k: v for k, v in pairs.items() if v is not None}
-
-    sampler = datagen.load_sampler(args.model, **given(temperature=args.temperature, top_p=args.top_p))
-    common = given(batch_size=args.batch_size, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    sampler = datagen.load_sampler(getattr(args, "model", DEFAULT_MODEL), **given(args, "temperature", "top_p"))
+    common = given(args, "batch_size", "seed", "max_new_tokens")
+    paths = {k: Path(v) for k, v in given(args, "seeds", "input").items()}
     if args.method == "self-instruct":
-        opts = datagen.SelfInstructOptions(**common, **given(
-            count=args.count, max_batches=args.max_batches, seeds=args.seeds and Path(args.seeds),
-            instance_max_new_tokens=args.output_max_new_tokens))
+        opts = datagen.SelfInstructOptions(**common, **given(args, "count", "max_batches"), **{
+            k: v for k, v in paths.items() if k == "seeds"},
+            **{"instance_max_new_tokens": v for v in given(args, "output_max_new_tokens").values()})
         report = datagen.self_instruct(Path(args.out_dir), sampler, opts)
     else:
-        opts = datagen.EvolInstructOptions(**common, **given(
-            input=args.input and Path(args.input), input_format=args.input_format, rounds=args.rounds,
-            limit=args.limit, response_max_new_tokens=args.output_max_new_tokens))
+        opts = datagen.EvolInstructOptions(**common, **given(args, "input_format", "rounds", "limit"), **{
+            k: v for k, v in paths.items() if k == "input"},
+            **{"response_max_new_tokens": v for v in given(args, "output_max_new_tokens").values()})
         report = datagen.evol_instruct(Path(args.out_dir), sampler, opts)
     print(report.format())
     return 0

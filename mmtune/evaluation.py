@@ -1,4 +1,6 @@
-"""Evaluate a model (or a proxy-tuned combination) on held-out conversations: exact match, numeric accuracy, loss.
+"""Evaluate a model (text or multimodal, or a proxy-tuned combination) on held-out conversations.
+
+Metrics: exact match, numeric accuracy, loss.
 
 Why these three: exact match and numeric accuracy judge what the model
 *generates* for the last user turn against the gold answer (after a light
@@ -7,7 +9,9 @@ model finds the gold answers, computed exactly like training's validation loss
 (same template rendering, same answer-only mask via ``split_segments`` /
 ``encode_segments``), averaged over answer tokens. Data is read by the same
 readers as training, so any supported format (alpaca, sharegpt, openai, dolly,
-oasst) or a dataset card works. The judges are plain functions, importable on
+oasst, llava with its images) or a dataset card works; a multimodal model
+answers from the media of each conversation through the same decoding loop as
+chat. The judges are plain functions, importable on
 their own for other tools (e.g. building self-correction data).
 """
 
@@ -26,11 +30,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from mmtune.chat import GenerationOptions
+from mmtune.config.schema import DataConfig
 from mmtune.data.formats import Conversation
 from mmtune.errors import ConfigError, DataError
+from mmtune.generation.options import BATCH_SIZE, GenerationOptions
 
 METRICS = ("exact", "numeric", "loss")
+_DEFAULT_MAX_LENGTH = DataConfig.model_fields["max_length"].default
+"""The loss is computed like training's: at ``data.max_length``'s default unless told."""
 
 # --------------------------------------------------------------------------- judges
 
@@ -115,9 +122,10 @@ class EvalReport:
 
 def _detect_format(path: Path) -> str:
     """The format of a local file, from the keys of its first row."""
+    from mmtune.config.schema import DataSource
     from mmtune.data.sources import MalformedRow, ResolvedSource, iter_rows
 
-    for where, row in iter_rows(ResolvedSource(name=str(path), format="", path=path)):
+    for where, row in iter_rows(ResolvedSource(str(path), DataSource(path=str(path)))):
         if isinstance(row, MalformedRow):
             raise DataError(f"{where}: {row.detail}", reason="malformed JSON")
         keys = set(row)
@@ -163,9 +171,21 @@ def load_eval_data(data: str | Path, *, data_format: str = "auto", max_samples: 
             raise ConfigError(f"--format: {exc}") from None
     else:
         spec = DatasetSpec(card=str(data), **({} if data_format == "auto" else {"format": data_format}))
+    from mmtune.data.formats import BadRow
+    from mmtune.data.media import with_resolved_media
+
     report = SourceReport(str(data))
+    source = resolve_source(spec)
     convs = []
-    for where, conv in conversations_of(resolve_source(spec), report, on_bad_sample):
+    for where, conv in conversations_of(source, report, on_bad_sample):
+        if any(m.get("media") for m in conv):
+            try:
+                conv = with_resolved_media(conv, source.media_root())
+            except BadRow as exc:
+                if on_bad_sample == "error":
+                    raise DataError(f"{where}: field '{exc.field_name}': {exc.detail}", reason=exc.reason) from None
+                report.skip(exc.reason, where)
+                continue
         convs.append((where, conv))
         if max_samples is not None and len(convs) >= max_samples:
             break
@@ -190,19 +210,26 @@ def eval_data_of(conversations: Sequence[Conversation], max_samples: int | None 
 # --------------------------------------------------------------------------- loss
 
 
-def answer_loss(model_or_source, tokenizer, conversations: Sequence[Conversation], *, max_length: int = 1024,
-                batch_size: int = 8, progress: bool = True) -> tuple[list[float], list[int], int]:
+def answer_loss(model_or_source, tokenizer, conversations: Sequence[Conversation], *, max_length: int | None = None,
+                batch_size: int = BATCH_SIZE, progress: bool = True) -> tuple[list[float], list[int], int]:
     """Per conversation: summed negative log-likelihood of the answer tokens and their count; plus #truncated.
 
     The mask is training's: every assistant turn (with its end-of-turn token)
-    is a target, prompts are not.
+    is a target, prompts are not; media tags expand as in training.
     """
+    from mmtune.data.media import media_items_of, media_slots, media_tags
     from mmtune.data.templates import split_segments
     from mmtune.data.tokenize import encode_segments
-    from mmtune.generation.decoding import as_source, device_of, left_pad, pad_id_of, sequence_logits
+    from mmtune.generation.decoding import as_source, device_of, left_pad, pad_id_of, sequence_logits, the_model
+    from mmtune.generation.prompts import media_inputs, media_specs_of
 
     source = as_source(model_or_source)
-    encoded = encode_segments(tokenizer, [split_segments(tokenizer, c) for c in conversations], max_length=max_length)
+    model = the_model(source)
+    specs = media_specs_of(model, tokenizer) if model is not None else {}
+    items = [media_items_of(c, specs, root=None, where=f"conversation {i + 1}") for i, c in enumerate(conversations)]
+    encoded = encode_segments(tokenizer, [split_segments(tokenizer, c) for c in conversations],
+                              max_length=max_length or _DEFAULT_MAX_LENGTH, media=[media_slots(it, specs) for it in items],
+                              tags=media_tags(specs))
     device = device_of(source)
     sums, counts = [0.0] * len(encoded), [0] * len(encoded)
     with tqdm(total=len(encoded), desc="eval loss", unit=" samples", disable=not progress or None) as bar:
@@ -211,9 +238,14 @@ def answer_loss(model_or_source, tokenizer, conversations: Sequence[Conversation
             ids, mask = left_pad([e.input_ids.tolist() for e in chunk], pad_id_of(tokenizer))
             trained, _ = left_pad([e.trained.astype(np.int64).tolist() for e in chunk], 0)
             ids, mask, trained = ids.to(device), mask.to(device), trained.to(device).bool()
-            logits = sequence_logits(source, ids, mask)
-            # the token at t is predicted at t - 1; the first token is never a target
-            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none")
+            kept = [item for k, e in enumerate(chunk) for item in items[start + k][: e.media_kept]]
+            media = media_inputs(model, tokenizer, kept) if kept else None
+            media = {name: inputs.to(device) for name, inputs in media.items()} if media else None
+            logits = sequence_logits(source, ids, mask, media)
+            # the token at t is predicted at t - 1; the first token is never a target (media positions neither:
+            # their placeholder ids are clamped to a valid class and masked out)
+            nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:].clamp(min=0),
+                                                    reduction="none")
             target = trained[:, 1:] & mask[:, 1:].bool()
             for k in range(len(chunk)):
                 sums[start + k] = float(nll[k][target[k]].sum())
@@ -225,6 +257,26 @@ def answer_loss(model_or_source, tokenizer, conversations: Sequence[Conversation
 # --------------------------------------------------------------------------- evaluate
 
 
+def _check_media(model_or_source, tokenizer, located: list[tuple[str, Conversation]]) -> None:
+    """Every conversation's media fit the model (a branch per modality, tags matching items), named by location."""
+    from mmtune.data.formats import BadRow
+    from mmtune.data.media import media_items_of
+    from mmtune.generation.decoding import as_source, the_model
+    from mmtune.generation.prompts import media_specs_of
+
+    model = the_model(as_source(model_or_source))
+    specs = media_specs_of(model, tokenizer) if model is not None else {}
+    for where, conv in located:
+        if not any(m.get("media") for m in conv):
+            continue
+        if model is None:
+            raise ConfigError(f"{where}: proxy tuning combines text models; it cannot take media")
+        try:
+            media_items_of(conv, specs, root=None, where=where, owner=where)
+        except BadRow as exc:
+            raise DataError(f"{where}: field '{exc.field_name}': {exc.detail}", reason=exc.reason) from None
+
+
 def evaluate(
     model_or_source,
     tokenizer,
@@ -234,8 +286,8 @@ def evaluate(
     *,
     data_format: str = "auto",
     max_samples: int | None = None,
-    batch_size: int = 8,
-    max_length: int = 1024,
+    batch_size: int = BATCH_SIZE,
+    max_length: int | None = None,
     number: str = "last",
     tolerance: float = 1e-6,
     records: bool = True,
@@ -247,6 +299,7 @@ def evaluate(
     ``model_or_source`` is a causal LM or a :class:`mmtune.generation.proxy.ProxyTuned`.
     Generation (for ``exact`` / ``numeric``) answers the last user turn with
     the history before it, batched and seeded by ``opts`` (default greedy).
+    ``max_length``: token limit of the loss (default: ``data.max_length``'s).
     """
     metrics = list(dict.fromkeys(metrics))
     unknown = [m for m in metrics if m not in METRICS]
@@ -260,10 +313,7 @@ def evaluate(
     elif not isinstance(data, EvalData):
         data = eval_data_of(data, max_samples)
     located = data.conversations
-    with_images = next((where for where, conv in located if any(m.get("images") for m in conv)), None)
-    if with_images is not None:
-        raise DataError(f"{with_images}: a conversation with images; evaluation takes text conversations",
-                        reason="images in text evaluation")
+    _check_media(model_or_source, tokenizer, located)
     convs = [c for _, c in located]
     recs: list[dict[str, Any]] = [
         {"where": where, "prompt": conv[-2]["content"], "gold": conv[-1]["content"]} for where, conv in located
@@ -299,5 +349,5 @@ def evaluate(
         for rec, s, n in zip(recs, sums, counts):
             rec["loss"], rec["answer_tokens"] = (s / n if n else None), n
         results["loss"] = {"loss": mean, "perplexity": math.exp(mean) if tokens else float("nan"),
-                           "tokens": tokens, "truncated": truncated, "max_length": max_length}
+                           "tokens": tokens, "truncated": truncated, "max_length": max_length or _DEFAULT_MAX_LENGTH}
     return EvalReport(model_name, data.name, len(convs), results, data.skipped, recs if records else None)

@@ -46,8 +46,8 @@ def make_problems(n_train: int, n_heldout: int) -> None:
 def accuracy_eval(model_name: str, rows: list[dict], batch_size: int):
     """Self-correction scores of one model. The one place to swap in another evaluator."""
     from mmtune.evaluation import numeric_match
-    from mmtune.data.self_correction_eval import evaluate_self_correction
-    from mmtune.models.finetuned import load_for_inference
+    from mmtune.datagen.self_correction_eval import evaluate_self_correction
+    from mmtune.models.run_outputs import load_for_inference
 
     model, tokenizer = load_for_inference(model_name)
     return evaluate_self_correction(model, tokenizer, rows, numeric_match, system=SYSTEM, batch_size=batch_size,
@@ -121,7 +121,7 @@ def main() -> None:
 
     import mmtune
     from mmtune.config.loader import load_recipe
-    from mmtune.data.build_self_correction import QuestionFields, build_self_correction
+    from mmtune.datagen.self_correction import QuestionFields, build_self_correction
     from mmtune.evaluation import numeric_match
 
     make_problems(args.train_questions, args.heldout)

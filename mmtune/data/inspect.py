@@ -1,20 +1,24 @@
 """``mmtune data inspect``: see exactly what the model will be trained on.
 
-Renders a few tokenized samples with the trained spans marked, and prints
-token-length statistics, truncation and skip counts, and packing utilisation.
+Renders a few tokenized samples with the trained spans marked (media
+positions as ``<image x16>``), and prints token-length statistics, truncation
+and skip counts, and packing utilisation. A command above the data pipeline:
+it asks the recipe's media branches for their token counts (without loading
+the LLM).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from mmtune.config.schema import Recipe
+from mmtune.config.schema import SftRecipe
 from mmtune.data.erasure import ERASED_KEY
 from mmtune.data.packing import make_rows, packing_utilisation
-from mmtune.data.pipeline import build_text_data, format_reports
+from mmtune.data.pipeline import build_conversation_data, format_reports
 from mmtune.data.templates import install_template
+from mmtune.errors import ConfigError
+from mmtune.modalities import MODALITIES
 from mmtune.models.loading import load_tokenizer
-from mmtune.vision.images import IMAGE_PLACEHOLDER_ID
 
 OPEN, CLOSE = "⟦", "⟧"
 GREEN, RESET = "\033[32m", "\033[0m"
@@ -23,11 +27,11 @@ GREEN, RESET = "\033[32m", "\033[0m"
 def mark_trained(tokenizer, ids: np.ndarray, trained: np.ndarray, *, color: bool) -> str:
     """Decode ``ids`` with every trained run wrapped in markers (or coloured)."""
     out, start = [], 0
-    image = ids == IMAGE_PLACEHOLDER_ID
+    tags = {m.placeholder_id: m.tag for m in MODALITIES.values()}
     for i in range(1, len(ids) + 1):
-        if i == len(ids) or trained[i] != trained[start] or image[i] != image[start]:
-            if image[start]:
-                text = f"<image x{i - start}>"
+        if i == len(ids) or trained[i] != trained[start] or (ids[i] in tags) != (ids[start] in tags):
+            if ids[start] in tags:
+                text = f"{tags[int(ids[start])][:-1]} x{i - start}>"
             else:
                 text = tokenizer.decode(ids[start:i].tolist(), skip_special_tokens=False)
             if trained[start]:
@@ -37,15 +41,15 @@ def mark_trained(tokenizer, ids: np.ndarray, trained: np.ndarray, *, color: bool
     return "".join(out)
 
 
-def inspect_data(recipe: Recipe, *, samples: int = 3, color: bool = False) -> str:
+def inspect_data(recipe: SftRecipe, *, samples: int = 3, color: bool = False) -> str:
+    if not isinstance(recipe, SftRecipe):
+        raise ConfigError(f"data inspect shows conversation data (task: sft); this recipe's task is {recipe.task}")
+    from mmtune.models.open import open_media_specs
+
     tokenizer = load_tokenizer(recipe.model)
     install_template(tokenizer, recipe.data.template)
-    image_tokens = 0
-    if recipe.model.vision is not None:
-        from mmtune.vision.build import count_image_tokens
-
-        image_tokens = count_image_tokens(recipe.model.vision)
-    data = build_text_data(tokenizer, recipe.data, seed=recipe.train.seed, image_tokens=image_tokens)
+    media = open_media_specs(recipe.model.branches(), tokenizer)
+    data = build_conversation_data(tokenizer, recipe.data, seed=recipe.train.seed, media=media)
     lines = ["== datasets"] + [f"  {line}" for line in format_reports(data.reports)]
     legend = "green" if color else f"{OPEN}…{CLOSE}"
     for k in range(min(samples, len(data.train))):

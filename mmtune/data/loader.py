@@ -2,18 +2,25 @@
 
 The loop decides *which* rows form each micro-batch (a pure function of seed
 and epoch, so resume is exact); workers only *build* them: collate tokens and,
-for vision models, decode and preprocess images while the previous step runs.
+for multimodal models, decode and preprocess media while the previous step
+runs. Workers never raise: what they could not use comes back in the batch's
+``problems``, and :class:`BatchProblems` turns it into one clear line (or a
+counted skip) in the main process, instead of a worker traceback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mmtune.data.packing import Batch, Collator
+from mmtune.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,11 +36,11 @@ class MicroBatchKey:
 
 
 class MicroBatches(Dataset):
-    def __init__(self, rows: list[list[int]], collate: Collator) -> None:
+    def __init__(self, rows: list[list[int]], collate: Callable[[list[list[int]]], Any]) -> None:
         self.rows = rows
         self.collate = collate
 
-    def __getitem__(self, key: MicroBatchKey) -> tuple[MicroBatchKey, Batch]:
+    def __getitem__(self, key: MicroBatchKey):
         return key, self.collate([self.rows[r] for r in key.rows])
 
 
@@ -41,8 +48,8 @@ def _as_is(item):
     return item
 
 
-def micro_batch_stream(keys: Iterable[MicroBatchKey], rows: list[list[int]], collate: Collator, *,
-                       num_workers: int) -> Iterator[tuple[MicroBatchKey, Batch]]:
+def micro_batch_stream(keys: Iterable[MicroBatchKey], rows: list[list[int]], collate: Callable, *,
+                       num_workers: int) -> Iterator[tuple[MicroBatchKey, Any]]:
     """``(key, batch)`` in the order of ``keys``; built ``num_workers`` processes ahead (0: inline)."""
     loader = DataLoader(
         MicroBatches(rows, collate), sampler=keys, batch_size=None, collate_fn=_as_is,
@@ -52,3 +59,35 @@ def micro_batch_stream(keys: Iterable[MicroBatchKey], rows: list[list[int]], col
         generator=torch.Generator().manual_seed(0),
     )
     return iter(loader)
+
+
+@dataclass
+class BatchProblems:
+    """Samples dropped while their batches were built (media that fail to decode).
+
+    ``on_bad_sample: error`` stops at the first with its one line (file, row,
+    field); ``skip`` counts each dropped sample once per reason, however many
+    epochs meet it, and warns once per sample.
+    """
+
+    on_bad_sample: str
+    dropped: dict[str, set[int]] = field(default_factory=dict)
+    first: dict[str, str] = field(default_factory=dict)
+
+    def check(self, batch) -> None:
+        for problem in batch.problems:
+            if self.on_bad_sample == "error":
+                raise DataError(f"{problem.detail} (found while building a batch: the file is corrupt past its "
+                                "header, or changed since the data was checked)", reason=problem.reason)
+            seen = self.dropped.setdefault(problem.reason, set())
+            if problem.sample not in seen:
+                seen.add(problem.sample)
+                self.first.setdefault(problem.reason, problem.detail)
+                log.warning("skipped a sample while building a batch: %s", problem.detail)
+
+    def counts(self) -> dict[str, int]:
+        return {reason: len(samples) for reason, samples in self.dropped.items()}
+
+    def lines(self) -> list[str]:
+        return [f"{len(samples)} sample(s) skipped while building batches: {reason} (first: {self.first[reason]})"
+                for reason, samples in self.dropped.items()]

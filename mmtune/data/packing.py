@@ -11,20 +11,24 @@ Targets are shifted here, inside each sample: position ``t`` predicts token
 ``t+1`` of the same sample, and the last token of a sample predicts nothing.
 So no target crosses a sample boundary, whatever ``train_on_prompt`` says.
 
-Image samples: their image positions hold placeholder ids (counted in every
-length), and the collator loads and preprocesses their images, in the order
-their placeholders appear in the batch, into ``Batch.images``.
+Samples with media: their media positions hold placeholder ids (counted in
+every length), and the collator decodes and preprocesses their items, in the
+order their placeholders appear in the batch (row-major), into
+``Batch.media`` (one :class:`~mmtune.modalities.base.MediaInputs` per
+modality). It runs in DataLoader workers, so it never raises: an item that
+fails to decode (corrupt past its header) drops its sample from the batch and
+is recorded in ``Batch.problems``; the loop then stops with that one line, or
+counts the skip (``data.on_bad_sample``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from mmtune.errors import DataError
-from mmtune.vision.images import ImageProblem, load_rgb
+from mmtune.modalities.base import MediaInputs, MediaInputSpec, MediaProblem, collate_media, load_item
 
 IGNORE_INDEX = -100
 
@@ -85,6 +89,15 @@ def packing_utilisation(rows: list[list[int]], lengths: np.ndarray, max_length: 
     return float(lengths.sum()) / (len(rows) * max_length)
 
 
+@dataclass(frozen=True)
+class BatchProblem:
+    """A sample dropped while its batch was built: which one, why, and the one-line message naming it."""
+
+    sample: int
+    reason: str
+    detail: str
+
+
 @dataclass
 class Batch:
     input_ids: torch.Tensor  # [B, L] long
@@ -93,7 +106,9 @@ class Batch:
     attention_mask: torch.Tensor | None  # [B, 1, L, L] bool block-diagonal causal, or None (varlen)
     num_targets: int
     num_tokens: int  # real (non-pad) tokens
-    images: torch.Tensor | None = None  # [n_images, 3, H, W] in placeholder order, or None
+    media: dict[str, MediaInputs] = field(default_factory=dict)
+    """Per modality, its items in placeholder order (empty for text)."""
+    problems: list[BatchProblem] = field(default_factory=list)
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(
@@ -103,7 +118,8 @@ class Batch:
             None if self.attention_mask is None else self.attention_mask.to(device),
             self.num_targets,
             self.num_tokens,
-            None if self.images is None else self.images.to(device),
+            {name: inputs.to(device) for name, inputs in self.media.items()},
+            self.problems,
         )
 
 
@@ -112,21 +128,24 @@ class Collator:
 
     ``block_mask``: build the explicit block-diagonal mask (CPU, SDPA, eager).
     Without it the model must be able to split samples from ``position_ids``
-    (flash-attention varlen).
+    (flash-attention varlen). ``media``: per modality, the model branch's
+    input spec (``samples`` must then have ``media(k)``).
     """
 
     def __init__(self, samples, *, pad_id: int, block_mask: bool = True, pad_to_multiple_of: int = 8,
-                 image_transform=None) -> None:
+                 media: dict[str, MediaInputSpec] | None = None) -> None:
         self.samples = samples
         self.pad_id = pad_id
         self.block_mask = block_mask
         self.multiple = pad_to_multiple_of
-        self.image_transform = image_transform
-        """PIL image -> tensor; set for vision models (``samples`` must have ``image_paths``)."""
+        self.media = media or {}
 
     def __call__(self, rows: list[list[int]]) -> Batch:
+        loaded, problems = [], []
+        if self.media:
+            rows, loaded, problems = self._load_media(rows)
         parts = [[self.samples[i] for i in row] for row in rows]
-        width = max(sum(len(ids) for ids, _ in row) for row in parts)
+        width = max([sum(len(ids) for ids, _ in row) for row in parts] + [1])
         width = -(-width // self.multiple) * self.multiple
         B = len(rows)
         input_ids = np.full((B, width), self.pad_id, dtype=np.int64)
@@ -162,20 +181,22 @@ class Collator:
             mask,
             int((t_targets != IGNORE_INDEX).sum()),
             num_tokens,
-            self._images(rows),
+            collate_media(loaded, self.media),
+            problems,
         )
 
-    def _images(self, rows: list[list[int]]) -> torch.Tensor | None:
-        if self.image_transform is None:
-            return None
-        paths = [p for row in rows for i in row for p in self.samples.image_paths(i)]
-        if not paths:
-            return None
-        tensors = []
-        for path in paths:
-            try:
-                tensors.append(self.image_transform(load_rgb(path)))
-            except ImageProblem as exc:
-                raise DataError(f"{exc.detail} (found while building a batch; the file changed or is corrupt "
-                                "past its header)", reason=exc.reason) from None
-        return torch.stack(tensors)
+    def _load_media(self, rows: list[list[int]]):
+        """Decode every sample's media; a sample whose item fails is dropped from its row and recorded."""
+        kept_rows, loaded, problems = [], [], []
+        for row in rows:
+            kept = []
+            for i in row:
+                try:
+                    mine = [(item, load_item(item, self.media[item.modality])) for item in self.samples.media(i)]
+                except MediaProblem as exc:
+                    problems.append(BatchProblem(int(i), exc.reason, exc.detail))
+                    continue
+                kept.append(i)
+                loaded += mine
+            kept_rows.append(kept)
+        return kept_rows, loaded, problems

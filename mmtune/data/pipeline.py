@@ -1,17 +1,18 @@
-"""The text data pipeline: dataset entries -> tokenized samples -> mixture and validation split.
+"""The conversation data pipeline: dataset entries -> tokenized samples -> mixture and validation split.
 
 Per dataset: read rows (sources.py), convert them to conversations
-(formats.py), split into trained / untrained segments (templates.py), tokenize
-(tokenize.py). The result is cached on disk keyed on the data's content, the
-tokenizer, the chat template, max length and masking options, so a second run
-with the same inputs skips preprocessing. Every row that is not used is
-counted by reason; with ``on_bad_sample: error`` the first one stops the run
-with its file, row and field.
+(formats.py), check and resolve their media (media.py), split into trained /
+untrained segments (templates.py), tokenize (tokenize.py). The result is
+cached on disk keyed on the data's content, the tokenizer, the chat template,
+max length, masking options and each media branch's token-count rule, so a
+second run with the same inputs skips preprocessing. Every row that is not
+used is counted by reason; with ``on_bad_sample: error`` the first one stops
+the run with its file, row and field.
 
-Image conversations (``llava`` format) carry image paths on their user turns.
-Each path is resolved inside the dataset's image folder and its header checked
-once here; pixels are decoded lazily when batches are built. With a vision
-model, every ``<image>`` tag expands to the connector's number of tokens.
+Samples of any modality carry an ordered list of media items. Each item's
+file is resolved inside the dataset's media folder and its header checked once
+here; it is decoded lazily when batches are built. With a multimodal model,
+every media tag expands to its branch's number of tokens for that item.
 """
 
 from __future__ import annotations
@@ -37,16 +38,18 @@ from mmtune.data.formats import (
     oasst_nested_tree,
     oasst_threads,
 )
+from mmtune.data.media import media_items_of, media_slots, media_tags
 from mmtune.data.sources import MalformedRow, ResolvedSource, iter_rows, resolve_source
 from mmtune.data.templates import split_segments
 from mmtune.data.tokenize import boundary_mismatches, encode_segments
 from mmtune.errors import ConfigError, DataError
+from mmtune.modalities import MODALITIES
+from mmtune.modalities.base import MediaInputSpec, MediaItem
 from mmtune.models.aliases import cache_root
 from mmtune.utils.atomic import atomic_directory
-from mmtune.vision.images import IMAGE_TAG, ImageProblem, check_image, resolve_image_path
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 3  # bump when tokenization or masking changes
+CACHE_VERSION = 4  # bump when tokenization, masking or the stored layout changes
 _BATCH = 256
 
 
@@ -56,9 +59,10 @@ class SourceReport:
     rows: int = 0
     samples: int = 0
     truncated: int = 0
-    images: int = 0
-    images_cut: int = 0
-    """Images dropped because truncation would have cut through them (the text before them is kept)."""
+    media: dict[str, int] = field(default_factory=dict)
+    """Media items kept, per modality."""
+    media_cut: dict[str, int] = field(default_factory=dict)
+    """Media items dropped because truncation would have cut through them (the text before them is kept)."""
     skipped: dict[str, int] = field(default_factory=dict)
     examples: dict[str, str] = field(default_factory=dict)
     """First location seen for each skip reason, so the user can go and look."""
@@ -80,8 +84,8 @@ class TokenizedSource:
     trained: np.ndarray  # bool, same length
     offsets: np.ndarray  # int64 [n + 1]
     report: SourceReport
-    images: list[list[str]] | None = None
-    """Per sample, the absolute paths of its images in order (None: a text-only source)."""
+    media: list[list[MediaItem]] | None = None
+    """Per sample, its media items in order (None: a text-only source)."""
     meta: list[dict[str, str]] = field(default_factory=list)
     """Per-sample metadata (e.g. the erased system prompt); empty when no sample has any."""
 
@@ -95,8 +99,8 @@ class TokenizedSource:
         a, b = self.offsets[i], self.offsets[i + 1]
         return self.input_ids[a:b], self.trained[a:b]
 
-    def image_paths(self, i: int) -> list[str]:
-        return self.images[i] if self.images is not None else []
+    def media_of(self, i: int) -> list[MediaItem]:
+        return self.media[i] if self.media is not None else []
 
 
 @dataclass
@@ -120,9 +124,10 @@ class SampleView:
         s, i = self.refs[k]
         return self.sources[s].sample(int(i))
 
-    def image_paths(self, k: int) -> list[str]:
+    def media(self, k: int) -> list[MediaItem]:
+        """The media items of sample ``k``, in the order of their placeholders."""
         s, i = self.refs[k]
-        return self.sources[s].image_paths(int(i))
+        return self.sources[s].media_of(int(i))
 
     def meta(self, k: int) -> dict[str, str]:
         """Metadata of sample ``k`` (``{}`` when its dataset keeps none)."""
@@ -131,7 +136,7 @@ class SampleView:
 
 
 @dataclass
-class TextData:
+class ConversationData:
     train: SampleView
     val: SampleView
     reports: list[SourceReport]
@@ -142,8 +147,9 @@ class TextData:
 
 def conversations_of(src: ResolvedSource, report: SourceReport, on_bad: str):
     """Yield ``(location, conversation)`` for every usable sample of ``src``."""
+    settings = src.settings
     try:
-        mapping = Mapping.for_format(src.format, src.columns, src.roles)
+        mapping = Mapping.for_format(src.format, settings.columns, settings.roles)
     except ValueError as exc:
         raise ConfigError(f"dataset '{src.name}': {exc}") from None
 
@@ -156,7 +162,7 @@ def conversations_of(src: ResolvedSource, report: SourceReport, on_bad: str):
         for where, row in iter_rows(src):
             report.rows += 1
             if isinstance(row, MalformedRow):
-                bad(where, "malformed JSON", row.detail)
+                bad(where, row.reason, row.detail)
                 continue
             yield where, row
 
@@ -170,14 +176,14 @@ def conversations_of(src: ResolvedSource, report: SourceReport, on_bad: str):
                 except BadRow as exc:
                     bad(where, exc.reason, f"field '{exc.field_name}': {exc.detail}")
                     continue
-                for thread in oasst_threads(root, src.oasst_best_path_only):
+                for thread in oasst_threads(root, settings.oasst_best_path_only):
                     yield from _checked(where, thread, bad)
         else:
             roots, problems = oasst_flat_forest(rows, mapping)
             for where, exc in problems:
                 bad(where, exc.reason, f"field '{exc.field_name}': {exc.detail}")
             for root in roots:
-                for thread in oasst_threads(root, src.oasst_best_path_only):
+                for thread in oasst_threads(root, settings.oasst_best_path_only):
                     yield from _checked(f"{src.name}: tree '{thread[0]['content'][:30]}'", thread, bad)
         return
 
@@ -202,43 +208,25 @@ def _checked(where: str, conv: Conversation, bad):
 # --------------------------------------------------------------------------- tokenizing
 
 
-def image_paths_of(src: ResolvedSource, conv: Conversation, image_tokens: int) -> list[str]:
-    """Checked absolute paths of the images of ``conv``, in order; raises :class:`BadRow`."""
-    relative = [p for msg in conv for p in msg.get("images", ())]
-    tags = sum(msg["content"].count(IMAGE_TAG) for msg in conv)
-    if relative and not image_tokens:
-        raise ConfigError(f"dataset '{src.name}' has images but the model has no image encoder (set model.vision)")
-    if image_tokens and tags != len(relative):
-        raise BadRow("image tag count mismatch", "conversation",
-                     f"{tags} {IMAGE_TAG} tag(s) in the text but {len(relative)} image(s)")
-    if image_tokens and any(IMAGE_TAG in m["content"] for m in conv if m["role"] != "user"):
-        raise BadRow("image tag outside a user turn", "conversation", f"{IMAGE_TAG} outside a user turn")
-    paths = []
-    for rel in relative:
-        try:
-            path = resolve_image_path(src.images_root(), rel)
-            check_image(path)
-        except ImageProblem as exc:
-            raise BadRow(exc.reason, "image", exc.detail) from None
-        paths.append(str(path))
-    return paths
-
-
-def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig, image_tokens: int = 0) -> TokenizedSource:
+def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig,
+                    media: dict[str, MediaInputSpec] | None = None) -> TokenizedSource:
+    media = media or {}
+    tags = media_tags(media)
     report = SourceReport(src.name)
     ids_chunks: list[np.ndarray] = []
     mask_chunks: list[np.ndarray] = []
     lengths: list[int] = []
-    sample_images: list[list[str]] = []
+    sample_media: list[list[MediaItem]] = []
     metas: list[dict[str, str]] = []
-    pending: list[tuple[str, list, Conversation, list[str], dict[str, str]]] = []
+    pending: list[tuple[str, list, Conversation, list[MediaItem], dict[str, str]]] = []
     checked = False
 
     def flush() -> None:
         nonlocal checked
         encoded = encode_segments(
             tokenizer, [segs for _, segs, _, _, _ in pending], max_length=cfg.max_length,
-            train_on_prompt=cfg.train_on_prompt, image_tokens=image_tokens,
+            train_on_prompt=cfg.train_on_prompt, media=[media_slots(items, media) for *_, items, _ in pending],
+            tags=tags,
         )
         if not checked and not cfg.train_on_prompt and not encoded[0].truncated and not pending[0][3]:
             checked = True
@@ -247,7 +235,7 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig, image_token
                 log.warning("%s: the chat template's turn boundaries do not tokenize like the whole prompt "
                             "(assistant turns %s): training tokens differ slightly from inference tokens",
                             pending[0][0], bad_turns)
-        for (where, _, _, paths, meta), enc in zip(pending, encoded):
+        for (where, _, _, items, meta), enc in zip(pending, encoded):
             if not enc.trained[1:].any():  # the first token is never a target
                 detail = f"no trained token left after truncation to max_length={cfg.max_length}"
                 if cfg.on_bad_sample == "error":
@@ -255,9 +243,11 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig, image_token
                 report.skip("no trained token after truncation", where)
                 continue
             report.truncated += int(enc.truncated)
-            report.images += enc.images
-            report.images_cut += enc.images_cut
-            sample_images.append(paths[: enc.images])
+            for item in items[: enc.media_kept]:
+                report.media[item.modality] = report.media.get(item.modality, 0) + 1
+            for item in items[enc.media_kept:]:
+                report.media_cut[item.modality] = report.media_cut.get(item.modality, 0) + 1
+            sample_media.append(items[: enc.media_kept])
             ids_chunks.append(enc.input_ids)
             mask_chunks.append(enc.trained)
             lengths.append(len(enc.input_ids))
@@ -267,11 +257,13 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig, image_token
     with tqdm(desc=f"tokenizing {src.name}", unit=" samples", leave=False, mininterval=1.0, disable=None) as bar:
         for where, conv in conversations_of(src, report, cfg.on_bad_sample):
             meta: dict[str, str] = {}
-            if src.prompt_erasure is not None:
-                conv, meta = erase_system_prompt(conv, src.prompt_erasure)
+            if src.settings.prompt_erasure is not None:
+                conv, meta = erase_system_prompt(conv, src.settings.prompt_erasure)
                 report.erased += bool(meta)
             try:
-                paths = image_paths_of(src, conv, image_tokens)
+                has_media = any(msg.get("media") for msg in conv)
+                items = media_items_of(conv, media, root=src.media_root() if has_media else None, where=where,
+                                       dataset=src.name)
             except BadRow as exc:
                 if cfg.on_bad_sample == "error":
                     raise DataError(f"{where}: field '{exc.field_name}': {exc.detail}", reason=exc.reason) from None
@@ -286,7 +278,7 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig, image_token
                     raise DataError(f"{where}: the chat template failed on this conversation: {exc}") from None
                 report.skip("template error", where)
                 continue
-            pending.append((where, segments, conv, paths, meta))
+            pending.append((where, segments, conv, items, meta))
             if len(pending) >= _BATCH:
                 flush()
             bar.update()
@@ -305,7 +297,7 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig, image_token
         np.concatenate(mask_chunks),
         offsets,
         report,
-        sample_images if any(sample_images) else None,
+        sample_media if any(sample_media) else None,
         metas if any(metas) else [],
     )
 
@@ -326,23 +318,18 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
-def cache_key(src: ResolvedSource, tok_fp: str, cfg: DataConfig, image_tokens: int = 0) -> str:
+def cache_key(src: ResolvedSource, tok_fp: str, cfg: DataConfig, media: dict[str, MediaInputSpec] | None = None) -> str:
     payload = {
         "v": CACHE_VERSION,
         "data": src.fingerprint(),
-        "format": src.format,
-        "columns": src.columns,
-        "roles": src.roles,
+        "source": src.settings.model_dump(mode="json"),
         "max_samples": src.max_samples,
-        "oasst_best": src.oasst_best_path_only,
-        "prompt_erasure": src.prompt_erasure.model_dump() if src.prompt_erasure else None,
         "tokenizer": tok_fp,
         "template": cfg.template,
         "max_length": cfg.max_length,
         "train_on_prompt": cfg.train_on_prompt,
         "on_bad_sample": cfg.on_bad_sample,
-        "image_tokens": image_tokens,
-        "image_folder": str(src.image_folder.resolve()) if src.image_folder else None,
+        "media_tokens": {name: spec.count.rule for name, spec in sorted((media or {}).items())},
     }
     return hashlib.blake2b(json.dumps(payload, sort_keys=True).encode(), digest_size=16).hexdigest()
 
@@ -351,31 +338,35 @@ def data_cache_dir(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir).expanduser() if cfg.cache_dir else cache_root() / "data"
 
 
-def load_or_tokenize(tokenizer, src: ResolvedSource, cfg: DataConfig, tok_fp: str, image_tokens: int = 0) -> TokenizedSource:
+def load_or_tokenize(tokenizer, src: ResolvedSource, cfg: DataConfig, tok_fp: str,
+                     media: dict[str, MediaInputSpec] | None = None) -> TokenizedSource:
     if not cfg.cache:
-        return tokenize_source(tokenizer, src, cfg, image_tokens)
+        return tokenize_source(tokenizer, src, cfg, media)
     if src.path is not None and not src.path.is_file():
         raise DataError(f"{src.path}: data file not found (dataset '{src.name}')", reason="missing file")
-    folder = data_cache_dir(cfg) / cache_key(src, tok_fp, cfg, image_tokens)
+    folder = data_cache_dir(cfg) / cache_key(src, tok_fp, cfg, media)
     if (folder / "report.json").is_file():
         report = SourceReport(**json.loads((folder / "report.json").read_text()))
         report.from_cache = True
+        items = None
+        if (folder / "media.json").is_file():
+            items = [[MediaItem.from_json(d) for d in sample] for sample in json.loads((folder / "media.json").read_text())]
         return TokenizedSource(
             src.name,
             np.load(folder / "input_ids.npy", mmap_mode="r"),
             np.load(folder / "trained.npy", mmap_mode="r"),
             np.load(folder / "offsets.npy"),
             report,
-            json.loads((folder / "images.json").read_text()) if (folder / "images.json").is_file() else None,
+            items,
             json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").is_file() else [],
         )
-    result = tokenize_source(tokenizer, src, cfg, image_tokens)
+    result = tokenize_source(tokenizer, src, cfg, media)
     with atomic_directory(folder) as tmp:
         np.save(tmp / "input_ids.npy", result.input_ids)
         np.save(tmp / "trained.npy", result.trained)
         np.save(tmp / "offsets.npy", result.offsets)
-        if result.images is not None:
-            (tmp / "images.json").write_text(json.dumps(result.images))
+        if result.media is not None:
+            (tmp / "media.json").write_text(json.dumps([[item.to_json() for item in sample] for sample in result.media]))
         (tmp / "report.json").write_text(json.dumps(asdict(result.report)))
         if result.meta:
             (tmp / "meta.json").write_text(json.dumps(result.meta))
@@ -411,13 +402,18 @@ def _draw(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray:
     return np.concatenate(reps)[:count]
 
 
-def build_text_data(tokenizer, cfg: DataConfig, *, seed: int, image_tokens: int = 0) -> TextData:
-    """Tokenized, mixed and split data; ``image_tokens``: placeholder tokens per image (vision models)."""
+def build_conversation_data(tokenizer, cfg: DataConfig, *, seed: int,
+                            media: dict[str, MediaInputSpec] | None = None) -> ConversationData:
+    """Tokenized, mixed and split conversations, text-only or with media.
+
+    ``media``: per modality the model has a branch for, what the data needs
+    from that branch (token count per item above all); none for a text model.
+    """
     if not cfg.datasets:
         raise ConfigError("data.datasets: no dataset given")
     resolved = [resolve_source(spec) for spec in cfg.datasets]
     tok_fp = tokenizer_fingerprint(tokenizer)
-    sources = [load_or_tokenize(tokenizer, src, cfg, tok_fp, image_tokens) for src in resolved]
+    sources = [load_or_tokenize(tokenizer, src, cfg, tok_fp, media) for src in resolved]
     rng = np.random.default_rng(seed)
     train_pools, val_refs = [], []
     sizes = [len(s) for s in sources]
@@ -437,7 +433,7 @@ def build_text_data(tokenizer, cfg: DataConfig, *, seed: int, image_tokens: int 
     if sum(len(r) for r in train_refs) == 0:
         raise DataError(f"no training sample left after holding out {sum(n_val)} for validation "
                         f"(data.val_fraction={cfg.val_fraction})", reason="empty dataset")
-    return TextData(
+    return ConversationData(
         SampleView(sources, np.concatenate(train_refs).astype(np.int64)),
         SampleView(sources, np.concatenate(val_refs).astype(np.int64)),
         [s.report for s in sources],
@@ -448,8 +444,8 @@ def format_reports(reports: list[SourceReport]) -> list[str]:
     lines = []
     for r in reports:
         line = f"{r.name}: {r.samples} samples from {r.rows} rows, {r.truncated} truncated"
-        if r.images or r.images_cut:
-            line += f", {r.images} images ({r.images_cut} dropped by truncation)"
+        for name in dict.fromkeys([*r.media, *r.media_cut]):
+            line += f", {r.media.get(name, 0)} {MODALITIES[name].plural} ({r.media_cut.get(name, 0)} dropped by truncation)"
         if r.skipped:
             line += f", skipped {sum(r.skipped.values())}: {_skip_summary(r)}"
         if r.erased:

@@ -10,47 +10,49 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
-from mmtune.config.schema import DatasetSpec, PromptErasure
-from mmtune.data.formats import FORMAT_DEFAULTS
+from mmtune.config.loader import load_card
+from mmtune.config.schema import DataSource, DatasetSpec
 from mmtune.errors import ConfigError, DataError
 
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".parquet")
-CARD_KEYS = {"description", "license", "path", "hub", "split", "format", "columns", "roles", "oasst_best_path_only",
-             "citation", "image_folder", "prompt_erasure"}
+_SOURCE_KEYS = set(DataSource.model_fields)
 
 
 @dataclass
 class ResolvedSource:
-    """A dataset entry with its card applied: everything needed to read and convert it."""
+    """A dataset entry with its card applied: everything needed to read and convert it.
+
+    ``settings`` holds the schema's :class:`DataSource` keys with paths made
+    absolute, so code reads ``src.settings.format`` and the tokenized-cache
+    key is derived from it instead of listing the keys again.
+    """
 
     name: str
-    format: str
-    path: Path | None = None
-    hub: str | None = None
-    split: str = "train"
-    columns: dict[str, str] = field(default_factory=dict)
-    roles: dict[str, str] = field(default_factory=dict)
+    settings: DataSource
     weight: float = 1.0
     max_samples: int | None = None
-    oasst_best_path_only: bool = False
-    image_folder: Path | None = None
-    """Where relative image paths point (``llava``); default: the data file's folder."""
-    prompt_erasure: PromptErasure | None = None
 
-    def images_root(self) -> Path:
-        if self.image_folder is not None:
-            return self.image_folder
+    @property
+    def path(self) -> Path | None:
+        return Path(self.settings.path) if self.settings.path else None
+
+    @property
+    def format(self) -> str:
+        return self.settings.format or ""
+
+    def media_root(self) -> Path:
+        """Where relative media paths point: ``media_folder``, else the data file's folder."""
+        if self.settings.media_folder is not None:
+            return Path(self.settings.media_folder)
         if self.path is not None:
             return self.path.parent
-        raise ConfigError(f"dataset '{self.name}': a hub dataset with images needs 'image_folder'")
+        raise ConfigError(f"dataset '{self.name}': a hub dataset with media needs 'media_folder'")
 
     def fingerprint(self) -> str:
         """Content hash of the data (file bytes, or hub name + split)."""
@@ -60,7 +62,7 @@ class ResolvedSource:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):
                     h.update(chunk)
         else:
-            h.update(f"hub:{self.hub}:{self.split}".encode())
+            h.update(f"hub:{self.settings.hub}:{self.settings.split}".encode())
         return h.hexdigest()
 
 
@@ -86,78 +88,45 @@ def find_card(name: str) -> Path:
     raise ConfigError(f"data.datasets: no dataset card named '{name}' (looked for {', '.join(tried)})")
 
 
+def _absolute(path: str | None, base: Path) -> str | None:
+    """``path`` relative to ``base``, made absolute (``..`` folded, symlinks kept as written)."""
+    return None if path is None else os.path.abspath(base / Path(path).expanduser())
+
+
 def resolve_source(spec: DatasetSpec) -> ResolvedSource:
-    """Apply a card (if any) under the recipe entry's own settings."""
+    """Apply a card (if any) under the entry's own settings: keys set on the entry win, columns and roles merge."""
+    own = {k: getattr(spec, k) for k in spec.model_fields_set & _SOURCE_KEYS}
     if spec.card is None:
-        path = Path(spec.path).expanduser() if spec.path else None
-        return ResolvedSource(
-            name=str(spec.path or spec.hub), format=spec.format or "", path=path, hub=spec.hub,
-            split=spec.split, columns=dict(spec.columns), roles=dict(spec.roles), weight=spec.weight,
-            max_samples=spec.max_samples, oasst_best_path_only=spec.oasst_best_path_only,
-            image_folder=Path(spec.image_folder).expanduser() if spec.image_folder else None,
-            prompt_erasure=spec.prompt_erasure,
-        )
+        settings = spec.model_dump(include=_SOURCE_KEYS)
+        settings["path"] = _absolute(spec.path, Path.cwd())
+        settings["media_folder"] = _absolute(spec.media_folder, Path.cwd())
+        return ResolvedSource(str(spec.path or spec.hub), DataSource(**settings), spec.weight, spec.max_samples)
     card_path = find_card(spec.card)
-    try:
-        card = yaml.safe_load(card_path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{card_path}: not valid YAML: {exc}") from None
-    unknown = set(card) - CARD_KEYS
-    if unknown:
-        raise ConfigError(f"{card_path}: unknown card key(s) {sorted(unknown)}; valid: {sorted(CARD_KEYS)}")
-    if "format" not in card or ("path" in card) == ("hub" in card):
-        raise ConfigError(f"{card_path}: a card needs 'format' and exactly one of 'path' or 'hub'")
-    if card["format"] not in FORMAT_DEFAULTS:
-        raise ConfigError(f"{card_path}: format: unknown format '{card['format']}' (valid: {', '.join(FORMAT_DEFAULTS)})")
-    for key in ("columns", "roles"):
-        if not isinstance(card.get(key) or {}, dict):
-            raise ConfigError(f"{card_path}: {key}: expected a mapping of names")
-    path = (card_path.parent / card["path"]).resolve() if "path" in card else None
-    if spec.image_folder:
-        image_folder = Path(spec.image_folder).expanduser()
-    elif card.get("image_folder"):
-        image_folder = (card_path.parent / card["image_folder"]).resolve()
-    else:
-        image_folder = None
-    return ResolvedSource(
-        name=card_path.stem,
-        format=spec.format or card["format"],
-        path=path,
-        hub=card.get("hub"),
-        split=spec.split if "split" in spec.model_fields_set else card.get("split", spec.split),
-        columns={**(card.get("columns") or {}), **spec.columns},
-        roles={**(card.get("roles") or {}), **spec.roles},
-        weight=spec.weight,
-        max_samples=spec.max_samples,
-        oasst_best_path_only=spec.oasst_best_path_only or bool(card.get("oasst_best_path_only", False)),
-        image_folder=image_folder,
-        prompt_erasure=spec.prompt_erasure if "prompt_erasure" in spec.model_fields_set else _card_erasure(card, card_path),
-    )
-
-
-def _card_erasure(card: dict, card_path: Path) -> PromptErasure | None:
-    if card.get("prompt_erasure") is None:
-        return None
-    try:
-        return PromptErasure.model_validate(card["prompt_erasure"])
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in ("prompt_erasure", *first["loc"]))
-        raise ConfigError(f"{card_path}: {where}: {first['msg']}") from None
+    card = load_card(card_path)
+    settings = card.model_dump(include=_SOURCE_KEYS)
+    settings["path"] = _absolute(card.path, card_path.parent)
+    settings["media_folder"] = _absolute(card.media_folder, card_path.parent)
+    if "media_folder" in own:
+        own["media_folder"] = _absolute(spec.media_folder, Path.cwd())
+    settings.update(own)
+    settings["columns"] = {**card.columns, **spec.columns}
+    settings["roles"] = {**card.roles, **spec.roles}
+    return ResolvedSource(card_path.stem, DataSource(**settings), spec.weight, spec.max_samples)
 
 
 class MalformedRow(Exception):
-    """A row that is not valid JSON; carries its location for the skip report."""
+    """A row that cannot be read (not UTF-8, not JSON); carries its location and reason for the skip report."""
 
-    def __init__(self, where: str, detail: str) -> None:
+    def __init__(self, where: str, detail: str, reason: str = "malformed JSON") -> None:
         super().__init__(detail)
         self.where = where
         self.detail = detail
+        self.reason = reason
 
 
 def iter_rows(src: ResolvedSource) -> Iterator[tuple[str, dict[str, Any] | MalformedRow]]:
     """Yield ``(location, row)``; a malformed row is yielded as a :class:`MalformedRow`."""
-    if src.hub is not None:
+    if src.settings.hub is not None:
         yield from _iter_hub(src)
         return
     path = src.path
@@ -176,11 +145,17 @@ def iter_rows(src: ResolvedSource) -> Iterator[tuple[str, dict[str, Any] | Malfo
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedRow]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield where, MalformedRow(where, f"not valid UTF-8 (byte {exc.start + 1} of the line)",
+                                          reason="invalid UTF-8")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -193,8 +168,15 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedRow
 
 
 def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedRow]]:
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {exc.start + 1} of the file); a JSON file must be "
+                        "UTF-8", reason="invalid UTF-8") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})", reason="malformed JSON") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -224,8 +206,9 @@ def _iter_hub(src: ResolvedSource) -> Iterator[tuple[str, dict[str, Any] | Malfo
     import datasets
 
     try:
-        ds = datasets.load_dataset(src.hub, split=src.split)
+        ds = datasets.load_dataset(src.settings.hub, split=src.settings.split)
     except Exception as exc:  # hub errors come in many types; all mean "could not load"
-        raise DataError(f"hub dataset '{src.hub}' (split {src.split}) could not be loaded: {exc}", reason="missing file") from None
+        raise DataError(f"hub dataset '{src.settings.hub}' (split {src.settings.split}) could not be loaded: {exc}",
+                        reason="missing file") from None
     for i, row in enumerate(ds, start=1):
-        yield f"{src.hub}[{src.split}]: row {i}", row
+        yield f"{src.settings.hub}[{src.settings.split}]: row {i}", row

@@ -89,15 +89,17 @@ END_OF_TURN: dict[str, str] = {"chatml": "<|im_end|>"}
 """End-of-turn text of built-ins that do not end an answer with ``eos_token``."""
 
 
-def install_template(tokenizer, name: str) -> None:
-    """Make ``tokenizer`` render with template ``name`` (``auto``: its own)."""
-    if name == "auto":
+def install_template(tokenizer, name: str | None) -> None:
+    """Make ``tokenizer`` render with template ``name`` (``auto`` or None: its own)."""
+    if name in (None, "auto"):
         if not tokenizer.chat_template:
             raise ConfigError(
                 "data.template: the tokenizer has no chat template and no template is named; "
                 f"name one of {', '.join(BUILTIN_TEMPLATES)} (data.template in a recipe, --template for chat)"
             )
         return
+    if name not in BUILTIN_TEMPLATES:
+        raise ConfigError(f"template '{name}': not auto and not a built-in ({', '.join(BUILTIN_TEMPLATES)})")
     tokenizer.chat_template = BUILTIN_TEMPLATES[name]
 
 

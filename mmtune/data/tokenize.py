@@ -5,21 +5,34 @@ tokens added: the template writes them), so the tokens fed up to an assistant
 turn are exactly the tokens the model sees at inference for that history. The
 segments of many conversations are tokenized in one batched call.
 
-Image tags (``<image>``) in the text become ``image_tokens`` placeholder ids
-each (the connector's output length), so lengths, packing and truncation all
-count image tokens after expansion. Truncation never cuts through an image:
-it cuts before that image instead.
+Media tags (``<image>``, and the tags of every other modality the model has a
+branch for) become placeholder ids: the k-th tag of a conversation takes the
+k-th :class:`MediaSlot` of that conversation, ``slot.tokens`` positions of
+``slot.placeholder_id`` (the count comes from the model's branch and may
+differ per item). Lengths, packing and truncation therefore count media
+tokens after expansion. Truncation never cuts through an item: it cuts before
+that item instead, and counts what it dropped.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from mmtune.data.templates import Segment
 from mmtune.errors import DataError
-from mmtune.vision.images import IMAGE_PLACEHOLDER_ID, IMAGE_TAG
+
+
+@dataclass(frozen=True)
+class MediaSlot:
+    """The positions one media item takes in the token sequence."""
+
+    tag: str
+    placeholder_id: int
+    tokens: int
 
 
 @dataclass
@@ -27,10 +40,15 @@ class Encoded:
     input_ids: np.ndarray  # int32 [n]
     trained: np.ndarray  # bool [n]: the token is a training target
     truncated: bool
-    images: int = 0
-    """Images whose placeholder tokens are (all) in ``input_ids``."""
-    images_cut: int = 0
-    """Images removed by truncation."""
+    media_kept: int = 0
+    """Media items whose placeholder tokens are (all) in ``input_ids``: the first ``media_kept`` of the sample."""
+    media_cut: int = 0
+    """Media items removed by truncation (the last ones)."""
+
+
+def tag_pattern(tags: Sequence[str]) -> re.Pattern | None:
+    """A pattern splitting text around any of ``tags`` (kept as separate pieces), or None for no tags."""
+    return re.compile("(" + "|".join(re.escape(t) for t in sorted(set(tags), key=len, reverse=True)) + ")") if tags else None
 
 
 def encode_segments(
@@ -39,59 +57,70 @@ def encode_segments(
     *,
     max_length: int,
     train_on_prompt: bool = False,
-    image_tokens: int = 0,
+    media: list[list[MediaSlot]] | None = None,
+    tags: Sequence[str] = (),
 ) -> list[Encoded]:
     """Tokenize the segments of many conversations in one batched call, then truncate.
 
-    With ``image_tokens`` > 0 every ``<image>`` tag becomes that many
-    :data:`IMAGE_PLACEHOLDER_ID` tokens, never trained.
+    ``tags``: the media tags the model expands (a text model keeps tags as
+    plain text); ``media[i]``: conversation i's slots, in the order of its tags.
     """
-    pieces = [_pieces(s.text, image_tokens) for segs in conversations for s in segs]
-    texts = [t for parts in pieces for t in parts]
+    pattern = tag_pattern(tags)
+    pieces = [pattern.split(s.text) if pattern else [s.text] for segs in conversations for s in segs]
+    texts = [t for parts in pieces for t in parts[::2]]
     ids_flat = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    placeholder = np.full(image_tokens, IMAGE_PLACEHOLDER_ID, dtype=np.int32)
     out: list[Encoded] = []
     k = p = 0
-    for segs in conversations:
-        ids_parts, mask_parts, image_starts = [], [], []
+    for c, segs in enumerate(conversations):
+        slots = media[c] if media is not None else []
+        ids_parts, mask_parts, item_spans = [], [], []
         length = 0
         for seg in segs:
             parts = pieces[p]
             p += 1
             if len(parts) > 1 and seg.trained:
-                raise DataError(f"{IMAGE_TAG} inside a trained answer; images belong to user turns",
-                                reason="image tag in answer")
-            for j in range(len(parts)):
-                if j:  # an image between two text pieces
-                    image_starts.append(length)
-                    ids_parts.append(placeholder)
-                    mask_parts.append(np.zeros(image_tokens, dtype=bool))
-                    length += image_tokens
+                raise DataError(f"{parts[1]} inside a trained answer; media belong to user turns",
+                                reason="media tag in answer")
+            for j, part in enumerate(parts):
+                if j % 2:  # a media tag between two text pieces
+                    if len(item_spans) >= len(slots) or slots[len(item_spans)].tag != part:
+                        raise DataError(f"the rendered conversation has {part} where its media list has "
+                                        f"{_describe_slot(slots, len(item_spans))}; the chat template must keep "
+                                        "every media tag of the user turns, in order", reason="media tags do not match")
+                    slot = slots[len(item_spans)]
+                    item_spans.append((length, slot.tokens))
+                    ids_parts.append(np.full(slot.tokens, slot.placeholder_id, dtype=np.int32))
+                    mask_parts.append(np.zeros(slot.tokens, dtype=bool))
+                    length += slot.tokens
+                    continue
                 ids = np.asarray(ids_flat[k], dtype=np.int32)
                 k += 1
                 ids_parts.append(ids)
                 mask_parts.append(np.full(len(ids), seg.trained or train_on_prompt, dtype=bool))
                 length += len(ids)
+        if len(item_spans) != len(slots):
+            raise DataError(f"the rendered conversation has {len(item_spans)} media tag(s) but {len(slots)} media "
+                            "item(s); the chat template dropped some (the plain template keeps only <image> tags)",
+                            reason="media tags do not match")
         ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32)
         mask = np.concatenate(mask_parts) if mask_parts else np.zeros(0, bool)
         cut = max_length
-        for start in image_starts:  # never keep part of an image
-            if start < cut < start + image_tokens:
+        for start, size in item_spans:  # never keep part of an item
+            if start < cut < start + size:
                 cut = start
-        kept = sum(1 for start in image_starts if start + image_tokens <= cut)
-        out.append(Encoded(ids[:cut], mask[:cut], len(ids) > cut, kept, len(image_starts) - kept))
+        kept = sum(1 for start, size in item_spans if start + size <= cut)
+        out.append(Encoded(ids[:cut], mask[:cut], len(ids) > cut, kept, len(item_spans) - kept))
     return out
 
 
-def encode_prompt(tokenizer, text: str, image_tokens: int) -> list[int]:
-    """Token ids of a rendered prompt, each image tag expanded as in training."""
-    return encode_segments(tokenizer, [[Segment(text, False)]], max_length=1 << 30,
-                           image_tokens=image_tokens)[0].input_ids.tolist()
+def _describe_slot(slots: list[MediaSlot], index: int) -> str:
+    return slots[index].tag if index < len(slots) else "no more items"
 
 
-def _pieces(text: str, image_tokens: int) -> list[str]:
-    """Text split around image tags (a text model keeps tags as plain text)."""
-    return text.split(IMAGE_TAG) if image_tokens else [text]
+def encode_prompt(tokenizer, text: str, slots: Sequence[MediaSlot] = ()) -> list[int]:
+    """Token ids of a rendered prompt, each media tag expanded as in training."""
+    return encode_segments(tokenizer, [[Segment(text, False)]], max_length=1 << 30, media=[list(slots)],
+                           tags=[s.tag for s in slots])[0].input_ids.tolist()
 
 
 def boundary_mismatches(tokenizer, conversation, encoded: Encoded) -> list[int]:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mmtune.datagen import filters, prompts
+import mmtune.datagen.filters as filters
+import mmtune.datagen.prompts as prompts
 from mmtune.datagen.report import GenerationReport, counters_dict
 from mmtune.datagen.sampler import Sampler
 from mmtune.datagen.self_instruct import DEFAULT_SEEDS, derived_seed, file_digest, load_seed_tasks

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from mmtune.chat import stop_token_ids
+from mmtune.generation.options import stop_token_ids
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class HFSampler:
 
 def load_sampler(model: str, *, temperature: float = 0.7, top_p: float = 0.9) -> HFSampler:
     """A sampler on any model ``load_for_inference`` takes: alias, hub name, model or run directory."""
-    from mmtune.models.finetuned import load_for_inference
+    from mmtune.models.run_outputs import load_for_inference
 
     lm, tokenizer = load_for_inference(model)
     return HFSampler(lm, tokenizer, temperature=temperature, top_p=top_p, name=model)

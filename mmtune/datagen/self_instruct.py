@@ -21,7 +21,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mmtune.datagen import filters, prompts
+import mmtune.datagen.filters as filters
+import mmtune.datagen.prompts as prompts
 from mmtune.datagen.prompts import SeedTask
 from mmtune.datagen.report import GenerationReport, counters_dict
 from mmtune.datagen.rouge import RougePool

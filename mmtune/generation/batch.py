@@ -3,8 +3,10 @@
 A prompt file is plain text (one prompt per non-empty line) or JSONL whose rows
 carry ``prompt`` (a string), ``messages`` (a list of ``{role, content}``,
 ending with the user turn to answer) or ``instruction`` (+ optional ``input``,
-Alpaca style). Each output row is ``{"prompt": ..., "output": ...}`` (plus the
-row's ``id`` when it has one), in input order.
+Alpaca style). For a multimodal model a JSONL row may add ``images``: paths
+relative to the prompt file, placed at its first user turn. Each output row is
+``{"prompt": ..., "output": ...}`` (plus the row's ``id`` when it has one), in
+input order.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmtune.chat import GenerationOptions
 from mmtune.data.formats import Conversation
+from mmtune.data.media import attach_media
 from mmtune.errors import DataError
+from mmtune.generation.options import BATCH_SIZE, GenerationOptions
 
 
 @dataclass
@@ -70,6 +73,10 @@ def read_prompts(path: Path, *, system: str | None = None) -> list[PromptItem]:
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}", reason="malformed JSON")
         prompt, conv = _conversation_of(row, where, system)
+        images = row.get("images") or []
+        if not (isinstance(images, list) and all(isinstance(p, str) for p in images)):
+            raise DataError(f"{where}: field 'images': expected a list of paths", reason="bad field")
+        conv = attach_media(conv, [("image", str(path.parent / p)) for p in images])
         items.append(PromptItem(prompt, conv, row.get("id")))
     if not items:
         raise DataError(f"{path}: no prompt in the file", reason="empty dataset")
@@ -77,7 +84,7 @@ def read_prompts(path: Path, *, system: str | None = None) -> list[PromptItem]:
 
 
 def generate_to_jsonl(model_or_source, tokenizer, items: Sequence[PromptItem], opts: GenerationOptions,
-                      out_path: Path | None, *, batch_size: int = 8, progress: bool = True) -> list[dict]:
+                      out_path: Path | None, *, batch_size: int = BATCH_SIZE, progress: bool = True) -> list[dict]:
     """Generate replies for ``items``; rows go to ``out_path`` (written whole at the end) and are returned."""
     from mmtune.generation.decoding import generate_texts
     from mmtune.utils.atomic import atomic_write_text

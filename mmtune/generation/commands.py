@@ -1,29 +1,56 @@
-"""The ``mmtune generate`` and ``mmtune eval`` commands: argument handling around the library functions."""
+"""The ``mmtune chat``, ``generate`` and ``eval`` commands: argument handling around the library functions."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from mmtune.errors import ConfigError
-from mmtune.generation.cli_args import generation_options, load_model_or_proxy
+from mmtune.generation.cli_args import generation_options, given
+
+
+def load_model_or_proxy(args: argparse.Namespace, model_name: str):
+    """``(model or ProxyTuned, tokenizer)`` for ``model_name`` and the proxy flags, with the template installed."""
+    from mmtune.data.templates import install_template
+
+    if (args.proxy_expert is None) != (args.proxy_antiexpert is None):
+        raise ConfigError("proxy tuning needs both --proxy-expert and --proxy-antiexpert")
+    if args.proxy_expert is not None:
+        from mmtune.generation.proxy import load_proxy
+
+        model, tokenizer = load_proxy(model_name, args.proxy_expert, args.proxy_antiexpert,
+                                      **given(args, "proxy_alpha"))
+    else:
+        from mmtune.models.run_outputs import load_for_inference
+
+        model, tokenizer = load_for_inference(model_name)
+    install_template(tokenizer, getattr(args, "template", None))
+    return model, tokenizer
 
 
 def _describe(args: argparse.Namespace, model_name: str) -> str:
     if args.proxy_expert is None:
         return model_name
-    return (f"proxy({model_name} + {args.proxy_alpha} * ({args.proxy_expert} - {args.proxy_antiexpert}))")
+    alpha = getattr(args, "proxy_alpha", 1.0)
+    return f"proxy({model_name} + {alpha} * ({args.proxy_expert} - {args.proxy_antiexpert}))"
 
 
 def _check_batch_size(args: argparse.Namespace) -> None:
-    if args.batch_size < 1:
+    if getattr(args, "batch_size", 1) < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    from pathlib import Path
+def run_chat(args: argparse.Namespace) -> int:
+    from mmtune.generation.chat import run_chat as chat
 
+    model, tokenizer = load_model_or_proxy(args, args.model)
+    media = [("image", path) for path in args.image]
+    return chat(model, tokenizer, args.prompt, generation_options(args), system=args.system, media=media)
+
+
+def run_generate(args: argparse.Namespace) -> int:
     from mmtune.generation.batch import PromptItem, generate_to_jsonl, read_prompts
 
     _check_batch_size(args)
@@ -37,7 +64,7 @@ def run_generate(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_or_proxy(args, args.model)
     out = Path(args.out) if args.out else None
     rows = generate_to_jsonl(model, tokenizer, items, generation_options(args), out,
-                             batch_size=args.batch_size, progress=len(items) > 1)
+                             progress=len(items) > 1, **given(args, "batch_size"))
     if out is None:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
@@ -47,15 +74,17 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from mmtune.evaluation import METRICS, evaluate, load_eval_data
+    from mmtune.evaluation import evaluate, load_eval_data
 
     _check_batch_size(args)
-    data = load_eval_data(args.data, data_format=args.format, max_samples=args.max_samples)  # fail before loading models
-    model, tokenizer = load_model_or_proxy(args, args.model)
+    data = load_eval_data(args.data, **given(args, "max_samples"),
+                          **({"data_format": args.format} if hasattr(args, "format") else {}))
+    model, tokenizer = load_model_or_proxy(args, args.model)  # after the data: bad data fails before loading models
     report = evaluate(
-        model, tokenizer, data, args.metric or METRICS, generation_options(args), batch_size=args.batch_size,
-        max_length=args.max_length, number=args.number, tolerance=args.tolerance,
-        records=not args.no_records, model_name=_describe(args, args.model),
+        model, tokenizer, data, opts=generation_options(args), records=not args.no_records,
+        model_name=_describe(args, args.model),
+        **({"metrics": args.metric} if hasattr(args, "metric") else {}),
+        **given(args, "batch_size", "max_length", "number", "tolerance"),
     )
     if args.out:
         report.write(args.out)

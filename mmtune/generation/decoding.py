@@ -2,11 +2,13 @@
 
 Why not ``model.generate``: proxy tuning needs the next-token logits of three
 models combined before sampling, and each model needs its own KV cache. One
-loop serves both the plain case (a single model) and the combined case, so
-``mmtune generate``, ``mmtune eval`` and ``mmtune chat --proxy-*`` decode the
-same way. Prompts are left-padded; every model gets the same attention mask
-and position ids counted from each row's first real token, so a padded row
-decodes like the same prompt alone.
+loop serves the plain case (a single text or multimodal model) and the
+combined case, so ``mmtune chat``, ``mmtune generate`` and ``mmtune eval``
+decode the same way. Prompts are left-padded; every model gets the same
+attention mask and position ids counted from each row's first real token, so
+a padded row decodes like the same prompt alone. A multimodal model receives
+its prompts' media on the first step (their embeddings fill the placeholder
+positions and enter the KV cache); later steps feed generated tokens only.
 """
 
 from __future__ import annotations
@@ -18,9 +20,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmtune.chat import GenerationOptions, stop_token_ids
 from mmtune.data.formats import Conversation
 from mmtune.errors import ModelError
+from mmtune.generation.options import BATCH_SIZE, GenerationOptions, stop_token_ids
+from mmtune.generation.prompts import Prompt, check_text_only, encode_conversation, media_inputs
+from mmtune.modalities.base import MediaInputs
+from mmtune.models.multimodal.model import MultimodalLM
+
+
+def _cache_name() -> str:
+    """The KV-cache argument and output field of transformers' models: ``cache`` since 5.2x, before ``past_key_values``."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+_CACHE = _cache_name()
 
 
 @dataclass
@@ -40,17 +55,18 @@ class SingleModel:
 def as_source(model_or_source):
     """A model becomes a :class:`SingleModel`; anything with ``models`` and ``combine`` passes through.
 
-    Text models only: a multimodal model needs its image tokens expanded and
-    pixels encoded, which ``mmtune chat --image`` does and this loop does not.
+    A combination of several models (proxy tuning) takes text models only.
     """
-    from mmtune.vision.model import MultimodalLM
-
     is_source = hasattr(model_or_source, "combine") and hasattr(model_or_source, "models")
     source = model_or_source if is_source else SingleModel(model_or_source)
-    if any(isinstance(m, MultimodalLM) for m in source.models):
-        raise ModelError("batched generation, evaluation and proxy tuning take text models; "
-                         "a multimodal model answers through mmtune chat --image")
+    if len(source.models) > 1 and any(isinstance(m, MultimodalLM) for m in source.models):
+        raise ModelError("proxy tuning combines text models; a multimodal model decodes on its own")
     return source
+
+
+def the_model(source) -> nn.Module:
+    """The model of a single-model source (whose prompts may carry media)."""
+    return source.models[0] if len(source.models) == 1 else None
 
 
 def device_of(source) -> torch.device:
@@ -112,6 +128,7 @@ def decode_batch(
     pad_id: int,
     generator: torch.Generator | None = None,
     on_token: Callable[[list[int]], None] | None = None,
+    media: dict[str, MediaInputs] | None = None,
 ) -> list[list[int]]:
     """Generated token ids per prompt (stop token excluded).
 
@@ -120,6 +137,7 @@ def decode_batch(
     A model object named twice (e.g. base = anti-expert) runs once per step:
     same weights and same inputs give the same logits and cache.
     ``on_token(tokens_of_row_0)`` is called after each step (used for streaming).
+    ``media``: the prompts' media, in placeholder order, for a multimodal model.
     """
     device = device_of(source)
     ids, mask = left_pad(prompts, pad_id)
@@ -134,9 +152,10 @@ def decode_batch(
     for _ in range(opts.max_new_tokens):
         logits = []
         for k, model in enumerate(models):
+            extra = {"media": media} if isinstance(model, MultimodalLM) and caches[k] is None else {}
             res = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                        past_key_values=caches[k], use_cache=True)
-            caches[k] = res.past_key_values
+                        **{_CACHE: caches[k]}, use_cache=True, **extra)
+            caches[k] = getattr(res, _CACHE)
             logits.append(res.logits[:, -1, :].float())
         next_ids = sample_next(source.combine([logits[k] for k in slot]), opts, generator)
         finished_now = torch.isin(next_ids, stop) if len(stop) else torch.zeros_like(done)
@@ -167,9 +186,27 @@ def _distinct(models: Sequence[nn.Module]) -> tuple[list[nn.Module], list[int]]:
 
 
 def prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
-    """The chat-templated prompt for the next assistant turn, as token ids."""
+    """The chat-templated prompt for the next assistant turn, as token ids (a text model's)."""
     text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_all(source, tokenizer, conversations: Sequence[Conversation]) -> list[Prompt]:
+    """Each conversation's generation prompt for ``source`` (media expanded for a multimodal model)."""
+    model = the_model(source)
+    if model is None:
+        check_text_only(conversations)
+        return [Prompt(prompt_ids(tokenizer, conv)) for conv in conversations]
+    return [encode_conversation(model, tokenizer, conv, where=f"conversation {i + 1}")
+            for i, conv in enumerate(conversations)]
+
+
+def _media_of(source, tokenizer, prompts: Sequence[Prompt]) -> dict[str, MediaInputs] | None:
+    model = the_model(source)
+    items = [item for p in prompts for item in p.media]
+    if not items:
+        return None
+    return {name: inputs.to(device_of(source)) for name, inputs in media_inputs(model, tokenizer, items).items()}
 
 
 def generate_texts(
@@ -178,22 +215,23 @@ def generate_texts(
     conversations: Sequence[Conversation],
     opts: GenerationOptions,
     *,
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     progress: bool = True,
     desc: str = "generating",
 ) -> list[str]:
     """Replies to many conversations, batched (longest-first for less padding), seeded, with a progress bar."""
     source = as_source(model_or_source)
-    encoded = [prompt_ids(tokenizer, conv) for conv in conversations]
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    encoded = encode_all(source, tokenizer, conversations)
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
     generator = torch.Generator(device=device_of(source)).manual_seed(opts.seed)
     stop, pad = source_stop_ids(source, tokenizer), pad_id_of(tokenizer)
     replies: list[str] = [""] * len(encoded)
     with tqdm(total=len(encoded), desc=desc, unit=" prompts", disable=not progress or None) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            tokens = decode_batch(source, [encoded[i] for i in chunk], opts, stop_ids=stop, pad_id=pad,
-                                  generator=generator)
+            prompts = [encoded[i] for i in chunk]
+            tokens = decode_batch(source, [p.ids for p in prompts], opts, stop_ids=stop, pad_id=pad,
+                                  generator=generator, media=_media_of(source, tokenizer, prompts))
             for i, toks in zip(chunk, tokens):
                 replies[i] = tokenizer.decode(toks, skip_special_tokens=True).strip()
             bar.update(len(chunk))
@@ -214,9 +252,11 @@ def stream_reply(model_or_source, tokenizer, conversation: Conversation, opts: G
             stream(text[len(shown):])
             shown = text
 
-    tokens = decode_batch(source, [prompt_ids(tokenizer, conversation)], opts,
+    prompt = encode_all(source, tokenizer, [conversation])[0]
+    tokens = decode_batch(source, [prompt.ids], opts,
                           stop_ids=source_stop_ids(source, tokenizer), pad_id=pad_id_of(tokenizer),
-                          generator=generator, on_token=emit if stream else None)[0]
+                          generator=generator, on_token=emit if stream else None,
+                          media=_media_of(source, tokenizer, [prompt]))[0]
     text = tokenizer.decode(tokens, skip_special_tokens=True)
     if stream and text.startswith(shown) and len(text) > len(shown):
         stream(text[len(shown):])
@@ -224,11 +264,13 @@ def stream_reply(model_or_source, tokenizer, conversation: Conversation, opts: G
 
 
 @torch.no_grad()
-def sequence_logits(model_or_source, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def sequence_logits(model_or_source, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    media: dict[str, MediaInputs] | None = None) -> torch.Tensor:
     """Combined logits [B, T, V] of a padded batch (one full forward per model, no cache)."""
     source = as_source(model_or_source)
     positions = positions_of(attention_mask)
     models, slot = _distinct(source.models)
-    logits = [m(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False).logits.float()
+    logits = [m(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False,
+                **({"media": media} if isinstance(m, MultimodalLM) else {})).logits.float()
               for m in models]
     return source.combine([logits[k] for k in slot])

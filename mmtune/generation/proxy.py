@@ -86,7 +86,7 @@ def load_proxy(base: str, expert: str, antiexpert: str, *, alpha: float = 1.0, d
     cache per role, so sharing the weights is safe.
     """
     from mmtune.generation.decoding import as_source
-    from mmtune.models.finetuned import load_for_inference
+    from mmtune.models.run_outputs import load_for_inference
 
     cache: dict[str, tuple] = {}
     for name in (base, expert, antiexpert):

@@ -87,13 +87,8 @@ def load_tokenizer(cfg: ModelConfig):
     return tokenizer
 
 
-def load_causal_lm(
-    cfg: ModelConfig, *, device_type: str = "cpu", quantization_config: Any = None
-) -> torch.nn.Module:
-    """Load the decoder. ``quantization_config`` is passed through for QLoRA."""
-    from transformers import AutoModelForCausalLM
-
-    source = resolve_source(cfg)
+def causal_lm_kwargs(cfg: ModelConfig, *, device_type: str = "cpu", quantization_config: Any = None) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments for the recipe's dtype, attention kernel and quantization."""
     kwargs: dict[str, Any] = {
         "dtype": resolve_dtype(cfg.dtype, device_type),
         "attn_implementation": resolve_attn(cfg.attn_implementation, device_type),
@@ -104,16 +99,25 @@ def load_causal_lm(
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         kwargs["device_map"] = {"": torch.cuda.current_device()}
-    from mmtune.vision.import_llava import llava_config, load_language_model
+    return kwargs
 
+
+def load_causal_lm(
+    cfg: ModelConfig, *, device_type: str = "cpu", quantization_config: Any = None
+) -> torch.nn.Module:
+    """Load the decoder of a plain causal LM checkpoint (``quantization_config`` is passed through for QLoRA).
+
+    Causal LMs inside checkpoints of other formats (a Llava directory) are read
+    by ``mmtune.interop``; ``mmtune.models.open`` picks the right reader.
+    """
+    from transformers import AutoModelForCausalLM
+
+    source = resolve_source(cfg)
     try:
-        llava = llava_config(source)
-        if llava is not None:  # a Llava checkpoint: its language model part
-            return load_language_model(source, llava, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(source, **causal_lm_kwargs(
+            cfg, device_type=device_type, quantization_config=quantization_config))
     except (OSError, ValueError) as exc:
         raise ModelError(f"could not load model '{cfg.name}' (tried {source}): {_first_line(exc)}") from None
-    return model
 
 
 def _first_line(exc: BaseException) -> str:

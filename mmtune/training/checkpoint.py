@@ -62,8 +62,12 @@ def save_checkpoint(
     rng: dict,
     process_index: int = 0,
     keep: int | None = None,
+    extra=None,
 ) -> Path:
-    """Write ``checkpoints/step-N`` atomically and prune old ones; returns its path."""
+    """Write ``checkpoints/step-N`` atomically and prune old ones; returns its path.
+
+    ``extra``: a task's own state (``state_dict()``), saved as ``task_state.pt``.
+    """
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step}"
@@ -73,6 +77,8 @@ def save_checkpoint(
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(rng, tmp / f"rng-{process_index}.pt")
+            if extra is not None:
+                torch.save(extra.state_dict(), tmp / "task_state.pt")
             (tmp / "state.json").write_text(json.dumps(asdict(state)))
         if keep is not None:
             for old in list_checkpoints(run_dir)[:-keep]:
@@ -110,9 +116,9 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
 
 
 def load_checkpoint(
-    path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, process_index: int = 0
+    path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, process_index: int = 0, extra=None
 ) -> TrainState:
-    weights = load_file(str(path / "trainable.safetensors"))
+    weights = _renamed(load_file(str(path / "trainable.safetensors")))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unknown = [n for n in weights if n not in params]
@@ -129,4 +135,20 @@ def load_checkpoint(
     rng_file = path / f"rng-{process_index}.pt"
     if rng_file.is_file():
         restore_rng(torch.load(rng_file, weights_only=True))
+    if extra is not None:
+        extra.load_state_dict(torch.load(path / "task_state.pt", weights_only=True))
     return TrainState(**json.loads((path / "state.json").read_text()))
+
+
+_LEGACY_PARTS = {"lm.encoder.": "lm.branches.image.encoder.", "lm.connector.": "lm.branches.image.connector."}
+"""Parameter names of multimodal checkpoints saved before branches existed (one image encoder + connector)."""
+
+
+def _renamed(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, tensor in weights.items():
+        for old, new in _LEGACY_PARTS.items():
+            if name.startswith(old):
+                name = new + name.removeprefix(old)
+        out[name] = tensor
+    return out

@@ -1,8 +1,10 @@
 """Fine-tuning methods: which parameters train, and with which optimizer settings.
 
-``full`` trains everything; ``freeze`` trains parameters whose names match
-``method.trainable``; ``lora`` (with DoRA / rsLoRA options) and ``qlora`` go
-through peft. What trains is decided here, explicitly, and logged as a table.
+For the LLM: ``full`` trains everything; ``freeze`` trains parameters whose
+names match ``method.trainable``; ``lora`` (with DoRA / rsLoRA options) and
+``qlora`` go through peft. Every other component (a branch's encoder, pieces
+and connector) is ``frozen``, ``full`` or ``lora``. What trains is decided
+here, explicitly, and logged as a table per component.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mmtune.config.schema import MethodConfig, ParamGroup, TrainConfig
+from mmtune.config.schema import ComponentMethod, LoraConfig, MethodConfig, TrainConfig
 from mmtune.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -82,39 +84,67 @@ class GroupSummary:
     weight_decay: float
 
 
-COMPONENT_PATTERNS = {"encoder": r"^lm\.encoder\.", "connector": r"^lm\.connector\.", "llm": r"^lm\.llm\."}
-"""Parameter-name patterns of a multimodal model's components, as named inside the training objective."""
+@dataclass
+class Component:
+    """A named part of the model being trained (``llm``, ``image.encoder`` ...), for learning rates and the table."""
+
+    name: str
+    module: nn.Module
+    trainable: str
+    """How it trains: a method name (``lora``, ``full``, ``frozen`` ...)."""
+    lr: float | None = None
+    """Its learning rate (None: ``train.lr``)."""
 
 
-def component_groups(method: MethodConfig, multimodal: bool) -> list[ParamGroup]:
-    """Per-component learning rates as parameter groups (after the user's own patterns)."""
-    groups = []
-    if multimodal:
-        for name in ("encoder", "connector"):
-            part = getattr(method, name)
-            if part.lr is not None and part.trainable != "frozen":
-                groups.append(ParamGroup(pattern=COMPONENT_PATTERNS[name], lr=part.lr))
-    if method.llm_lr is not None and method.name != "frozen":
-        groups.append(ParamGroup(pattern=COMPONENT_PATTERNS["llm"] if multimodal else r"^lm\.", lr=method.llm_lr))
-    return groups
+def apply_component_method(module: nn.Module, method: ComponentMethod, lora: LoraConfig, name: str) -> None:
+    """Freeze, fully train, or put LoRA on every Linear layer of one component (logged)."""
+    if method.trainable == "frozen":
+        module.requires_grad_(False)
+    elif method.trainable == "full":
+        module.requires_grad_(True)
+    else:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import inject_adapter_in_model
+
+        targets = sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, nn.Linear) and n})
+        if not targets:
+            raise ConfigError(f"method.media.{name}.trainable: lora needs Linear layers; this component has none")
+        module.requires_grad_(False)
+        inject_adapter_in_model(PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                               target_modules=targets, use_dora=lora.use_dora,
+                                               use_rslora=lora.use_rslora), module)
+    trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    log.info("%s: %s (%s trainable parameters)", name, method.trainable, f"{trained:,}")
 
 
-def param_groups(model: nn.Module, method: MethodConfig, train: TrainConfig, *,
-                 multimodal: bool = False) -> tuple[list[dict], list[GroupSummary]]:
-    """Optimizer groups: per ``method.param_groups`` pattern (first match wins), then the rest.
+def _owner(model: nn.Module, components: list[Component]) -> dict[int, Component]:
+    """Parameter id -> the component holding it."""
+    return {id(p): c for c in components for p in c.module.parameters()}
 
+
+def param_groups(model: nn.Module, method: MethodConfig, train: TrainConfig,
+                 components: list[Component] = ()) -> tuple[list[dict], list[GroupSummary]]:
+    """Optimizer groups: per ``method.param_groups`` pattern (first match wins), then per component, then the rest.
+
+    Components are matched by the parameters they hold, not by name patterns.
     Biases and norm weights (1-D tensors) get no weight decay, as is standard.
     """
-    compiled = [(re.compile(g.pattern), g) for g in [*method.param_groups, *component_groups(method, multimodal)]]
+    compiled = [(re.compile(g.pattern), g) for g in method.param_groups]
+    owner = _owner(model, [c for c in components if c.lr is not None])
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     settings: dict[str, tuple[float, float]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         group = next((g for rx, g in compiled if rx.search(name)), None)
-        key = group.pattern if group else "default"
-        lr = group.lr if group and group.lr is not None else train.lr
-        wd = group.weight_decay if group and group.weight_decay is not None else train.weight_decay
+        if group is not None:
+            key = group.pattern
+            lr = group.lr if group.lr is not None else train.lr
+            wd = group.weight_decay if group.weight_decay is not None else train.weight_decay
+        elif id(param) in owner:
+            key, lr, wd = owner[id(param)].name, owner[id(param)].lr, train.weight_decay
+        else:
+            key, lr, wd = "default", train.lr, train.weight_decay
         settings[key] = (lr, wd)
         buckets.setdefault((key, param.ndim >= 2), []).append(param)
     if not settings:
@@ -132,24 +162,22 @@ def param_groups(model: nn.Module, method: MethodConfig, train: TrainConfig, *,
     return groups, summary
 
 
-def trainable_table(model: nn.Module) -> list[str]:
-    """One line per top-level component: trainable / total parameters."""
-    rows: dict[str, list[int]] = {}
-    for name, param in model.named_parameters():
-        parts = name.split(".")
-        # Skip wrapper prefixes (peft's base_model.model., our lm.) to name real components.
-        while parts and parts[0] in ("lm", "base_model", "model") and len(parts) > 2:
-            parts = parts[1:]
-        comp = parts[0]
+def trainable_table(model: nn.Module, components: list[Component]) -> list[str]:
+    """One line per component: how it trains, trainable / total parameters."""
+    owner = _owner(model, components)
+    rows: dict[str, list[int]] = {c.name: [0, 0] for c in components}
+    how = {c.name: c.trainable for c in components}
+    for param in model.parameters():
+        comp = owner[id(param)].name if id(param) in owner else "other"
         entry = rows.setdefault(comp, [0, 0])
         entry[1] += param.numel()
         entry[0] += param.numel() if param.requires_grad else 0
     total_t = sum(v[0] for v in rows.values())
     total = sum(v[1] for v in rows.values())
-    lines = [f"{'component':<24}{'trainable':>14}{'total':>14}"]
+    lines = [f"{'component':<24}{'method':>10}{'trainable':>14}{'total':>14}"]
     for comp, (t, n) in rows.items():
-        lines.append(f"{comp:<24}{t:>14,}{n:>14,}")
-    lines.append(f"{'all':<24}{total_t:>14,}{total:>14,}  ({100 * total_t / max(total, 1):.2f}% trainable)")
+        lines.append(f"{comp:<24}{how.get(comp, ''):>10}{t:>14,}{n:>14,}")
+    lines.append(f"{'all':<24}{'':>10}{total_t:>14,}{total:>14,}  ({100 * total_t / max(total, 1):.2f}% trainable)")
     return lines
 
 

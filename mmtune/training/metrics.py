@@ -20,10 +20,13 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in _PEAK_BF16.items() if k in name), None)
 
 
-def setup_run_logging(run_dir: Path | None) -> None:
-    """mmtune's logger writes to stderr and, for the main process, to ``run_dir/train.log``."""
+def setup_run_logging(run_dir: Path | None, *, quiet: bool = False) -> None:
+    """mmtune's logger writes to stderr and, for the main process, to ``run_dir/train.log``.
+
+    ``quiet`` (the other processes of a multi-process run): warnings and errors only, so a run prints once.
+    """
     logger = logging.getLogger("mmtune")
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
     for h in list(logger.handlers):
         if getattr(h, "_mmtune_run", False):

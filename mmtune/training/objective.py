@@ -15,8 +15,8 @@ It returns the *sum* of token losses and the number of targets; the training
 loop divides by the number of targets in the whole accumulation window, so
 every trained token weighs the same however the tokens fall into batches.
 
-A :class:`~mmtune.vision.model.MultimodalLM` trains the same way: its input
-embeddings (text embeddings with the connector's image embeddings spliced in)
+A :class:`~mmtune.models.multimodal.model.MultimodalLM` trains the same way:
+its input embeddings (text embeddings with every branch's output spliced in)
 go to the same decoder and head.
 """
 
@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmtune.data.packing import IGNORE_INDEX, Batch
-from mmtune.vision.model import MultimodalLM
+from mmtune.models.multimodal.model import MultimodalLM
 
 _HEAD_CHUNK = 4096  # targets per output-head chunk: bounds the [chunk, vocab] logits memory
 
@@ -70,7 +70,7 @@ class CausalLMObjective(nn.Module):
 
     def _inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         if isinstance(self.lm, MultimodalLM):
-            return {"inputs_embeds": self.lm.input_embeddings(batch.input_ids, batch.images)}
+            return {"inputs_embeds": self.lm.input_embeddings(batch.input_ids, batch.media)}
         return {"input_ids": batch.input_ids}
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,109 @@
+"""Recipe sections shared by every media branch: encoder, pieces, connector, and how each trains.
+
+A multimodal model has one *branch* per modality (``model.media.image``,
+``model.media.video`` ...): an encoder, optional pieces between it and the
+connector, and a connector into the LLM. Each modality's section is a
+:class:`BranchConfig` subclass defined next to the modality
+(``mmtune.modalities.<name>``) with its own preprocessing keys; the recipe
+schema collects them from the modality registry. What trains is addressed
+per component: ``method.media.image.encoder``, ``method.media.image.connector``.
+
+These classes import nothing from the rest of mmtune, so modalities can
+subclass them without an import cycle.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors, values are not silently coerced across kinds."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EncoderConfig(Strict):
+    """A media encoder (see ``mmtune.models.multimodal.encoders``): which one, and which of its features."""
+
+    kind: str = "open_clip"
+    """``open_clip``, ``hf`` (transformers CLIP / SigLIP vision model) or ``package.module:builder``."""
+    name: str = "ViT-L-14-336"
+    """open_clip model name, or hub name / local directory for ``hf``."""
+    pretrained: str | None = "openai"
+    """open_clip pretrained tag or weights file; ``null``: random weights (tests, tiny recipes)."""
+    architecture: dict[str, Any] | None = None
+    """open_clip model config (``embed_dim``, ``vision_cfg``, ...) or transformers vision config dict,
+    used instead of ``name`` to build an encoder of that shape with random weights."""
+    select_layer: int = -2
+    """Hidden state to use, indexed like transformers' ``hidden_states`` (-2: the penultimate layer)."""
+    select_feature: Literal["patch", "cls_patch"] = "patch"
+    """``patch`` drops the CLS token (LLaVA), ``cls_patch`` keeps it."""
+    image_size: int | None = None
+    """Input resolution; default: the encoder's own."""
+    image_mean: tuple[float, float, float] | None = None
+    """Normalisation; default: the encoder's own preprocessing statistics."""
+    image_std: tuple[float, float, float] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments for a custom ``package.module:builder``."""
+
+
+class ConnectorConfig(Strict):
+    """Encoder features -> LLM embeddings (see ``mmtune.models.multimodal.connectors``)."""
+
+    kind: str = "mlp2x_gelu"
+    """``linear``, ``mlp{N}x_gelu`` (LLaVA), ``instruction_pool`` or ``package.module:builder``."""
+    weights: str | None = None
+    """Start from these connector weights: a ``media.safetensors`` file, a model or run directory
+    (LLaVA stage 2 loads the stage-1 projector this way), or a checkpoint of a supported format."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the connector (its builder receives ``in_dim`` and ``out_dim`` too)."""
+    max_text_tokens: int = Field(default=128, gt=0)
+    """For connectors that read the instruction: its tokens kept per media item (longer ones are cut)."""
+
+
+class PieceConfig(Strict):
+    """A module between the encoder and the connector (a frame position embedding, a pooling ...)."""
+
+    kind: str
+    """``package.module:builder`` of an ``mmtune.models.multimodal.branch.BranchPiece``."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments (the builder also receives ``dim`` and ``num_tokens`` of its input)."""
+
+
+class BranchConfig(Strict):
+    """One modality's branch: encoder -> pieces (in order) -> connector -> LLM embeddings."""
+
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    pieces: dict[str, PieceConfig] = Field(default_factory=dict)
+    """Optional named modules applied in order to the encoder's features before the connector."""
+    connector: ConnectorConfig = Field(default_factory=ConnectorConfig)
+
+
+class ComponentMethod(Strict):
+    """How one component of a multimodal model trains."""
+
+    trainable: Literal["frozen", "full", "lora"]
+    lr: float | None = None
+    """Learning rate of this component (default: ``train.lr``)."""
+
+
+def _frozen() -> ComponentMethod:
+    return ComponentMethod(trainable="frozen")
+
+
+def _full() -> ComponentMethod:
+    return ComponentMethod(trainable="full")
+
+
+class BranchMethod(Strict):
+    """What trains in one branch (``method.media.<modality>``); LoRA uses ``method.lora``."""
+
+    encoder: ComponentMethod = Field(default_factory=_frozen)
+    """The encoder: frozen by default (LLaVA, InstructBLIP, Video-LLaMA keep it frozen)."""
+    connector: ComponentMethod = Field(default_factory=_full)
+    """The connector: trained fully by default."""
+    pieces: dict[str, ComponentMethod] = Field(default_factory=dict)
+    """Per piece, by its name in ``model.media.<modality>.pieces``; a piece not named here trains fully."""

@@ -1,0 +1,126 @@
+"""The media of a conversation: checked against its tags, resolved, and laid out as token slots.
+
+Formats put ``{"modality", "ref", "field"}`` entries on user messages (see
+``formats.Message``). Here, for a model with branches described by
+``specs`` (modality name -> :class:`~mmtune.modalities.base.MediaInputSpec`),
+each entry is resolved inside the dataset's media folder, header-checked by
+its modality, and becomes a :class:`~mmtune.modalities.base.MediaItem` that
+remembers where it came from; each item's token count comes from its branch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmtune.data.formats import BadRow, Conversation
+from mmtune.data.tokenize import MediaSlot
+from mmtune.errors import ConfigError
+from mmtune.modalities import MODALITIES
+from mmtune.modalities.base import MediaInputSpec, MediaItem, MediaProblem
+
+
+def media_tags(specs: dict[str, MediaInputSpec]) -> list[str]:
+    """The tags a model with these branches expands (other tags stay plain text)."""
+    return [spec.modality.tag for spec in specs.values()]
+
+
+def strip_tags(text: str) -> str:
+    """A user turn's text without any media tag: the instruction a connector reads."""
+    for modality in MODALITIES.values():
+        text = text.replace(modality.tag, " ")
+    return " ".join(text.split())
+
+
+def media_items_of(conv: Conversation, specs: dict[str, MediaInputSpec], *, root: Path | None, where: str,
+                   dataset: str = "", owner: str = "") -> list[MediaItem]:
+    """The checked media items of ``conv`` in tag order; a bad item raises :class:`BadRow`.
+
+    ``root``: the folder references resolve in (no item may resolve outside
+    it); None takes references as paths as given (chat, where the user names
+    files directly). A modality the model has no branch for is a config
+    error naming the ``dataset`` (or ``owner``: a file location, a prompt).
+    """
+    entries = [(i, entry) for i, msg in enumerate(conv) for entry in msg.get("media", ())]
+    for _, entry in entries:
+        if entry["modality"] not in specs:
+            name = entry["modality"]
+            noun = MODALITIES[name].plural if name in MODALITIES else name
+            subject = f"dataset '{dataset}' has {noun}" if dataset else f"{owner + ': ' if owner else ''}{noun} given"
+            raise ConfigError(f"{subject} but the model has no {name} branch (model.media.{name})")
+    for name, spec in specs.items():
+        tag = spec.modality.tag
+        tags = sum(msg["content"].count(tag) for msg in conv)
+        items = sum(1 for _, entry in entries if entry["modality"] == name)
+        if tags != items:
+            raise BadRow(f"{name} tag count mismatch", "conversation",
+                         f"{tags} {tag} tag(s) in the text but {items} {spec.modality.plural}")
+        if any(tag in msg["content"] for msg in conv if msg["role"] != "user"):
+            raise BadRow(f"{name} tag outside a user turn", "conversation", f"{tag} outside a user turn")
+    out = []
+    for i, entry in entries:
+        modality = MODALITIES[entry["modality"]]
+        field = entry.get("field", modality.name)
+        try:
+            path = modality.resolve(root, entry["ref"]) if root is not None else Path(entry["ref"]).expanduser().absolute()
+            modality.check(path)
+        except MediaProblem as exc:
+            raise BadRow(exc.reason, field, exc.detail) from None
+        out.append(MediaItem(modality.name, str(path), dict(entry.get("options") or {}),
+                             instruction=strip_tags(conv[i]["content"]), origin=f"{where}: field '{field}'"))
+    return out
+
+
+def media_slots(items: list[MediaItem], specs: dict[str, MediaInputSpec]) -> list[MediaSlot]:
+    """Each item's tag, placeholder id and token count (from its branch), in order."""
+    return [MediaSlot(specs[item.modality].modality.tag, specs[item.modality].modality.placeholder_id,
+                      specs[item.modality].count(item)) for item in items]
+
+
+def attach_media(messages: Conversation, media: list[tuple[str, str]]) -> Conversation:
+    """Attach ``(modality, path)`` items to the first user turn, adding their tags in front unless the text has them.
+
+    Used by chat and generation, where files are named directly. With the
+    tags already in the text, their number per modality must match.
+    """
+    if not media:
+        return messages
+    out = [dict(m) for m in messages]
+    first = next(m for m in out if m["role"] == "user")
+    for name in dict.fromkeys(modality for modality, _ in media):
+        if name not in MODALITIES:
+            raise ConfigError(f"unknown modality '{name}' (known: {', '.join(MODALITIES)})")
+    counts = {name: first["content"].count(MODALITIES[name].tag) for name, _ in media}
+    if not any(counts.values()):
+        first["content"] = "".join(MODALITIES[name].tag for name, _ in media) + "\n" + first["content"]
+    else:
+        for name, count in counts.items():
+            given = sum(1 for modality, _ in media if modality == name)
+            if count != given:
+                raise ConfigError(f"{count} {MODALITIES[name].tag} tag(s) in the prompt but {given} "
+                                  f"{MODALITIES[name].plural} given")
+    first["media"] = [*first.get("media", ()), *({"modality": name, "ref": str(path), "field": name}
+                                                  for name, path in media)]
+    return out
+
+
+def with_resolved_media(conv: Conversation, root: Path) -> Conversation:
+    """``conv`` with every media reference resolved inside ``root`` and header-checked (raises :class:`BadRow`).
+
+    For conversations kept as conversations (evaluation), whose media are later
+    taken as absolute paths.
+    """
+    out = []
+    for msg in conv:
+        if msg.get("media"):
+            entries = []
+            for entry in msg["media"]:
+                modality = MODALITIES[entry["modality"]]
+                try:
+                    path = modality.resolve(root, entry["ref"])
+                    modality.check(path)
+                except MediaProblem as exc:
+                    raise BadRow(exc.reason, entry.get("field", modality.name), exc.detail) from None
+                entries.append({**entry, "ref": str(path)})
+            msg = {**msg, "media": entries}
+        out.append(msg)
+    return out

@@ -1,0 +1,63 @@
+"""A conversation -> what a model decodes from: token ids (media tags expanded) and the media to splice in.
+
+Generation uses the same pieces as training: the chat template, media tags
+expanded to each branch's token count (``mmtune.data.tokenize``), media items
+decoded and preprocessed by the branch's own transform
+(``mmtune.modalities``), so a model sees at inference what it was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmtune.data.formats import BadRow, Conversation
+from mmtune.data.media import media_items_of, media_slots
+from mmtune.data.tokenize import encode_prompt
+from mmtune.errors import ConfigError, DataError
+from mmtune.modalities.base import MediaInputs, MediaItem, MediaProblem, load_media_inputs
+from mmtune.models.multimodal.model import MultimodalLM
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    media: list[MediaItem] = field(default_factory=list)
+    """The prompt's media items, in the order of their placeholders."""
+
+
+def media_specs_of(model, tokenizer) -> dict:
+    return model.media_specs(tokenizer) if isinstance(model, MultimodalLM) else {}
+
+
+def encode_conversation(model, tokenizer, conversation: Conversation, *, where: str = "prompt") -> Prompt:
+    """The generation prompt for the next assistant turn of ``conversation``.
+
+    Media references are taken as paths (absolute, or relative to the current
+    directory); a model without a branch for a modality refuses its media with
+    one clear line.
+    """
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    specs = media_specs_of(model, tokenizer)
+    try:
+        items = media_items_of(conversation, specs, root=None, where=where, owner=where)
+    except BadRow as exc:
+        raise DataError(f"{where}: field '{exc.field_name}': {exc.detail}", reason=exc.reason) from None
+    if not specs:
+        return Prompt(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return Prompt(encode_prompt(tokenizer, text, media_slots(items, specs)), items)
+
+
+def media_inputs(model, tokenizer, items: list[MediaItem]) -> dict[str, MediaInputs] | None:
+    """The decoded, preprocessed media of a batch of prompts (None when there is none)."""
+    if not items:
+        return None
+    try:
+        return load_media_inputs(items, media_specs_of(model, tokenizer))
+    except MediaProblem as exc:
+        raise DataError(exc.detail, reason=exc.reason) from None
+
+
+def check_text_only(conversations) -> None:
+    """Proxy tuning and other text-only paths: refuse media with one line."""
+    if any(m.get("media") for conv in conversations for m in conv):
+        raise ConfigError("proxy tuning combines text models; it cannot take media")

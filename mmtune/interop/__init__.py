@@ -1,0 +1,36 @@
+"""Checkpoint formats of other toolkits: reading their parts, loading them whole, exporting to them.
+
+Each format is one module; this table is the one place it is registered.
+Generic loaders (``mmtune.models.loading``, ``mmtune.models.multimodal``)
+import nothing from here; ``mmtune.models.open`` consults :data:`READERS`
+when a recipe or a command names a directory, and ``mmtune export`` looks up
+:data:`EXPORTERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from mmtune.interop.hf_causal_lm import export_hf
+from mmtune.interop.hf_llava import LLAVA, LlavaReader, export_llava
+
+READERS: tuple[LlavaReader, ...] = (LLAVA,)
+"""Formats whose checkpoints mmtune starts from or opens (parts: language model, image encoder, connector)."""
+
+EXPORTERS: dict[str, Callable[..., Path]] = {"hf": export_hf, "hf-llava": export_llava}
+"""``mmtune export --format NAME``: ``exporter(model, tokenizer, out_dir)`` with adapters merged."""
+
+
+def reader_for(source: str | Path | None):
+    """The reader of the checkpoint directory ``source``, or None for anything else."""
+    if source is None:
+        return None
+    return next((reader for reader in READERS if reader.recognises(source)), None)
+
+
+def default_format(model) -> str:
+    """The export format of a model's family: a Llava checkpoint for a multimodal model, else a causal LM."""
+    from mmtune.models.multimodal.model import MultimodalLM
+
+    return "hf-llava" if isinstance(model, MultimodalLM) else "hf"

@@ -1,0 +1,88 @@
+"""What a run leaves in ``final/``, and opening any model mmtune can chat with.
+
+``final/`` holds the trained model in its family's layout
+(``mmtune.models.families``), the tokenizer with the exact chat template used
+in training, and ``mmtune.json``: the family, the base model and the method.
+:func:`load_for_inference` opens a run directory, its ``final/``, a
+checkpoint of a supported interop format (a Llava directory), a plain model
+directory, a hub name or an offline alias.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from mmtune.config.schema import MethodConfig, ModelConfig
+from mmtune.errors import ModelError
+from mmtune.interop import reader_for
+from mmtune.models.families import FAMILIES, causal_lm, multimodal_lm
+from mmtune.models.loading import load_tokenizer
+from mmtune.models.multimodal.model import MultimodalLM
+from mmtune.models.open import open_language_model
+from mmtune.utils.atomic import atomic_directory
+
+MMTUNE_META = "mmtune.json"
+
+
+def save_final(target: Path, model: nn.Module, tokenizer, *, base: ModelConfig, method: MethodConfig) -> None:
+    """Write ``target`` atomically (temporary directory, then rename) in the model's family layout."""
+    with atomic_directory(target) as tmp:
+        if isinstance(model, MultimodalLM):
+            trained = {name for name, m in method.media.model_dump().items() if m and m["encoder"]["trainable"] != "frozen"}
+            family = multimodal_lm.NAME
+            extra = multimodal_lm.save(tmp, model, base=base, llm_trained=method.name != "frozen",
+                                       trained_encoders=trained)
+        else:
+            family, extra = causal_lm.NAME, causal_lm.save(tmp, model, trained=method.name != "frozen")
+        tokenizer.save_pretrained(tmp)
+        meta = {"family": family, "base_model": base.model_dump(mode="json", exclude={"media"}),
+                "method": method.name, **extra}
+        (tmp / MMTUNE_META).write_text(json.dumps(meta, indent=2))
+
+
+def read_meta(path: Path) -> dict:
+    """``mmtune.json`` of a model directory (``{}`` if none); runs saved before families existed are read too."""
+    file = path / MMTUNE_META
+    if not file.is_file():
+        return {}
+    meta = json.loads(file.read_text())
+    if "vision" in meta:  # the single image branch of earlier runs
+        meta["media"] = {"image": meta.pop("vision")}
+        meta["encoders_saved"] = ["image"] if meta.pop("encoder_saved", False) else []
+    meta.setdefault("family", multimodal_lm.NAME if "media" in meta else causal_lm.NAME)
+    return meta
+
+
+def model_dir_of(path: Path) -> Path:
+    """A run directory means its ``final/``."""
+    if (path / "final" / MMTUNE_META).is_file():
+        return path / "final"
+    if (path / "config.yaml").is_file() and not (path / "final").exists():
+        raise ModelError(f"{path}: run has no final/ model yet (did training finish?)")
+    return path
+
+
+def load_for_inference(name: str, *, device_type: str = "cpu", dtype: str = "auto", merge: bool = False):
+    """(model, tokenizer) ready for generation; peft adapters are applied (and merged if asked)."""
+    path = Path(name).expanduser()
+    if path.exists():
+        path = model_dir_of(path)
+        name = str(path)
+    meta = read_meta(path)
+    if meta:
+        base = ModelConfig(**meta["base_model"])
+        base.dtype = dtype if dtype != "auto" else base.dtype
+        if meta["family"] not in FAMILIES:
+            raise ModelError(f"{path}: unknown model family '{meta['family']}' in {MMTUNE_META}")
+        model = FAMILIES[meta["family"]].load(path, meta, base, device_type=device_type, merge=merge)
+        return model.eval(), load_tokenizer(ModelConfig(name=str(path)))
+    reader = reader_for(path) if path.exists() else None
+    if reader is not None:  # a checkpoint of another format (e.g. from export --format hf-llava)
+        return reader.load(path, device_type=device_type, dtype=dtype)
+    if (path / "adapter_config.json").is_file():
+        raise ModelError(f"{path}: adapter without {MMTUNE_META}; cannot tell which base model it belongs to")
+    cfg = ModelConfig(name=name, dtype=dtype)  # a plain model directory, hub name or alias
+    return open_language_model(cfg, device_type=device_type).eval(), load_tokenizer(cfg)

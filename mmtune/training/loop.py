@@ -1,0 +1,281 @@
+"""The training loop, for any task, top to bottom in one place.
+
+    runtime -> task.setup (model, objective, rows, collate, final/ writer) -> optimizer + schedule
+            -> (resume) -> loop: accumulate, clip, step, log, eval, save -> final/
+
+Everything a run needs comes from the validated recipe; nothing is read from
+the environment. The loss is the sum of per-target losses divided by the
+number of targets in the whole accumulation window (all processes), so
+accumulation and packing do not change what a target weighs (a token for SFT,
+a sample for a diffusion task). The task is chosen by the recipe's ``task``
+key (``mmtune.training.tasks.TASKS``); this file knows no task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mmtune.config.loader import dump_recipe
+from mmtune.config.schema import Recipe
+from mmtune.data.loader import BatchProblems, MicroBatchKey, micro_batch_stream
+from mmtune.errors import TrainingError
+from mmtune.training.checkpoint import (
+    TrainState,
+    list_checkpoints,
+    load_checkpoint,
+    remove_stale_temporaries,
+    resolve_resume,
+    rng_snapshot,
+    save_checkpoint,
+)
+from mmtune.training.metrics import MetricsLogger, peak_flops, setup_run_logging
+from mmtune.training.schedule import lr_lambda
+from mmtune.training.setup import fill_deepspeed_config, start_runtime
+from mmtune.training.tasks import TASKS
+
+log = logging.getLogger("mmtune")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps: int
+    final_loss: float | None
+    final_dir: Path
+    is_main: bool = True
+    """False on the other processes of a multi-process run (only the main one reports)."""
+
+
+def micro_batch_order(num_rows: int, micro_batch_size: int, *, seed: int, epoch: int, shuffle: bool) -> list[np.ndarray]:
+    """The rows of every micro-batch of ``epoch``: a pure function of (seed, epoch), so resume is exact."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_rows) if shuffle else np.arange(num_rows)
+    return [order[i : i + micro_batch_size] for i in range(0, num_rows, micro_batch_size)]
+
+
+def train(recipe: Recipe) -> RunResult:
+    from accelerate.utils import set_seed
+
+    # ---- setup -------------------------------------------------------------------------
+    tc = recipe.train
+    run_dir = Path(recipe.output_dir)
+    rt = start_runtime(tc)
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_recipe(recipe))
+        remove_stale_temporaries(run_dir)
+    setup_run_logging(run_dir if rt.is_main else None, quiet=not rt.is_main)
+    set_seed(tc.seed)
+    log.info("run directory: %s (task %s, device %s, %d process(es), mixed precision %s)",
+             run_dir, recipe.task, rt.device, rt.num_processes, rt.mixed_precision)
+
+    # ---- the task: model, objective, data ------------------------------------------------
+    task = TASKS[recipe.task].setup(recipe, rt)
+    rows, problems = task.rows, BatchProblems(task.on_bad_sample)
+    micro_per_epoch = math.ceil(len(rows) / tc.micro_batch_size)
+    micro_per_step = tc.grad_accum_steps * rt.num_processes
+    steps_per_epoch = math.ceil(micro_per_epoch / micro_per_step)
+    max_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
+    if micro_per_epoch < micro_per_step and rt.num_processes > 1:
+        log.warning("an epoch has %d micro-batches, fewer than one optimizer step needs (%d); batches repeat",
+                    micro_per_epoch, micro_per_step)
+
+    # ---- optimizer and schedule ----------------------------------------------------------
+    objective = task.objective
+    optimizer = torch.optim.AdamW(task.param_groups, lr=tc.lr, betas=tc.betas, fused=True)  # CPU and CUDA kernels
+    warmup = tc.warmup_steps if tc.warmup_steps is not None else int(round(tc.warmup_ratio * max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(tc.scheduler, warmup=warmup, total=max_steps, min_ratio=tc.min_lr_ratio)
+    )
+    fill_deepspeed_config(rt, tc)
+    model, optimizer = rt.accelerator.prepare(objective, optimizer)
+    if tc.compile:
+        model = torch.compile(model)
+    trainable = [p for p in objective.parameters() if p.requires_grad]
+
+    # ---- resume -------------------------------------------------------------------------
+    state = TrainState(step=0, epoch=0, micro_batch=0, targets_seen=0)
+    resume_from = resolve_resume(run_dir, tc.resume)
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, model=objective, optimizer=optimizer, scheduler=scheduler,
+                                process_index=rt.process_index, extra=task.extra_state)
+        log.info("resumed from %s at step %d (epoch %d, micro-batch %d)",
+                 resume_from, state.step, state.epoch, state.micro_batch)
+    elif tc.resume == "auto":
+        log.info("train.resume=auto: no checkpoint in %s, starting fresh", run_dir)
+
+    def accumulation_windows():
+        """Yield the micro-batches of each optimizer step, ``(epoch, index, rows)``, from the saved position.
+
+        With one process an epoch's last window may be shorter, so every sample
+        is trained once per epoch (the weighted loss stays exact). With several
+        processes a window never runs short (a process without a batch would
+        stall the others); it continues into the next epoch instead.
+        """
+        epoch, index = state.epoch, state.micro_batch
+        window = []
+        while True:
+            order = micro_batch_order(len(rows), tc.micro_batch_size, seed=tc.seed, epoch=epoch, shuffle=task.shuffle)
+            for i in range(index, len(order)):
+                window.append((epoch, i, order[i]))
+                if len(window) == micro_per_step:
+                    yield window
+                    window = []
+            if window and rt.num_processes == 1:
+                yield window
+                window = []
+            epoch, index = epoch + 1, 0
+
+    @torch.no_grad()
+    def evaluate() -> float | None:
+        if not task.val_rows:
+            return None
+        model.eval()
+        total, count = torch.zeros((), device=rt.device), torch.zeros((), device=rt.device)
+        shard = task.val_rows[rt.process_index :: rt.num_processes]
+        for i in range(0, len(shard), tc.micro_batch_size):
+            batch = task.val_collate(shard[i : i + tc.micro_batch_size])
+            problems.check(batch)
+            loss_sum, n = model(batch.to(rt.device))
+            total += loss_sum.float()
+            count += n
+        model.train()
+        total, count = rt.accelerator.reduce(total, "sum"), rt.accelerator.reduce(count, "sum")
+        return float(total / count.clamp(min=1))
+
+    def micro_batch_keys():
+        """This process's share of every window, marked so the loop knows where a window ends."""
+        for window in accumulation_windows():
+            mine = window[rt.process_index :: rt.num_processes]
+            end = (window[-1][0], window[-1][1])
+            for j, (epoch, index, batch_rows) in enumerate(mine):
+                yield MicroBatchKey(epoch, index, tuple(int(r) for r in batch_rows), j == len(mine) - 1, end)
+
+    def save(step_state: TrainState, rng: dict) -> Path:
+        """The main process writes the checkpoint; then the others add their RNG state to it."""
+        parts = dict(model=objective, optimizer=optimizer, scheduler=scheduler, rng=rng)
+        rt.accelerator.wait_for_everyone()
+        if rt.is_main:
+            path = save_checkpoint(run_dir, step_state, **parts, process_index=0, keep=tc.keep_checkpoints,
+                                   extra=task.extra_state)
+        rt.accelerator.wait_for_everyone()
+        if not rt.is_main:
+            path = save_checkpoint(run_dir, step_state, **parts, process_index=rt.process_index)
+        return path
+
+    # ---- loop ---------------------------------------------------------------------------
+    metrics = MetricsLogger(run_dir if rt.is_main else None, tensorboard=tc.tensorboard)
+    flops_peak = peak_flops(rt.device)
+    stream = micro_batch_stream(micro_batch_keys(), rows, task.collate, num_workers=task.num_workers)
+    bar = tqdm(total=max_steps, initial=state.step, desc="train", unit="step",
+               disable=not (tc.progress and rt.is_main), dynamic_ncols=True)
+    last_checkpoint = next(reversed(list_checkpoints(run_dir)), None)
+    rng_after_step = rng_snapshot()
+    window_start, window_targets, data_wait = time.perf_counter(), 0, 0.0
+    last_loss = None
+    model.train()
+    try:
+        while state.step < max_steps:
+            # Fetch the whole accumulation window first: its target count is the divisor.
+            fetch_start = time.perf_counter()
+            batches = []
+            while True:
+                key, batch = next(stream)
+                problems.check(batch)
+                batches.append(batch)
+                if key.ends_window:
+                    break
+            data_wait += time.perf_counter() - fetch_start
+            local_targets = torch.tensor(sum(b.num_targets for b in batches), device=rt.device)
+            total_targets = int(rt.accelerator.reduce(local_targets, "sum"))
+            if total_targets == 0:  # every sample of the window was skipped: nothing to learn from
+                log.warning("a window of micro-batches had no target left (its samples were skipped); no update")
+                continue
+            loss_total = torch.zeros((), device=rt.device)
+            for i, batch in enumerate(batches):
+                last = i == len(batches) - 1
+                with rt.accelerator.no_sync(model) if not last else nullcontext():
+                    loss_sum, _ = model(batch.to(rt.device))
+                    # DDP averages gradients over processes; scale so the result is sum / total_targets.
+                    rt.accelerator.backward(loss_sum * rt.num_processes / total_targets)
+                loss_total += loss_sum.detach().float()
+            loss = float(rt.accelerator.reduce(loss_total, "sum")) / total_targets
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"loss is {loss} at step {state.step + 1}; stopped before updating the weights. "
+                    f"Last good checkpoint: {last_checkpoint or 'none'}. Lower train.lr, check the data, "
+                    "or use bf16 instead of fp16."
+                )
+            grad_norm = rt.accelerator.clip_grad_norm_(trainable, tc.max_grad_norm or float("inf"))
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if task.after_step is not None:
+                task.after_step()
+
+            last_epoch, last_index = key.window_end
+            state = TrainState(state.step + 1, last_epoch, last_index + 1, state.targets_seen + total_targets)
+            rng_after_step = rng_snapshot()
+            last_loss = loss
+            window_targets += total_targets
+            bar.update()
+
+            if state.step % tc.log_every == 0 or state.step == max_steps:
+                elapsed = time.perf_counter() - window_start
+                per_s = window_targets / max(elapsed, 1e-9)
+                record = {
+                    "step": state.step,
+                    "loss": loss,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    task.throughput_key: per_s,
+                    "data_wait": data_wait / max(elapsed, 1e-9),
+                    "targets_seen": state.targets_seen,
+                    "epoch": state.epoch + state.micro_batch / micro_per_epoch,
+                }
+                if flops_peak and task.flops_per_target:
+                    record["mfu"] = task.flops_per_target * per_s / flops_peak
+                metrics.log(record)
+                bar.set_postfix(loss=f"{loss:.4f}", per_s=f"{per_s:,.0f}")
+                window_start, window_targets, data_wait = time.perf_counter(), 0, 0.0
+            if tc.eval_every and (state.step % tc.eval_every == 0 or state.step == max_steps):
+                val = evaluate()
+                if val is not None:
+                    metrics.log({"step": state.step, "eval_loss": val})
+                    log.info("step %d: eval loss %.4f", state.step, val)
+                window_start = time.perf_counter()  # throughput counts training time only
+            if tc.save_every and state.step % tc.save_every == 0 and state.step < max_steps:
+                last_checkpoint = save(state, rng_after_step)
+                window_start = time.perf_counter()
+    except KeyboardInterrupt:
+        bar.close()
+        if state.step > 0 and (last_checkpoint is None or not last_checkpoint.name.endswith(f"-{state.step}")):
+            path = save(state, rng_after_step)
+            log.warning("interrupted: saved %s; continue with train.resume=auto", path)
+        raise
+    finally:
+        bar.close()
+        metrics.close()
+
+    # ---- final model ------------------------------------------------------------------------
+    final_dir = run_dir / "final"
+    rt.accelerator.wait_for_everyone()
+    for line in problems.lines():
+        log.warning("data: %s", line)
+    if rt.is_main:
+        task.save_final(final_dir, rt.accelerator.unwrap_model(model))
+        (run_dir / "summary.json").write_text(json.dumps({
+            "steps": state.step, "final_loss": last_loss, "targets_seen": state.targets_seen,
+            "skipped_while_batching": problems.counts(), **task.summary,
+        }, indent=2, default=str))
+        log.info("saved %s", final_dir)
+    return RunResult(run_dir, state.step, last_loss, final_dir, rt.is_main)

@@ -1,0 +1,88 @@
+"""Process setup for a run: the accelerator, its precision, DeepSpeed's batch settings, who prints.
+
+Kept out of the loop so the loop reads as the algorithm. Launch: one process
+with ``mmtune train``; several with ``torchrun --nproc_per_node N -m mmtune.cli
+train ...`` (CPU: gloo; GPU: NCCL) or ``accelerate launch -m mmtune.cli train ...``
+with an accelerate config (GPUs). On a machine without a GPU, ``accelerate
+launch`` starts one process whatever ``--num_processes`` says; use torchrun there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from mmtune.config.schema import TrainConfig
+
+log = logging.getLogger("mmtune")
+
+
+@dataclass
+class Runtime:
+    """The accelerator of this process and what the loop and tasks ask of it."""
+
+    accelerator: object
+    mixed_precision: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def device_type(self) -> str:
+        return self.accelerator.device.type
+
+    @property
+    def num_processes(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def process_index(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def main_process_first(self):
+        """The main process runs the block first (it fills caches), then the others."""
+        return self.accelerator.main_process_first()
+
+
+def resolve_mixed_precision(name: str) -> str:
+    if name != "auto":
+        return name
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def start_runtime(train: TrainConfig) -> Runtime:
+    """A fresh accelerator for this run (several runs may share one Python process)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    mixed = resolve_mixed_precision(train.mixed_precision)
+    # accelerate keeps one process-wide state and refuses a second Accelerator with another
+    # precision; a notebook or script may train several recipes in one process, so start each
+    # run from a clean accelerator state (the distributed process state is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    if launched_by_accelerate() and accelerator.num_processes == 1 and not torch.cuda.is_available():
+        log.warning("accelerate launch started 1 process: without a GPU it starts one whatever --num_processes "
+                    "says. For N CPU processes: torchrun --nproc_per_node N -m mmtune.cli train RECIPE.yaml")
+    return Runtime(accelerator, mixed)
+
+
+def launched_by_accelerate() -> bool:
+    """``accelerate launch`` sets this for the processes it starts (torchrun and a plain start do not)."""
+    return "ACCELERATE_MIXED_PRECISION" in os.environ
+
+
+def fill_deepspeed_config(runtime: Runtime, train: TrainConfig) -> None:
+    """DeepSpeed cannot infer micro-batch size and accumulation without a DataLoader: set them from the recipe."""
+    plugin = runtime.accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = train.micro_batch_size
+        plugin.deepspeed_config["gradient_accumulation_steps"] = train.grad_accum_steps

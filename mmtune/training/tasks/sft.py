@@ -1,0 +1,117 @@
+"""``task: sft``: supervised instruction tuning of a causal LM, text-only or with media branches.
+
+    tokenizer + chat template -> LLM (+ quantization) + method -> branches + their methods
+          -> conversation data (tokenized, cached, packed rows) -> objective -> final/ writer
+
+The objective is :class:`CausalLMObjective`: summed next-token cross-entropy
+over trained tokens. ``final/`` is the model's family layout
+(``mmtune.models.families``) with the tokenizer and its chat template.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmtune.config.schema import ComponentMethod, SftRecipe
+from mmtune.data.packing import Collator, make_rows, packing_utilisation
+from mmtune.data.pipeline import build_conversation_data, format_reports
+from mmtune.data.templates import install_template
+from mmtune.models.loading import load_tokenizer, resolve_attn
+from mmtune.models.open import open_language_model, open_multimodal
+from mmtune.models.run_outputs import save_final
+from mmtune.training.methods import (
+    Component,
+    apply_component_method,
+    apply_method,
+    enable_activation_checkpointing,
+    param_groups,
+    qlora_quantization_config,
+    trainable_table,
+)
+from mmtune.training.objective import CausalLMObjective
+from mmtune.training.setup import Runtime
+from mmtune.training.tasks.base import TaskRun
+
+log = logging.getLogger("mmtune")
+
+
+def _component_method(branch_method, component: str) -> ComponentMethod:
+    if component in ("encoder", "connector"):
+        return getattr(branch_method, component)
+    return branch_method.pieces.get(component.removeprefix("pieces."), ComponentMethod(trainable="full"))
+
+
+class SftTask:
+    name = "sft"
+
+    def setup(self, recipe: SftRecipe, runtime: Runtime) -> TaskRun:
+        cfg, tc = recipe, recipe.train
+
+        # ---- tokenizer, LLM and method -----------------------------------------------
+        tokenizer = load_tokenizer(cfg.model)
+        install_template(tokenizer, cfg.data.template)
+        quant = qlora_quantization_config(runtime.device_type) if cfg.method.name == "qlora" else None
+        llm = open_language_model(cfg.model, device_type=runtime.device_type, quantization_config=quant)
+        if tc.gradient_checkpointing:
+            enable_activation_checkpointing(llm)
+        llm.config.use_cache = False
+        llm = apply_method(llm, cfg.method)
+        log.info("llm: %s", cfg.method.name)
+        components = [Component("llm", llm, cfg.method.name, cfg.method.llm_lr if cfg.method.name != "frozen" else None)]
+
+        # ---- media branches and what trains in each ------------------------------------
+        model = llm
+        branches = cfg.model.branches()
+        if branches:
+            model = open_multimodal(branches, llm)
+            for name, branch in model.branches.items():
+                for component, module in branch.components().items():
+                    method = _component_method(getattr(cfg.method.media, name), component)
+                    apply_component_method(module, method, cfg.method.lora, f"{name}.{component}")
+                    components.append(Component(f"{name}.{component}", module, method.trainable,
+                                                method.lr if method.trainable != "frozen" else None))
+        objective = CausalLMObjective(model)
+        media = model.media_specs(tokenizer) if branches else {}
+
+        # ---- data -------------------------------------------------------------------------
+        with runtime.main_process_first():  # the main process tokenizes and fills the cache
+            data = build_conversation_data(tokenizer, cfg.data, seed=tc.seed, media=media)
+        for line in format_reports(data.reports):
+            log.info("data: %s", line)
+        lengths = data.train.lengths()
+        rows = make_rows(lengths, cfg.data.max_length, cfg.data.packing)
+        val_rows = make_rows(data.val.lengths(), cfg.data.max_length, cfg.data.packing)
+        block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
+        collate = Collator(data.train, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=media)
+        val_collate = Collator(data.val, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=media)
+        utilisation = packing_utilisation(rows, lengths, cfg.data.max_length) if cfg.data.packing else None
+        log.info("train: %d samples in %d rows%s; val: %d samples", len(data.train), len(rows),
+                 f" (packing utilisation {utilisation:.1%})" if utilisation is not None else "", len(data.val))
+
+        # ---- objective check, what trains, optimizer groups ------------------------------
+        first_ids = np.array(data.train[0][0][:64])  # a copy: cached arrays are read-only
+        probe = torch.tensor(first_ids[first_ids >= 0][:32], dtype=torch.long)[None]  # no media placeholders
+        if not objective.check_selective_head(probe.to(next(objective.parameters()).device)):
+            log.warning("this model post-processes logits in its forward; training through its full forward "
+                        "(logits at every position: slower, more memory)")
+        for line in trainable_table(objective, components):
+            log.info("params: %s", line)
+        groups, summary = param_groups(objective, cfg.method, tc, components)
+        for g in summary:
+            log.info("optimizer group %s: %s params, lr %g, weight decay %g", g.name, f"{g.params:,}", g.lr,
+                     g.weight_decay)
+
+        def write_final(target: Path, trained: CausalLMObjective) -> None:
+            save_final(target, trained.lm, tokenizer, base=cfg.model, method=cfg.method)
+
+        return TaskRun(
+            objective=objective, components=components, param_groups=groups, rows=rows, val_rows=val_rows,
+            collate=collate, val_collate=val_collate, save_final=write_final, on_bad_sample=cfg.data.on_bad_sample,
+            num_workers=cfg.data.num_workers, shuffle=cfg.data.shuffle,
+            summary={"packing_utilisation": utilisation, "data": [r.__dict__ for r in data.reports]},
+            flops_per_target=6 * sum(p.numel() for p in objective.parameters()),
+        )
