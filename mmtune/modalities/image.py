@@ -99,14 +99,22 @@ def expand_to_square(image, fill: tuple[int, ...]):
 
 
 def center_crop(image, size: int):
-    """Shorter side to ``size`` (bicubic), then the centre ``size`` x ``size`` square."""
+    """Shorter side to ``size`` (bicubic), then the centre ``size`` x ``size`` square.
+
+    The arithmetic is transformers' (and torchvision's ``Resize``): the longer
+    side becomes ``int(size * long / short)`` (rounded down) and the crop
+    starts at ``(side - size) // 2``, so an exported Llava processor with
+    ``shortest_edge`` + ``do_center_crop`` gives the very same pixels.
+    """
     from PIL import Image
 
     width, height = image.size
-    scale = size / min(width, height)
-    image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.Resampling.BICUBIC)
-    width, height = image.size
-    left, top = (width - size) // 2, (height - size) // 2
+    if width <= height:
+        new = (size, int(size * height / width))
+    else:
+        new = (int(size * width / height), size)
+    image = image.resize(new, Image.Resampling.BICUBIC)
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
     return image.crop((left, top, left + size, top + size))
 
 

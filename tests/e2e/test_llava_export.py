@@ -194,3 +194,47 @@ def test_export_refuses_what_hf_llava_cannot_express(vision, message, tiny_llama
 def test_text_run_export_as_llava_is_refused(tiny_llama_dir, tmp_path, capsys):
     assert main(["export", str(tiny_llama_dir), str(tmp_path / "x"), "--format", "hf-llava"]) == 2
     assert "text-only model; export it with --format hf" in capsys.readouterr().err
+
+
+ODD_SIZES = [(260, 300), (299, 300), (225, 224), (33, 50), (300, 17)]
+"""(width, height) of photos whose resize arithmetic differs between rounding and flooring: they exposed a
+centre-crop mismatch with transformers' processor."""
+
+
+@pytest.mark.parametrize("model_type", ["clip_vision_model", "siglip_vision_model"])
+@pytest.mark.parametrize("preprocess", ["pad", "resize", "center_crop"])
+@torch.no_grad()
+def test_every_exportable_encoder_and_preprocessing_round_trips_through_autoprocessor(
+        model_type, preprocess, tiny_llama_dir, tmp_path):
+    """The exported processor (PIL backend) gives mmtune's ids and pixels, so transformers' logits are mmtune's."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor, AutoTokenizer, LlavaForConditionalGeneration
+
+    from mmtune.interop.hf_llava import export_llava
+    from mmtune.models.loading import load_causal_lm
+    from mmtune.models.open import open_multimodal
+
+    vision = tiny_vision() | {"image_preprocess": preprocess}
+    vision["encoder"] = {**vision["encoder"], "architecture": {**CLIP_TINY, "model_type": model_type}}
+    torch.manual_seed(0)
+    ours = open_multimodal({"image": ImageBranchConfig(**vision)},
+                           load_causal_lm(ModelConfig(name=str(tiny_llama_dir)))).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    out = export_llava(ours, tokenizer, tmp_path / "hf")
+    processor = AutoProcessor.from_pretrained(out, backend="pil")
+    hf = LlavaForConditionalGeneration.from_pretrained(out).eval()
+    rng = np.random.default_rng(0)
+    for width, height in [*ODD_SIZES, load_rgb(PHOTO).size]:
+        photo = tmp_path / f"{width}x{height}.png"
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(photo)
+        messages = attach_media([{"role": "user", "content": "What is in this picture?"}], [("image", str(photo))])
+        prompt = encode_conversation(ours, tokenizer, messages)
+        media = media_inputs(ours, tokenizer, prompt.media)
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=text, images=[load_rgb(photo)], return_tensors="pt")
+        ids = torch.tensor([prompt.ids])
+        assert inputs["input_ids"].tolist() == hf_ids({"input_ids": ids}, hf.config.image_token_index).tolist()
+        torch.testing.assert_close(inputs["pixel_values"], media["image"].values, atol=1e-5, rtol=0)
+        ref = ours(ids, media).logits
+        torch.testing.assert_close(hf(**inputs).logits[..., : ref.shape[-1]], ref, atol=1e-4, rtol=1e-4)
