@@ -111,3 +111,18 @@ def photos(tmp_path) -> Path:
     for i, size in enumerate([(40, 30), (32, 32), (24, 48), (50, 20)]):
         Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"p{i}.png")
     return folder
+
+
+def hf_greedy(model, tokenizer, conv, n: int = 10) -> list[int]:
+    """Reference: transformers' own greedy decoding of one unpadded prompt (stop token excluded)."""
+    import torch
+
+    from mmtune.generation.decoding import SingleModel, prompt_ids, source_stop_ids
+
+    ids = torch.tensor([prompt_ids(tokenizer, conv)])
+    stops = source_stop_ids(SingleModel(model), tokenizer)
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                         temperature=None, top_p=None, top_k=None, eos_token_id=stops,
+                         pad_token_id=tokenizer.pad_token_id)
+    toks = out[0, ids.shape[1]:].tolist()
+    return toks[: next((i for i, t in enumerate(toks) if t in set(stops)), len(toks))]

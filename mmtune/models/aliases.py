@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mmtune.errors import ModelError
-from mmtune.utils.atomic import atomic_directory
+from mmtune.utils.atomic import atomic_directory, exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,16 @@ def resolve_alias(alias: str) -> Path:
     if (target / "config.json").is_file():
         return target
     source = gguf_path(alias)
-    convert_gguf(str(source.parent), source.name, target)
+    _convert_once(str(source.parent), source.name, target)
     return target
+
+
+def _convert_once(source: str, filename: str, target: Path, *, revision: str | None = None) -> None:
+    """Convert unless another process did meanwhile (several processes of one run start together)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(target.with_name(f".{target.name}.lock")):
+        if not (target / "config.json").is_file():
+            convert_gguf(source, filename, target, revision=revision)
 
 
 def converted_gguf(source: str, filename: str, *, revision: str | None = None) -> Path:
@@ -82,7 +90,7 @@ def converted_gguf(source: str, filename: str, *, revision: str | None = None) -
     digest = hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
     target = cache_root() / "models" / f"{Path(filename).stem}-{digest}"
     if not (target / "config.json").is_file():
-        convert_gguf(source, filename, target, revision=revision)
+        _convert_once(source, filename, target, revision=revision)
     return target
 
 

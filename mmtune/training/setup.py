@@ -69,6 +69,11 @@ def start_runtime(train: TrainConfig) -> Runtime:
     # run from a clean accelerator state (the distributed process state is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    if not accelerator.is_main_process:  # one process reports: transformers' bars and notes only on the main one
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
     if launched_by_accelerate() and accelerator.num_processes == 1 and not torch.cuda.is_available():
         log.warning("accelerate launch started 1 process: without a GPU it starts one whatever --num_processes "
                     "says. For N CPU processes: torchrun --nproc_per_node N -m mmtune.cli train RECIPE.yaml")

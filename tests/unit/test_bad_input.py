@@ -509,7 +509,7 @@ class CliRun:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def cli_runs(tmp_path_factory):
+def cli_runs(tmp_path_factory, smol_dir):
     """Start every CLI run when the module starts, so the slow interpreter start-ups overlap the other tests."""
     runs = {}
     for name, (recipe, overrides, _, _) in CLI_TRAIN_CASES.items():

@@ -1,4 +1,4 @@
-"""Proxy tuning and the batched decoding loop, on tiny random Llamas and (once) the real SmolLM2.
+"""Proxy tuning and the batched decoding loop, on tiny random Llamas (the real SmolLM2: tests/real).
 
 The tiny variants are untied with a large init range, so next-token choices
 vary and are well separated: greedy comparisons then test the arithmetic, not
@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import write_jsonl
+from conftest import hf_greedy, write_jsonl
 from mmtune.generation.options import GenerationOptions
 from mmtune.cli import main
 from mmtune.errors import ModelError
@@ -35,17 +35,6 @@ def trio(varied_llama_dirs, one_torch_thread):
     """(dirs, models): base, expert, anti-expert as three differently seeded tiny Llamas."""
     dirs = varied_llama_dirs
     return dirs, [AutoModelForCausalLM.from_pretrained(d).eval() for d in dirs]
-
-
-def hf_greedy(model, tokenizer, conv, n=STEPS) -> list[int]:
-    """Reference: transformers' own greedy decoding of one unpadded prompt."""
-    ids = torch.tensor([prompt_ids(tokenizer, conv)])
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                         temperature=None, top_p=None, top_k=None,
-                         eos_token_id=source_stop_ids(SingleModel(model), tokenizer), pad_token_id=tokenizer.pad_token_id)
-    toks = out[0, ids.shape[1]:].tolist()
-    stops = set(source_stop_ids(SingleModel(model), tokenizer))
-    return toks[: next((i for i, t in enumerate(toks) if t in stops), len(toks))]
 
 
 def decode(source, tokenizer, convs, opts=GenerationOptions(max_new_tokens=STEPS), **kw):
@@ -190,19 +179,3 @@ def test_chat_one_shot_with_proxy(trio, smol_tokenizer):
                            GenerationOptions(max_new_tokens=STEPS), stream=pieces.append)
     assert reply == smol_tokenizer.decode(hf_greedy(expert, smol_tokenizer, PROMPTS[0]), skip_special_tokens=True).strip()
     assert "".join(pieces).strip() == reply and len(pieces) > 1
-
-
-@pytest.mark.slow
-@pytest.mark.real_model
-def test_smollm2_generation_and_proxy(smol_dir, smol_tokenizer):
-    """Real model: batched decoding equals transformers' generate; proxy with expert = anti-expert changes nothing."""
-    model = AutoModelForCausalLM.from_pretrained(smol_dir).eval()
-    convs = [[{"role": "user", "content": "What is the capital of France?"}],
-             [{"role": "user", "content": "Name three colours of the rainbow, in one short sentence."}]]
-    opts = GenerationOptions(max_new_tokens=16)
-    plain = generate_texts(model, smol_tokenizer, convs, opts, progress=False)
-    assert "Paris" in plain[0], plain
-    assert plain == [smol_tokenizer.decode(hf_greedy(model, smol_tokenizer, c, 16), skip_special_tokens=True).strip()
-                     for c in convs]
-    assert generate_texts(ProxyTuned(model, model, model, alpha=2.0), smol_tokenizer, convs, opts,
-                          progress=False) == plain
