@@ -96,15 +96,15 @@ def mmtune_recipe(plan: dict) -> dict:
         "output_dir": plan["mmtune_run"],
         "model": {
             "name": plan["llm_name"], "dtype": "float32", "attn_implementation": "sdpa",
-            "vision": {
+            "media": {"image": {
                 "encoder": {"kind": "hf", "name": plan["clip_dir"], "select_layer": SELECT_LAYER,
                             "select_feature": "patch"},
                 "connector": {"kind": "mlp2x_gelu"},
                 "image_preprocess": "pad",
-            },
+            }},
         },
         "data": {
-            "datasets": [{"path": plan["data_path"], "format": "llava", "image_folder": str(VISION_IMAGES)}],
+            "datasets": [{"path": plan["data_path"], "format": "llava", "media_folder": str(VISION_IMAGES)}],
             "template": "auto",
             "max_length": plan["max_length"],
             "packing": True,
@@ -113,8 +113,8 @@ def mmtune_recipe(plan: dict) -> dict:
             "shuffle": True,
             "num_workers": plan["workers"],
         },
-        "method": {"name": "lora", "lora": dict(LORA), "encoder": {"trainable": "frozen"},
-                   "connector": {"trainable": "full"}},
+        "method": {"name": "lora", "lora": dict(LORA),
+                   "media": {"image": {"encoder": {"trainable": "frozen"}, "connector": {"trainable": "full"}}}},
         "train": {
             "seed": SEED, "epochs": 1, "micro_batch_size": plan["micro_batch_size"], "grad_accum_steps": 1,
             "lr": LR, "weight_decay": 0.0, "scheduler": "constant", "warmup_steps": 0, "max_grad_norm": 1.0,
@@ -148,7 +148,8 @@ def baseline_features(view, image_token_id: int) -> list[dict]:
         is_image = ids == IMAGE_PLACEHOLDER_ID
         assert (labels[is_image] == -100).all(), "an image position is trained"
         ids = np.where(is_image, image_token_id, ids)
-        feats.append({"input_ids": ids.tolist(), "labels": labels.tolist(), "images": list(view.image_paths(k))})
+        feats.append({"input_ids": ids.tolist(), "labels": labels.tolist(),
+                      "images": [item.path for item in view.media(k)]})
     return feats
 
 
@@ -162,8 +163,7 @@ def prepare(work: Path, *, llm: str, repeat: int, max_length: int, micro_batch_s
     from mmtune.models.aliases import resolve_alias
     from mmtune.models.loading import load_tokenizer
     from mmtune.models.tiny import build_tiny_llama
-    from mmtune.vision.build import build_multimodal
-    from mmtune.config.schema import VisionConfig
+    from mmtune.models.open import open_multimodal
 
     smol_dir = resolve_alias("smollm2-135m-instruct")
     if llm == "tiny":
@@ -186,14 +186,15 @@ def prepare(work: Path, *, llm: str, repeat: int, max_length: int, micro_batch_s
     # Image tokens per image, from the model mmtune builds (encoder patches -> connector outputs).
     from transformers import AutoModelForCausalLM
 
-    probe_llm = AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32)
-    image_tokens = build_multimodal(VisionConfig(**rc.model.vision.model_dump()), probe_llm).num_image_tokens
-    del probe_llm
-    data = build_conversation_data(tokenizer, rc.data, seed=rc.train.seed, image_tokens=image_tokens)
+    probe = open_multimodal(rc.model.branches(), AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32))
+    specs = probe.media_specs(tokenizer)
+    image_tokens = probe.branches["image"].num_tokens
+    del probe
+    data = build_conversation_data(tokenizer, rc.data, seed=rc.train.seed, media=specs)
     view = data.train
     lengths = view.lengths()
     targets = np.array([int(np.asarray(view[k][1])[1:].sum()) for k in range(len(view))])
-    images = sum(len(view.image_paths(k)) for k in range(len(view)))
+    images = sum(len(view.media(k)) for k in range(len(view)))
     rows = make_rows(lengths, max_length, True)
     mm_steps = math.ceil(len(rows) / micro_batch_size)
     baseline_bs = max(1, round(len(view) / mm_steps))

@@ -25,6 +25,17 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def sharegpt_rows(convs: list[list[dict]]) -> list[dict]:
+    """Conversations as ShareGPT rows (system message in the ``system`` column)."""
+    names = {"user": "human", "assistant": "gpt"}
+    rows = []
+    for conv in convs:
+        system = [m["content"] for m in conv if m["role"] == "system"]
+        turns = [{"from": names[m["role"]], "value": m["content"]} for m in conv if m["role"] != "system"]
+        rows.append({"conversations": turns, **({"system": system[0]} if system else {})})
+    return rows
+
+
 @pytest.fixture(scope="session")
 def smol_dir() -> Path:
     from mmtune.models.aliases import resolve_alias

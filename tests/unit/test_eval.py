@@ -9,7 +9,7 @@ from PIL import Image
 import torch
 from transformers import AutoModelForCausalLM
 
-from conftest import write_jsonl
+from conftest import sharegpt_rows, write_jsonl
 from mmtune.generation.options import GenerationOptions
 from mmtune.cli import main
 from mmtune.errors import ConfigError, DataError
@@ -33,16 +33,6 @@ OPTS = GenerationOptions(max_new_tokens=8)
 @pytest.fixture(scope="module")
 def models(varied_llama_dirs, one_torch_thread):
     return [AutoModelForCausalLM.from_pretrained(d).eval() for d in varied_llama_dirs]
-
-
-def sharegpt_rows(convs):
-    names = {"user": "human", "assistant": "gpt"}
-    rows = []
-    for conv in convs:
-        system = [m["content"] for m in conv if m["role"] == "system"]
-        turns = [{"from": names[m["role"]], "value": m["content"]} for m in conv if m["role"] != "system"]
-        rows.append({"conversations": turns, **({"system": system[0]} if system else {})})
-    return rows
 
 
 @pytest.mark.parametrize(("pred", "gold", "want"), [
@@ -182,23 +172,3 @@ def test_bad_input_is_one_clear_line(tmp_path, capsys, varied_llama_dirs, models
     err = capsys.readouterr().err
     assert err.startswith(f"mmtune: error: {odd}:1: cannot tell the data format")
     assert err.count("\n") == 1  # the data is checked before any model is loaded
-
-
-@pytest.mark.slow
-def test_a_trained_lora_run_as_model_and_as_proxy_expert(tmp_path, tiny_recipe, tiny_llama_dir, one_torch_thread):
-    """Run directories load through load_for_inference (peft adapter unmerged) and decode in lockstep."""
-    import mmtune
-    from mmtune.generation.proxy import load_proxy
-    from mmtune.models.run_outputs import load_for_inference
-
-    run = mmtune.train(tiny_recipe(train={"max_steps": 2, "lr": 5e-2}))
-    data = write_jsonl(tmp_path / "held.jsonl", sharegpt_rows(CONVS))
-    tuned, tok = load_for_inference(str(run.run_dir))
-    assert hasattr(tuned, "peft_config")
-    alone = evaluate(tuned, tok, data, opts=OPTS, progress=False)
-    proxy, proxy_tok = load_proxy(str(tiny_llama_dir), str(run.run_dir), str(tiny_llama_dir), alpha=1.0)
-    steered = evaluate(proxy, proxy_tok, data, opts=OPTS, progress=False)
-    assert steered.metrics["loss"]["loss"] == pytest.approx(alone.metrics["loss"]["loss"], rel=1e-4)
-    assert [r["prediction"] for r in steered.records] == [r["prediction"] for r in alone.records]
-    untuned = evaluate(proxy.base, proxy_tok, data, metrics=["loss"], progress=False)
-    assert untuned.metrics["loss"]["loss"] != pytest.approx(alone.metrics["loss"]["loss"], rel=1e-3)

@@ -82,16 +82,6 @@ def test_builder_resumes_and_matches_an_uninterrupted_run(tmp_path, tiny):
     assert done_keys(parts) == {(q["id"], 0) for q in QUESTIONS}
 
 
-def test_builder_output_trains_through_the_self_correction_format(tmp_path, tiny, tiny_recipe):
-    import mmtune
-
-    out = tmp_path / "sc.jsonl"
-    build(tmp_path, tiny, out, samples_per_question=2)
-    assert len(rows_of(out)) == 2 * len(QUESTIONS)
-    result = mmtune.train(tiny_recipe(out, fmt="self_correction", train={"max_steps": 2}))
-    assert result.steps == 2 and result.final_loss == result.final_loss  # finite, not NaN
-
-
 def test_unjudgeable_gold_is_skipped_and_counted(tmp_path, tiny):
     q = write_jsonl(tmp_path / "q.jsonl", [QUESTIONS[0], {**QUESTIONS[1], "answer": "???"}])
     report = build_self_correction(q, tmp_path / "o.jsonl", loaded=tiny, judge=gold_is_ok, max_new_tokens=4,
