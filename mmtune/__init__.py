@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmtune.config.loader import load_recipe, validate_recipe
-from mmtune.config.schema import Recipe, SftRecipe
+from mmtune.config.schema import TASK_RECIPES, Recipe, SftRecipe
 from mmtune.errors import ConfigError, DataError, MmtuneError, ModelError, TrainingError
 
 if TYPE_CHECKING:
@@ -34,4 +34,8 @@ def train(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | N
         recipe = validate_recipe(recipe, source="recipe dict")
     elif overrides:
         raise ConfigError("overrides apply to a recipe file or dict, not to a Recipe object")
+    task_recipe = TASK_RECIPES.get(recipe.task)
+    if task_recipe is None or not isinstance(recipe, task_recipe):
+        raise ConfigError(f"train: a {type(recipe).__name__} is not a recipe of task '{recipe.task}'; build one with "
+                          f"{task_recipe.__name__ if task_recipe else 'a task recipe class'} (or pass a dict or a YAML path)")
     return run_recipe(recipe)

@@ -26,9 +26,44 @@ from mmtune.generation.cli_args import add_generation_flags, add_proxy_flags, gi
 SUPPRESS = argparse.SUPPRESS
 
 
+class _Defaults(dict):
+    """``{Owner.field}`` in a help text -> that default, read from its one home when help is shown.
+
+    The owners (options dataclasses, function signatures) import torch; the parser is built for every
+    command, so they are looked up only when a help text is formatted.
+    """
+
+    def __missing__(self, owner: str):
+        import inspect
+        from types import SimpleNamespace
+
+        from mmtune import datagen
+        from mmtune.data.inspect import inspect_data
+        from mmtune.datagen.self_correction import QuestionFields, build_self_correction
+        from mmtune.evaluation import evaluate
+        from mmtune.generation.proxy import ProxyTuned
+
+        def signature(fn):
+            return SimpleNamespace(**{k: p.default for k, p in inspect.signature(fn).parameters.items()})
+
+        owners = {"SelfInstructOptions": datagen.SelfInstructOptions(), "EvolInstructOptions": datagen.EvolInstructOptions(),
+                  "QuestionFields": QuestionFields(), "build_self_correction": signature(build_self_correction),
+                  "evaluate": signature(evaluate), "inspect_data": signature(inspect_data),
+                  "load_sampler": signature(datagen.load_sampler), "ProxyTuned": ProxyTuned}
+        self.update(owners)
+        return owners[owner]
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def _get_help_string(self, action):  # the hook ArgumentDefaultsHelpFormatter uses
+        return (action.help or "").format_map(_Defaults())
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmtune", description="Instruction tuning for Hugging Face causal LMs.")
+    p = argparse.ArgumentParser(prog="mmtune", description="Instruction tuning for Hugging Face causal LMs.",
+                                formatter_class=_HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser = _with_formatter(sub.add_parser)
 
     t = sub.add_parser("train", help="train a recipe: mmtune train RECIPE.yaml [key.sub=value ...]")
     t.add_argument("recipe")
@@ -65,9 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--max-length", type=int, default=SUPPRESS,
                    help="token limit for the loss (default: data.max_length's default)")
     v.add_argument("--number", choices=["first", "last"], default=SUPPRESS,
-                   help="which number numeric accuracy compares (default last)")
+                   help="which number numeric accuracy compares (default {evaluate.number})")
     v.add_argument("--tolerance", type=float, default=SUPPRESS,
-                   help="numeric tolerance, relative to the gold's size (default 1e-6)")
+                   help="numeric tolerance, relative to the gold's size (default {evaluate.tolerance})")
     v.add_argument("--no-records", action="store_true", help="leave per-sample records out of the report")
     add_generation_flags(v)
     add_proxy_flags(v)
@@ -83,13 +118,23 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
+    dsub.add_parser = _with_formatter(dsub.add_parser)
     di = dsub.add_parser("inspect", help="render samples with trained spans marked, print length statistics")
     di.add_argument("recipe")
     di.add_argument("overrides", nargs="*")
-    di.add_argument("--samples", type=int, default=SUPPRESS, help="samples shown (default 3)")
+    di.add_argument("--samples", type=int, default=SUPPRESS, help="samples shown (default {inspect_data.samples})")
     _add_generate_parser(dsub)
     _add_selfcorrect_parser(dsub)
     return p
+
+
+def _with_formatter(add_parser):
+    """Subcommands format their help like the main parser (defaults filled from their homes)."""
+
+    def add(*args, **kwargs):
+        return add_parser(*args, formatter_class=_HelpFormatter, **kwargs)
+
+    return add
 
 
 def _add_generate_parser(dsub) -> None:
@@ -101,24 +146,28 @@ def _add_generate_parser(dsub) -> None:
     g.add_argument("method", choices=["self-instruct", "evol-instruct"])
     g.add_argument("out_dir", help="output folder (created; an existing run in it is resumed)")
     g.add_argument("--model", help=f"run directory, model directory, hub name or alias (default: {DEFAULT_MODEL})")
-    g.add_argument("--seeds", help="self-instruct: seed task JSONL {instruction, instances, is_classification} "
-                                   "(default: datasets/self-instruct-seeds.jsonl)")
-    g.add_argument("--count", type=int, help="self-instruct: tasks to accept (default 100)")
+    g.add_argument("--seeds", help="self-instruct: seed task JSONL {{instruction, instances, is_classification}} "
+                                   "(default: {SelfInstructOptions.seeds})")
+    g.add_argument("--count", type=int, help="self-instruct: tasks to accept (default {SelfInstructOptions.count})")
     g.add_argument("--max-batches", type=int,
                    help="self-instruct: give up after this many batches (default 10 x ceil(count / batch size))")
     g.add_argument("--input", help="evol-instruct: instructions to evolve (default: the self-instruct seed file)")
     g.add_argument("--input-format",
-                   help="evol-instruct: self-instruct-seeds (default) or alpaca, sharegpt, openai, dolly ...")
-    g.add_argument("--rounds", type=int, help="evol-instruct: evolution rounds (default 1; WizardLM used 4)")
+                   help="evol-instruct: self-instruct-seeds or alpaca, sharegpt, openai, dolly ... "
+                        "(default {EvolInstructOptions.input_format})")
+    g.add_argument("--rounds", type=int,
+                   help="evol-instruct: evolution rounds (default {EvolInstructOptions.rounds}; WizardLM used 4)")
     g.add_argument("--limit", type=int, help="evol-instruct: evolve only the first N instructions")
-    g.add_argument("--batch-size", type=int, help="prompts per model call (default 8)")
+    g.add_argument("--batch-size", type=int, help="prompts per model call (default {SelfInstructOptions.batch_size})")
     g.add_argument("--max-new-tokens", type=int,
-                   help="tokens for new instructions: the continued task list / the rewrite (default 128 / 192)")
+                   help="tokens for new instructions: the continued task list / the rewrite (default "
+                        "{SelfInstructOptions.max_new_tokens} / {EvolInstructOptions.max_new_tokens})")
     g.add_argument("--output-max-new-tokens", type=int,
-                   help="tokens for outputs: a task's instances / an evolved instruction's response (default 192 / 384)")
-    g.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
-    g.add_argument("--top-p", type=float, help="nucleus sampling (default 0.9)")
-    g.add_argument("--seed", type=int, help="run seed; every batch is seeded from it (default 0)")
+                   help="tokens for outputs: a task's instances / an evolved instruction's response (default "
+                        "{SelfInstructOptions.instance_max_new_tokens} / {EvolInstructOptions.response_max_new_tokens})")
+    g.add_argument("--temperature", type=float, help="sampling temperature (default {load_sampler.temperature})")
+    g.add_argument("--top-p", type=float, help="nucleus sampling (default {load_sampler.top_p})")
+    g.add_argument("--seed", type=int, help="run seed; every batch is seeded from it (default {SelfInstructOptions.seed})")
 
 
 def _add_selfcorrect_parser(dsub) -> None:
@@ -131,19 +180,23 @@ def _add_selfcorrect_parser(dsub) -> None:
     s.add_argument("questions", help="JSONL file of questions with gold answers")
     s.add_argument("--out", required=True, help="JSONL file to append self_correction rows to")
     s.add_argument("--model", help=f"model directory, run directory, hub name or alias (default {DEFAULT_MODEL})")
-    s.add_argument("--judge", help="exact, numeric (default), or module:function taking (answer, gold)")
+    s.add_argument("--judge", help="exact, numeric, or module:function taking (answer, gold) "
+                                   "(default {build_self_correction.judge})")
     s.add_argument("--system", help="system instruction the answers are generated with (written into every row)")
-    s.add_argument("--samples", type=int, dest="samples_per_question", help="answers sampled per question (default 1)")
-    s.add_argument("--batch-size", type=int, help="questions generated together, and written together (default 16)")
-    s.add_argument("--max-new-tokens", type=int, help="cap on the length of a sampled answer (default 128)")
-    s.add_argument("--temperature", type=float, help="0 = greedy (default 0.7)")
-    s.add_argument("--top-p", type=float, help="nucleus sampling threshold (default 0.95)")
-    s.add_argument("--seed", type=int, help="batch b is sampled with seed + b (default 0)")
+    s.add_argument("--samples", type=int, dest="samples_per_question",
+                   help="answers sampled per question (default {build_self_correction.samples_per_question})")
+    s.add_argument("--batch-size", type=int, help="questions generated together, and written together "
+                                                   "(default {build_self_correction.batch_size})")
+    s.add_argument("--max-new-tokens", type=int,
+                   help="cap on the length of a sampled answer (default {build_self_correction.max_new_tokens})")
+    s.add_argument("--temperature", type=float, help="0 = greedy (default {build_self_correction.temperature})")
+    s.add_argument("--top-p", type=float, help="nucleus sampling threshold (default {build_self_correction.top_p})")
+    s.add_argument("--seed", type=int, help="batch b is sampled with seed + b (default {build_self_correction.seed})")
     s.add_argument("--limit", type=int, help="use only the first N questions")
-    s.add_argument("--id-field", dest="id", help="question id column (default id); a row without it is identified "
-                                                  "by its line number")
-    s.add_argument("--question-field", dest="question", help="question column (default question)")
-    s.add_argument("--answer-field", dest="answer", help="gold answer column (default answer)")
+    s.add_argument("--id-field", dest="id", help="question id column (default {QuestionFields.id}); a row without it "
+                                                  "is identified by its line number")
+    s.add_argument("--question-field", dest="question", help="question column (default {QuestionFields.question})")
+    s.add_argument("--answer-field", dest="answer", help="gold answer column (default {QuestionFields.answer})")
     s.add_argument("--revision-field", dest="revision",
                    help="worked-solution column used as the revised answer (default: the gold)")
 
@@ -224,17 +277,21 @@ def _generate(args: argparse.Namespace) -> int:
 
     sampler = datagen.load_sampler(getattr(args, "model", DEFAULT_MODEL), **given(args, "temperature", "top_p"))
     common = given(args, "batch_size", "seed", "max_new_tokens")
-    paths = {k: Path(v) for k, v in given(args, "seeds", "input").items()}
+    outputs = given(args, "output_max_new_tokens").get("output_max_new_tokens")
     if args.method == "self-instruct":
-        opts = datagen.SelfInstructOptions(**common, **given(args, "count", "max_batches"), **{
-            k: v for k, v in paths.items() if k == "seeds"},
-            **{"instance_max_new_tokens": v for v in given(args, "output_max_new_tokens").values()})
-        report = datagen.self_instruct(Path(args.out_dir), sampler, opts)
+        own = given(args, "count", "max_batches")
+        if hasattr(args, "seeds"):
+            own["seeds"] = Path(args.seeds)
+        if outputs is not None:
+            own["instance_max_new_tokens"] = outputs
+        report = datagen.self_instruct(Path(args.out_dir), sampler, datagen.SelfInstructOptions(**common, **own))
     else:
-        opts = datagen.EvolInstructOptions(**common, **given(args, "input_format", "rounds", "limit"), **{
-            k: v for k, v in paths.items() if k == "input"},
-            **{"response_max_new_tokens": v for v in given(args, "output_max_new_tokens").values()})
-        report = datagen.evol_instruct(Path(args.out_dir), sampler, opts)
+        own = given(args, "input_format", "rounds", "limit")
+        if hasattr(args, "input"):
+            own["input"] = Path(args.input)
+        if outputs is not None:
+            own["response_max_new_tokens"] = outputs
+        report = datagen.evol_instruct(Path(args.out_dir), sampler, datagen.EvolInstructOptions(**common, **own))
     print(report.format())
     return 0
 

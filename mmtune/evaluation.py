@@ -211,22 +211,32 @@ def eval_data_of(conversations: Sequence[Conversation], max_samples: int | None 
 
 
 def answer_loss(model_or_source, tokenizer, conversations: Sequence[Conversation], *, max_length: int | None = None,
-                batch_size: int = BATCH_SIZE, progress: bool = True) -> tuple[list[float], list[int], int]:
+                batch_size: int = BATCH_SIZE, progress: bool = True,
+                wheres: Sequence[str] | None = None) -> tuple[list[float], list[int], int]:
     """Per conversation: summed negative log-likelihood of the answer tokens and their count; plus #truncated.
 
     The mask is training's: every assistant turn (with its end-of-turn token)
     is a target, prompts are not; media tags expand as in training.
     """
+    from mmtune.data.formats import BadRow
     from mmtune.data.media import media_items_of, media_slots, media_tags
     from mmtune.data.templates import split_segments
     from mmtune.data.tokenize import encode_segments
     from mmtune.generation.decoding import as_source, device_of, left_pad, pad_id_of, sequence_logits, the_model
-    from mmtune.generation.prompts import media_inputs, media_specs_of
+    from mmtune.generation.prompts import check_text_only, media_inputs, model_media_specs
 
     source = as_source(model_or_source)
     model = the_model(source)
-    specs = media_specs_of(model, tokenizer) if model is not None else {}
-    items = [media_items_of(c, specs, root=None, where=f"conversation {i + 1}") for i, c in enumerate(conversations)]
+    if model is None:
+        check_text_only(conversations)
+    specs = model_media_specs(model, tokenizer) if model is not None else {}
+    wheres = wheres or [f"conversation {i + 1}" for i in range(len(conversations))]
+    items = []
+    for conv, where in zip(conversations, wheres):
+        try:
+            items.append(media_items_of(conv, specs, root=None, where=where, owner=where))
+        except BadRow as exc:
+            raise DataError(f"{where}: field '{exc.field_name}': {exc.detail}", reason=exc.reason) from None
     encoded = encode_segments(tokenizer, [split_segments(tokenizer, c) for c in conversations],
                               max_length=max_length or _DEFAULT_MAX_LENGTH, media=[media_slots(it, specs) for it in items],
                               tags=media_tags(specs))
@@ -255,26 +265,6 @@ def answer_loss(model_or_source, tokenizer, conversations: Sequence[Conversation
 
 
 # --------------------------------------------------------------------------- evaluate
-
-
-def _check_media(model_or_source, tokenizer, located: list[tuple[str, Conversation]]) -> None:
-    """Every conversation's media fit the model (a branch per modality, tags matching items), named by location."""
-    from mmtune.data.formats import BadRow
-    from mmtune.data.media import media_items_of
-    from mmtune.generation.decoding import as_source, the_model
-    from mmtune.generation.prompts import media_specs_of
-
-    model = the_model(as_source(model_or_source))
-    specs = media_specs_of(model, tokenizer) if model is not None else {}
-    for where, conv in located:
-        if not any(m.get("media") for m in conv):
-            continue
-        if model is None:
-            raise ConfigError(f"{where}: proxy tuning combines text models; it cannot take media")
-        try:
-            media_items_of(conv, specs, root=None, where=where, owner=where)
-        except BadRow as exc:
-            raise DataError(f"{where}: field '{exc.field_name}': {exc.detail}", reason=exc.reason) from None
 
 
 def evaluate(
@@ -313,7 +303,7 @@ def evaluate(
     elif not isinstance(data, EvalData):
         data = eval_data_of(data, max_samples)
     located = data.conversations
-    _check_media(model_or_source, tokenizer, located)
+    wheres = [where for where, _ in located]
     convs = [c for _, c in located]
     recs: list[dict[str, Any]] = [
         {"where": where, "prompt": conv[-2]["content"], "gold": conv[-1]["content"]} for where, conv in located
@@ -323,7 +313,7 @@ def evaluate(
         from mmtune.generation.decoding import generate_texts
 
         preds = generate_texts(model_or_source, tokenizer, [c[:-1] for c in convs], opts,
-                               batch_size=batch_size, progress=progress, desc="eval generation")
+                               batch_size=batch_size, progress=progress, desc="eval generation", wheres=wheres)
         for rec, pred in zip(recs, preds):
             rec["prediction"] = pred
         if "exact" in metrics:
@@ -343,7 +333,7 @@ def evaluate(
             }
     if "loss" in metrics:
         sums, counts, truncated = answer_loss(model_or_source, tokenizer, convs, max_length=max_length,
-                                              batch_size=batch_size, progress=progress)
+                                              batch_size=batch_size, progress=progress, wheres=wheres)
         tokens = sum(counts)
         mean = sum(sums) / tokens if tokens else float("nan")
         for rec, s, n in zip(recs, sums, counts):

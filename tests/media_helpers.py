@@ -27,7 +27,8 @@ def open_clip_image_branch(**connector) -> ImageBranchConfig:
 
 def image_specs(tokens: int = TOKENS) -> dict[str, MediaInputSpec]:
     """What the data side needs of an image branch with ``tokens`` positions per image (no model built)."""
-    return {"image": MediaInputSpec(IMAGE, FixedTokens(tokens), ImageTransform(32, (0.5,) * 3, (0.5,) * 3))}
+    transform = ImageTransform(32, (0.5,) * 3, (0.5,) * 3, "pad")
+    return {"image": MediaInputSpec(IMAGE, FixedTokens(tokens), transform, text_tokenizer=None, max_text_tokens=128)}
 
 
 def llava_rows(n: int = 8) -> list[dict]:

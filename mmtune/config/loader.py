@@ -189,5 +189,13 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 
 def dump_recipe(recipe: Recipe) -> str:
-    """The fully resolved recipe as YAML (what a run writes to ``config.yaml``)."""
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    """The fully resolved recipe as YAML (what a run writes to ``config.yaml``).
+
+    Dataset entries keep only the keys they set: what they leave unset comes from their card, also when
+    the run's ``config.yaml`` is read again.
+    """
+    data = recipe.model_dump(mode="json")
+    entries = getattr(getattr(recipe, "data", None), "datasets", None)
+    if entries:
+        data["data"]["datasets"] = [spec.model_dump(mode="json", exclude_unset=True) for spec in entries]
+    return yaml.safe_dump(data, sort_keys=False)

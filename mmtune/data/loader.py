@@ -66,12 +66,13 @@ class BatchProblems:
     """Samples dropped while their batches were built (media that fail to decode).
 
     ``on_bad_sample: error`` stops at the first with its one line (file, row,
-    field); ``skip`` counts each dropped sample once per reason, however many
-    epochs meet it, and warns once per sample.
+    field); ``skip`` counts each failing item once per reason, however many
+    epochs (or mixture draws) meet it, and warns once per item.
     """
 
     on_bad_sample: str
-    dropped: dict[str, set[int]] = field(default_factory=dict)
+    dropped: dict[str, set[str]] = field(default_factory=dict)
+    """Reason -> the origins of the items that failed for it."""
     first: dict[str, str] = field(default_factory=dict)
 
     def check(self, batch) -> None:
@@ -80,14 +81,22 @@ class BatchProblems:
                 raise DataError(f"{problem.detail} (found while building a batch: the file is corrupt past its "
                                 "header, or changed since the data was checked)", reason=problem.reason)
             seen = self.dropped.setdefault(problem.reason, set())
-            if problem.sample not in seen:
-                seen.add(problem.sample)
+            if problem.item not in seen:
+                seen.add(problem.item)
                 self.first.setdefault(problem.reason, problem.detail)
                 log.warning("skipped a sample while building a batch: %s", problem.detail)
+
+    def merge(self, others: list["BatchProblems"]) -> None:
+        """Add what other processes met (each process builds its own share of the batches)."""
+        for other in others:
+            for reason, items in other.dropped.items():
+                self.dropped.setdefault(reason, set()).update(items)
+            for reason, detail in other.first.items():
+                self.first.setdefault(reason, detail)
 
     def counts(self) -> dict[str, int]:
         return {reason: len(samples) for reason, samples in self.dropped.items()}
 
     def lines(self) -> list[str]:
-        return [f"{len(samples)} sample(s) skipped while building batches: {reason} (first: {self.first[reason]})"
-                for reason, samples in self.dropped.items()]
+        return [f"{len(items)} sample(s) skipped while building batches: {reason} (first: {self.first[reason]})"
+                for reason, items in self.dropped.items()]

@@ -91,9 +91,10 @@ def packing_utilisation(rows: list[list[int]], lengths: np.ndarray, max_length: 
 
 @dataclass(frozen=True)
 class BatchProblem:
-    """A sample dropped while its batch was built: which one, why, and the one-line message naming it."""
+    """A sample dropped while its batch was built: the item that failed, why, and the one-line message naming it."""
 
-    sample: int
+    item: str
+    """The failing item's origin (file, row, field), which identifies it across epochs and splits."""
     reason: str
     detail: str
 
@@ -191,10 +192,20 @@ class Collator:
         for row in rows:
             kept = []
             for i in row:
-                try:
-                    mine = [(item, load_item(item, self.media[item.modality])) for item in self.samples.media(i)]
-                except MediaProblem as exc:
-                    problems.append(BatchProblem(int(i), exc.reason, exc.detail))
+                mine, problem = [], None
+                for item in self.samples.media(i):
+                    try:
+                        mine.append((item, load_item(item, self.media[item.modality])))
+                    except MediaProblem as exc:
+                        problem = BatchProblem(item.origin or item.path, exc.reason, exc.detail)
+                    except Exception as exc:  # a worker must not raise: any failure becomes the item's problem
+                        where = f"{item.origin}: " if item.origin else ""
+                        problem = BatchProblem(item.origin or item.path, f"unusable {item.modality}",
+                                               f"{where}cannot use {item.path}: {type(exc).__name__}: {exc}")
+                    if problem is not None:
+                        break
+                if problem is not None:
+                    problems.append(problem)
                     continue
                 kept.append(i)
                 loaded += mine

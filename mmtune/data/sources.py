@@ -95,7 +95,9 @@ def _absolute(path: str | None, base: Path) -> str | None:
 
 def resolve_source(spec: DatasetSpec) -> ResolvedSource:
     """Apply a card (if any) under the entry's own settings: keys set on the entry win, columns and roles merge."""
-    own = {k: getattr(spec, k) for k in spec.model_fields_set & _SOURCE_KEYS}
+    # Keys the entry sets win over the card's; an explicit null only switches prompt erasure off.
+    own = {k: getattr(spec, k) for k in spec.model_fields_set & _SOURCE_KEYS
+           if getattr(spec, k) is not None or k == "prompt_erasure"}
     if spec.card is None:
         settings = spec.model_dump(include=_SOURCE_KEYS)
         settings["path"] = _absolute(spec.path, Path.cwd())

@@ -36,7 +36,7 @@ def add_proxy_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--proxy-expert", metavar="PATH", help="tuned small model (run dir, model dir or alias)")
     g.add_argument("--proxy-antiexpert", metavar="PATH", help="the expert's untuned version")
     g.add_argument("--proxy-alpha", type=float, default=argparse.SUPPRESS,
-                   help="strength of the steering (default 1.0, ProxyTuned.alpha)")
+                   help="strength of the steering (default {ProxyTuned.alpha})")
 
 
 def given(args: argparse.Namespace, *names: str) -> dict:

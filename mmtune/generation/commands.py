@@ -30,11 +30,10 @@ def load_model_or_proxy(args: argparse.Namespace, model_name: str):
     return model, tokenizer
 
 
-def _describe(args: argparse.Namespace, model_name: str) -> str:
+def _describe(args: argparse.Namespace, model_name: str, model) -> str:
     if args.proxy_expert is None:
         return model_name
-    alpha = getattr(args, "proxy_alpha", 1.0)
-    return f"proxy({model_name} + {alpha} * ({args.proxy_expert} - {args.proxy_antiexpert}))"
+    return f"proxy({model_name} + {model.alpha} * ({args.proxy_expert} - {args.proxy_antiexpert}))"
 
 
 def _check_batch_size(args: argparse.Namespace) -> None:
@@ -82,7 +81,7 @@ def run_eval(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_or_proxy(args, args.model)  # after the data: bad data fails before loading models
     report = evaluate(
         model, tokenizer, data, opts=generation_options(args), records=not args.no_records,
-        model_name=_describe(args, args.model),
+        model_name=_describe(args, args.model, model),
         **({"metrics": args.metric} if hasattr(args, "metric") else {}),
         **given(args, "batch_size", "max_length", "number", "tolerance"),
     )

@@ -140,6 +140,8 @@ def decode_batch(
     ``media``: the prompts' media, in placeholder order, for a multimodal model.
     """
     device = device_of(source)
+    suppressed = _suppressed(source, "suppress_tokens")
+    suppressed_first = _suppressed(source, "begin_suppress_tokens")
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     positions = positions_of(mask)
@@ -157,7 +159,11 @@ def decode_batch(
                         **{_CACHE: caches[k]}, use_cache=True, **extra)
             caches[k] = getattr(res, _CACHE)
             logits.append(res.logits[:, -1, :].float())
-        next_ids = sample_next(source.combine([logits[k] for k in slot]), opts, generator)
+        combined = source.combine([logits[k] for k in slot])
+        for banned in (suppressed, suppressed_first if not any(out) else []):
+            if banned:
+                combined[:, [t for t in banned if t < combined.shape[-1]]] = float("-inf")
+        next_ids = sample_next(combined, opts, generator)
         finished_now = torch.isin(next_ids, stop) if len(stop) else torch.zeros_like(done)
         for i in (~done & ~finished_now).nonzero().flatten().tolist():
             out[i].append(int(next_ids[i]))
@@ -170,6 +176,14 @@ def decode_batch(
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions[:, -1:] + 1
     return out
+
+
+def _suppressed(source, key: str) -> list[int]:
+    """Token ids the models' generation configs never let be generated (e.g. an exported Llava's ``<image>``)."""
+    ids: set[int] = set()
+    for model in source.models:
+        ids.update(getattr(model.generation_config, key, None) or [])
+    return sorted(ids)
 
 
 def _distinct(models: Sequence[nn.Module]) -> tuple[list[nn.Module], list[int]]:
@@ -191,14 +205,18 @@ def prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encode_all(source, tokenizer, conversations: Sequence[Conversation]) -> list[Prompt]:
-    """Each conversation's generation prompt for ``source`` (media expanded for a multimodal model)."""
+def encode_all(source, tokenizer, conversations: Sequence[Conversation],
+               wheres: Sequence[str] | None = None) -> list[Prompt]:
+    """Each conversation's generation prompt for ``source`` (media expanded for a multimodal model).
+
+    ``wheres`` name the conversations in errors (a file and row); default ``conversation N``.
+    """
     model = the_model(source)
     if model is None:
         check_text_only(conversations)
         return [Prompt(prompt_ids(tokenizer, conv)) for conv in conversations]
-    return [encode_conversation(model, tokenizer, conv, where=f"conversation {i + 1}")
-            for i, conv in enumerate(conversations)]
+    wheres = wheres or [f"conversation {i + 1}" for i in range(len(conversations))]
+    return [encode_conversation(model, tokenizer, conv, where=where) for conv, where in zip(conversations, wheres)]
 
 
 def _media_of(source, tokenizer, prompts: Sequence[Prompt]) -> dict[str, MediaInputs] | None:
@@ -218,10 +236,11 @@ def generate_texts(
     batch_size: int = BATCH_SIZE,
     progress: bool = True,
     desc: str = "generating",
+    wheres: Sequence[str] | None = None,
 ) -> list[str]:
     """Replies to many conversations, batched (longest-first for less padding), seeded, with a progress bar."""
     source = as_source(model_or_source)
-    encoded = encode_all(source, tokenizer, conversations)
+    encoded = encode_all(source, tokenizer, conversations, wheres)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
     generator = torch.Generator(device=device_of(source)).manual_seed(opts.seed)
     stop, pad = source_stop_ids(source, tokenizer), pad_id_of(tokenizer)

@@ -25,7 +25,8 @@ class Prompt:
     """The prompt's media items, in the order of their placeholders."""
 
 
-def media_specs_of(model, tokenizer) -> dict:
+def model_media_specs(model, tokenizer) -> dict:
+    """A multimodal model's input specs per modality (none for a text model)."""
     return model.media_specs(tokenizer) if isinstance(model, MultimodalLM) else {}
 
 
@@ -37,7 +38,7 @@ def encode_conversation(model, tokenizer, conversation: Conversation, *, where: 
     one clear line.
     """
     text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    specs = media_specs_of(model, tokenizer)
+    specs = model_media_specs(model, tokenizer)
     try:
         items = media_items_of(conversation, specs, root=None, where=where, owner=where)
     except BadRow as exc:
@@ -52,7 +53,7 @@ def media_inputs(model, tokenizer, items: list[MediaItem]) -> dict[str, MediaInp
     if not items:
         return None
     try:
-        return load_media_inputs(items, media_specs_of(model, tokenizer))
+        return load_media_inputs(items, model_media_specs(model, tokenizer))
     except MediaProblem as exc:
         raise DataError(exc.detail, reason=exc.reason) from None
 

@@ -78,7 +78,7 @@ def check_proxy_compatible(base: nn.Module, expert: nn.Module, antiexpert: nn.Mo
                              f"{sizes[0]}; an expert / anti-expert may only have a longer vocabulary tail")
 
 
-def load_proxy(base: str, expert: str, antiexpert: str, *, alpha: float = 1.0, device_type: str = "cpu"):
+def load_proxy(base: str, expert: str, antiexpert: str, *, alpha: float = ProxyTuned.alpha, device_type: str = "cpu"):
     """``(ProxyTuned, tokenizer)``: every path may be a run directory, an exported directory or an alias.
 
     The tokenizer (and so the chat template) is the base model's. A model

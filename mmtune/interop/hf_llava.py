@@ -239,8 +239,6 @@ def load_llava(source: str | Path, *, device_type: str = "cpu", dtype: str = "au
 class LlavaReader:
     """The parts of a Llava checkpoint directory, for ``mmtune.models.open``."""
 
-    name = "hf-llava"
-
     def recognises(self, source: str | Path) -> bool:
         return llava_config(source) is not None
 
@@ -250,9 +248,15 @@ class LlavaReader:
     def image_encoder(self, cfg: EncoderConfig, key: str) -> MediaEncoder:
         if cfg.kind != "hf":
             raise ConfigError(f"{key}.kind: {cfg.name} is a Llava checkpoint; its vision tower loads with kind: hf")
+        from transformers import AutoImageProcessor
+
         config = llava_config(cfg.name)
         check_encoder_matches(cfg, config)
-        return hf_vision_encoder(load_vision_tower(cfg.name, config), cfg, key=key)
+        try:  # its normalisation, when the checkpoint has a processor
+            processor = AutoImageProcessor.from_pretrained(cfg.name)
+        except Exception:  # transformers raises several types for a directory without one
+            processor = None
+        return hf_vision_encoder(load_vision_tower(cfg.name, config), cfg, processor=processor, key=key)
 
     def connector_state(self, source: str | Path, modality: str) -> dict[str, torch.Tensor]:
         if modality != IMAGE.name:

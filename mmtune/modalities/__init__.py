@@ -15,6 +15,3 @@ MODALITIES: dict[str, Modality] = {
     IMAGE.name: IMAGE,
 }
 
-
-def modality_of_tag(tag: str) -> Modality:
-    return next(m for m in MODALITIES.values() if m.tag == tag)

@@ -139,9 +139,10 @@ class MediaInputSpec:
     modality: Modality
     count: TokenCount
     transform: Callable[[Any], "torch.Tensor"]
-    text_tokenizer: Any = None
+    text_tokenizer: Any
     """Tokenizer of the instruction text, when the branch's connector reads it (else None)."""
-    max_text_tokens: int = 128
+    max_text_tokens: int
+    """Instruction tokens kept per item (the connector section's ``max_text_tokens``)."""
 
 
 @dataclass

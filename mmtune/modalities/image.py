@@ -40,7 +40,7 @@ def check_image(path: Path) -> None:
     try:
         with Image.open(path) as im:
             width, height = im.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise MediaProblem("unreadable image", f"cannot read image {path}: {exc}") from None
     if width == 0 or height == 0:
         raise MediaProblem("unreadable image", f"image {path} is empty ({width}x{height})")
@@ -53,7 +53,7 @@ def load_rgb(path: str | Path):
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise MediaProblem("unreadable image", f"cannot decode image {path}: {exc}") from None
 
 
@@ -64,7 +64,8 @@ class ImageTransform:
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    mode: str = "pad"  # pad | resize | center_crop
+    mode: str
+    """``pad``, ``resize`` or ``center_crop`` (``model.media.image.image_preprocess``)."""
 
     def __call__(self, image) -> Any:
         import torch

@@ -20,7 +20,7 @@ from mmtune.interop import reader_for
 from mmtune.modalities.base import MediaInputSpec
 from mmtune.models.loading import causal_lm_kwargs, load_causal_lm, resolve_source
 from mmtune.models.multimodal.branch import MediaBranch
-from mmtune.models.multimodal.build import attach_branches, build_branch, media_specs_of, saved_connector_state
+from mmtune.models.multimodal.build import attach_branches, build_branch, media_specs_without_llm, saved_connector_state
 from mmtune.models.multimodal.encoders import MediaEncoder
 from mmtune.models.multimodal.model import MultimodalLM
 
@@ -67,4 +67,4 @@ def open_multimodal(media: dict[str, BranchConfig], llm: nn.Module) -> Multimoda
 def open_media_specs(media: dict[str, BranchConfig], tokenizer=None) -> dict[str, MediaInputSpec]:
     """What the data side needs per modality, without loading the LLM (``mmtune data inspect``)."""
     encoders = {name: enc for name, cfg in media.items() if (enc := _encoder_from_checkpoint(name, cfg)) is not None}
-    return media_specs_of(media, tokenizer, encoders)
+    return media_specs_without_llm(media, tokenizer, encoders)

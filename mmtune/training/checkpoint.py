@@ -75,6 +75,7 @@ def save_checkpoint(
         with atomic_directory(final, fsync=True) as tmp:
             save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            (tmp / "optimizer_params.json").write_text(json.dumps(optimizer_param_names(model, optimizer)))
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(rng, tmp / f"rng-{process_index}.pt")
             if extra is not None:
@@ -118,7 +119,17 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
 def load_checkpoint(
     path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, process_index: int = 0, extra=None
 ) -> TrainState:
-    weights = _renamed(load_file(str(path / "trainable.safetensors")))
+    saved = load_file(str(path / "trainable.safetensors"))
+    weights = _renamed(saved)
+    names_file = path / "optimizer_params.json"
+    order = optimizer_param_names(model, optimizer)
+    if names_file.is_file() and json.loads(names_file.read_text()) != order:
+        raise TrainingError(f"{path}: the checkpoint's optimizer state belongs to other parameters than this "
+                            "model trains; was the recipe changed?")
+    if not names_file.is_file() and list(weights) != list(saved):
+        raise TrainingError(f"{path}: this multimodal checkpoint was written before media branches; its optimizer "
+                            "state does not map onto the branches' parameters, so it cannot be resumed. Start the "
+                            "run again (its final/ models, once written, still load)")
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unknown = [n for n in weights if n not in params]
@@ -138,6 +149,12 @@ def load_checkpoint(
     if extra is not None:
         extra.load_state_dict(torch.load(path / "task_state.pt", weights_only=True))
     return TrainState(**json.loads((path / "state.json").read_text()))
+
+
+def optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The names of the optimizer's parameters in the order of its state (how a saved state maps back)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names.get(id(p), "?") for group in optimizer.param_groups for p in group["params"]]
 
 
 _LEGACY_PARTS = {"lm.encoder.": "lm.branches.image.encoder.", "lm.connector.": "lm.branches.image.connector."}

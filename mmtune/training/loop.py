@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from mmtune.config.loader import dump_recipe
 from mmtune.config.schema import Recipe
 from mmtune.data.loader import BatchProblems, MicroBatchKey, micro_batch_stream
-from mmtune.errors import TrainingError
+from mmtune.errors import DataError, TrainingError
 from mmtune.training.checkpoint import (
     TrainState,
     list_checkpoints,
@@ -150,7 +150,7 @@ def train(recipe: Recipe) -> RunResult:
             count += n
         model.train()
         total, count = rt.accelerator.reduce(total, "sum"), rt.accelerator.reduce(count, "sum")
-        return float(total / count.clamp(min=1))
+        return float(total / count) if count > 0 else None  # None: every validation sample was skipped
 
     def micro_batch_keys():
         """This process's share of every window, marked so the loop knows where a window ends."""
@@ -181,7 +181,7 @@ def train(recipe: Recipe) -> RunResult:
     last_checkpoint = next(reversed(list_checkpoints(run_dir)), None)
     rng_after_step = rng_snapshot()
     window_start, window_targets, data_wait = time.perf_counter(), 0, 0.0
-    last_loss = None
+    last_loss, empty_windows = None, 0
     model.train()
     try:
         while state.step < max_steps:
@@ -198,8 +198,14 @@ def train(recipe: Recipe) -> RunResult:
             local_targets = torch.tensor(sum(b.num_targets for b in batches), device=rt.device)
             total_targets = int(rt.accelerator.reduce(local_targets, "sum"))
             if total_targets == 0:  # every sample of the window was skipped: nothing to learn from
+                empty_windows += 1
+                if empty_windows >= steps_per_epoch:
+                    raise DataError(f"no trainable sample in {empty_windows} windows in a row (an epoch's worth): "
+                                    f"every sample was skipped while building batches ({'; '.join(problems.lines())})",
+                                    reason="empty dataset")
                 log.warning("a window of micro-batches had no target left (its samples were skipped); no update")
                 continue
+            empty_windows = 0
             loss_total = torch.zeros((), device=rt.device)
             for i, batch in enumerate(batches):
                 last = i == len(batches) - 1
@@ -269,9 +275,11 @@ def train(recipe: Recipe) -> RunResult:
     # ---- final model ------------------------------------------------------------------------
     final_dir = run_dir / "final"
     rt.accelerator.wait_for_everyone()
-    for line in problems.lines():
-        log.warning("data: %s", line)
+    every_process = rt.gather(problems)  # a collective: every process takes part
     if rt.is_main:
+        problems.merge(every_process[1:])
+        for line in problems.lines():
+            log.warning("data: %s", line)
         task.save_final(final_dir, rt.accelerator.unwrap_model(model))
         (run_dir / "summary.json").write_text(json.dumps({
             "steps": state.step, "final_loss": last_loss, "targets_seen": state.targets_seen,

@@ -51,6 +51,14 @@ class Runtime:
         """The main process runs the block first (it fills caches), then the others."""
         return self.accelerator.main_process_first()
 
+    def gather(self, obj) -> list:
+        """``obj`` of every process, in process order (a picklable object; one collective call)."""
+        if self.num_processes == 1:
+            return [obj]
+        out = [None] * self.num_processes
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
 
 def resolve_mixed_precision(name: str) -> str:
     if name != "auto":

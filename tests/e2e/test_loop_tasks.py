@@ -21,7 +21,6 @@ import mmtune
 from mmtune.config.schema import TASK_RECIPES, Recipe
 from mmtune.data.packing import BatchProblem
 from mmtune.training import tasks as task_table
-from mmtune.training.methods import Component
 from mmtune.training.tasks.base import TaskRun
 
 
@@ -101,7 +100,7 @@ class ToyTask:
                        target / "toy.pt")
 
         return TaskRun(
-            objective=model, components=[Component("regression", model, "full")],
+            objective=model,
             param_groups=[{"params": list(model.parameters()), "lr": recipe.train.lr, "weight_decay": 0.0}],
             rows=[[i] for i in range(recipe.samples)], val_rows=[[i] for i in range(4)],
             collate=Collate(x, y), val_collate=Collate(x, y), save_final=write_final, num_workers=1,

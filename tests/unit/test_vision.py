@@ -22,6 +22,9 @@ from mmtune.modalities.base import MediaInputs
 from mmtune.modalities.image import IMAGE_PLACEHOLDER_ID, IMAGE_TAG, ImageTransform
 
 
+KEY = "model.media.image.encoder"  # where errors say the part is configured
+
+
 def slots(n: int, tokens: int) -> list[MediaSlot]:
     return [MediaSlot(IMAGE_TAG, IMAGE_PLACEHOLDER_ID, tokens)] * n
 
@@ -37,7 +40,7 @@ def test_open_clip_encoder_reads_the_selected_layer():
     torch.manual_seed(0)
     reference = open_clip.CLIP(**OPEN_CLIP_TINY).visual.eval()
     torch.manual_seed(0)
-    encoder = build_encoder(EncoderConfig(kind="open_clip", pretrained=None, architecture=OPEN_CLIP_TINY)).eval()
+    encoder = build_encoder(EncoderConfig(kind="open_clip", pretrained=None, architecture=OPEN_CLIP_TINY), KEY).eval()
     assert (encoder.hidden_size, encoder.num_tokens, encoder.image_size) == (32, TOKENS, 32)
     assert len(encoder.visual.transformer.resblocks) == 2  # the last block is pruned: -2 never needs it
     x = torch.randn(2, 3, 32, 32)
@@ -45,7 +48,7 @@ def test_open_clip_encoder_reads_the_selected_layer():
                                           output_extra_tokens=True)
     torch.testing.assert_close(encoder(x), out["image_intermediates"][0])
     with_cls = build_encoder(EncoderConfig(kind="open_clip", pretrained=None, architecture=OPEN_CLIP_TINY,
-                                           select_feature="cls_patch"))
+                                           select_feature="cls_patch"), KEY)
     assert with_cls.num_tokens == TOKENS + 1 and with_cls(x).shape == (2, TOKENS + 1, 32)
 
 
@@ -62,7 +65,7 @@ def test_open_clip_timm_trunk_encoder_eva_style():
     reference = open_clip.CLIP(**arch).visual.eval()
     torch.manual_seed(0)
     encoder = build_encoder(EncoderConfig(kind="open_clip", pretrained=None, architecture=arch,
-                                          select_feature="cls_patch")).eval()
+                                          select_feature="cls_patch"), KEY).eval()
     assert (encoder.hidden_size, encoder.num_tokens, encoder.image_size) == (192, 16 * 16 + 1, 224)
     x = torch.randn(1, 3, 224, 224)
     out = reference.forward_intermediates(x, indices=[10], intermediates_only=True, output_fmt="NLC",
@@ -74,13 +77,13 @@ def test_open_clip_timm_trunk_encoder_eva_style():
 def test_hf_clip_encoder_matches_hidden_states_and_drops_cls():
     from mmtune.models.multimodal.encoders import build_encoder
 
-    encoder = build_encoder(EncoderConfig(kind="hf", architecture=HF_CLIP_TINY)).eval()
+    encoder = build_encoder(EncoderConfig(kind="hf", architecture=HF_CLIP_TINY), KEY).eval()
     x = torch.randn(2, 3, 32, 32)
     hidden = encoder.model(pixel_values=x, output_hidden_states=True).hidden_states
     torch.testing.assert_close(encoder(x), hidden[-2][:, 1:])
     assert encoder.num_tokens == TOKENS and encoder.image_mean[0] == pytest.approx(0.48145466)
     siglip = build_encoder(EncoderConfig(kind="hf", architecture={**HF_CLIP_TINY, "model_type": "siglip_vision_model"},
-                                         select_feature="cls_patch"))
+                                         select_feature="cls_patch"), KEY)
     assert siglip.num_tokens == TOKENS and siglip.image_mean == (0.5, 0.5, 0.5)  # SigLIP has no CLS token
 
 
@@ -88,11 +91,11 @@ def test_encoder_errors_are_clear():
     from mmtune.models.multimodal.encoders import build_encoder
 
     with pytest.raises(ConfigError, match="select_layer"):
-        build_encoder(EncoderConfig(kind="open_clip", pretrained=None, architecture=OPEN_CLIP_TINY, select_layer=-9))
+        build_encoder(EncoderConfig(kind="open_clip", pretrained=None, architecture=OPEN_CLIP_TINY, select_layer=-9), KEY)
     with pytest.raises(ConfigError, match="cannot import"):
-        build_encoder(EncoderConfig(kind="no_such_module:Encoder"))
+        build_encoder(EncoderConfig(kind="no_such_module:Encoder"), KEY)
     with pytest.raises(ConfigError, match="model_type"):
-        build_encoder(EncoderConfig(kind="hf", architecture={"hidden_size": 8}))
+        build_encoder(EncoderConfig(kind="hf", architecture={"hidden_size": 8}), KEY)
 
 
 # --------------------------------------------------------------------------- connectors
@@ -101,14 +104,14 @@ def test_encoder_errors_are_clear():
 def test_llava_mlp_connectors():
     from mmtune.models.multimodal.connectors import build_connector
 
-    mlp = build_connector(ConnectorConfig(kind="mlp3x_gelu"), 8, 12)
+    mlp = build_connector(ConnectorConfig(kind="mlp3x_gelu"), 8, 12, KEY)
     kinds = [type(m).__name__ for m in mlp.layers]
     assert kinds == ["Linear", "GELU", "Linear", "GELU", "Linear"]
     assert mlp(torch.randn(2, 5, 8)).shape == (2, 5, 12) and mlp.num_output_tokens(5) == 5
-    linear = build_connector(ConnectorConfig(kind="linear"), 8, 12)
+    linear = build_connector(ConnectorConfig(kind="linear"), 8, 12, KEY)
     assert [type(m).__name__ for m in linear.layers] == ["Linear"]
     with pytest.raises(ConfigError, match="neither a built-in"):
-        build_connector(ConnectorConfig(kind="mlp2x_relu"), 8, 12)
+        build_connector(ConnectorConfig(kind="mlp2x_relu"), 8, 12, KEY)
 
 
 # --------------------------------------------------------------------------- images
@@ -350,11 +353,11 @@ def test_custom_parts_that_break_the_contract_are_config_errors(tmp_path, monkey
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ConfigError, match="abstract method forward"):
-        build_encoder(EncoderConfig(kind="broken_vision:NoForward"))
+        build_encoder(EncoderConfig(kind="broken_vision:NoForward"), KEY)
     with pytest.raises(ConfigError, match="unexpected keyword argument 'width'"):
-        build_encoder(EncoderConfig(kind="broken_vision:Fine", options={"width": 3}))
+        build_encoder(EncoderConfig(kind="broken_vision:Fine", options={"width": 3}), KEY)
     with pytest.raises(ConfigError, match="abstract method forward"):
-        build_connector(ConnectorConfig(kind="broken_vision:NoForwardConnector"), 8, 8)
+        build_connector(ConnectorConfig(kind="broken_vision:NoForwardConnector"), 8, 8, KEY)
 
 
 

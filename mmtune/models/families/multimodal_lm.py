@@ -15,7 +15,7 @@ from torch import nn
 
 from mmtune.config.schema import ModelConfig
 from mmtune.models.families.causal_lm import load_llm, save as save_llm
-from mmtune.models.multimodal.build import MEDIA_WEIGHTS, LEGACY_VISION_WEIGHTS, load_media_weights, save_media_weights
+from mmtune.models.multimodal.build import load_media_weights, media_weights_file, save_media_weights
 from mmtune.models.multimodal.model import MultimodalLM
 from mmtune.models.open import open_multimodal
 
@@ -38,6 +38,5 @@ def load(path: Path, meta: dict, base: ModelConfig, *, device_type: str, merge: 
         if name in meta["encoders_saved"] and cfg.encoder.kind == "open_clip":
             cfg.encoder.pretrained = None  # the weights are in media.safetensors: nothing to fetch
     model = open_multimodal(media, llm)
-    weights = path / MEDIA_WEIGHTS if (path / MEDIA_WEIGHTS).is_file() else path / LEGACY_VISION_WEIGHTS
-    load_media_weights(model, weights)
+    load_media_weights(model, media_weights_file(path))
     return model

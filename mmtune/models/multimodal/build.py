@@ -3,8 +3,8 @@
 Branches are built from their recipe sections by plain builders (encoders,
 pieces, connectors). A part that lives in a checkpoint of another format (a
 Llava directory's vision tower or projector) is read by ``mmtune.interop``
-and handed in ready-made (``encoders`` / ``connector_states``), so nothing
-here knows any checkpoint format.
+and handed in ready-made (``build_branch``'s ``encoder`` / ``connector_state``),
+so nothing here knows any checkpoint format.
 
 A trained multimodal model's ``final/`` holds ``media.safetensors``: every
 branch's connector and pieces, and its encoder when the encoder was trained or
@@ -54,7 +54,7 @@ def build_branch(name: str, cfg: BranchConfig, out_dim: int, *, encoder: MediaEn
         builder = import_object(piece_cfg.kind, f"{key}.pieces.{piece_name}.kind")
         try:
             piece = builder(dim=dim, num_tokens=tokens, **piece_cfg.options)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"{key}.pieces.{piece_name}: cannot build '{piece_cfg.kind}': {exc}") from None
         if not isinstance(piece, BranchPiece):
             raise ConfigError(f"{key}.pieces.{piece_name}.kind: '{piece_cfg.kind}' built a {type(piece).__name__}, "
@@ -81,8 +81,8 @@ def attach_branches(llm: nn.Module, branches: dict[str, MediaBranch]) -> Multimo
     return MultimodalLM(llm, branches)
 
 
-def media_specs_of(media: dict[str, BranchConfig], tokenizer=None,
-                   encoders: dict[str, MediaEncoder] | None = None) -> dict[str, MediaInputSpec]:
+def media_specs_without_llm(media: dict[str, BranchConfig], tokenizer=None,
+                            encoders: dict[str, MediaEncoder] | None = None) -> dict[str, MediaInputSpec]:
     """What the data side needs per modality, without loading the LLM (``mmtune data inspect``).
 
     The token count does not depend on the LLM's width, so each branch is
@@ -117,12 +117,14 @@ def media_weights_file(path: str | Path) -> Path:
                       "(give a file, a model directory or a run directory)")
 
 
+def _has_branch_keys(state: dict[str, torch.Tensor]) -> bool:
+    return any(key.split(".", 1)[0] in MODALITIES for key in state)
+
+
 def read_media_weights(file: Path) -> dict[str, torch.Tensor]:
-    """The weights under ``<modality>.<component>.*`` keys (legacy files are the image branch's)."""
+    """The weights under ``<modality>.<component>.*`` keys (files written before branches are the image branch's)."""
     state = load_file(str(file))
-    if file.name == LEGACY_VISION_WEIGHTS:
-        state = {f"image.{k}": v for k, v in state.items()}
-    return state
+    return state if _has_branch_keys(state) else {f"image.{k}": v for k, v in state.items()}
 
 
 def part_of(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -130,9 +132,16 @@ def part_of(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
 
 
 def saved_connector_state(path: str | Path, modality: str) -> dict[str, torch.Tensor]:
-    """A branch's connector weights from a file, model directory or run directory of mmtune."""
+    """A branch's connector weights: from ``media.safetensors`` (a file, model or run directory), a former
+    ``vision.safetensors`` (``connector.*`` keys), or a safetensors file of the connector's own state dict."""
     file = media_weights_file(path)
-    state = part_of(read_media_weights(file), f"{modality}.connector.")
+    raw = load_file(str(file))
+    if _has_branch_keys(raw):
+        state = part_of(raw, f"{modality}.connector.")
+    elif any(key.startswith("connector.") for key in raw):
+        state = part_of(raw, "connector.")
+    else:
+        state = raw
     if not state:
         raise ConfigError(f"model.media.{modality}.connector.weights: {file} holds no {modality} connector")
     return state

@@ -106,7 +106,7 @@ class InstructionPooling(Connector):
 _MLP = re.compile(r"^mlp(\d+)x_gelu$")
 
 
-def build_connector(cfg: ConnectorConfig, in_dim: int, out_dim: int, key: str = "model.media.image.connector") -> Connector:
+def build_connector(cfg: ConnectorConfig, in_dim: int, out_dim: int, key: str) -> Connector:
     """A built-in connector by kind, or ``package.module:builder`` called with ``in_dim``, ``out_dim`` and options."""
     if cfg.kind == "linear":
         builder: Any = lambda in_dim, out_dim: MLPProjector(in_dim, out_dim, depth=1)  # noqa: E731

@@ -225,9 +225,8 @@ def hf_vision_encoder(model: nn.Module, cfg: EncoderConfig, *, processor=None, k
 ENCODER_BUILDERS: dict[str, Callable[[EncoderConfig, str], MediaEncoder]] = {"open_clip": build_open_clip, "hf": build_hf}
 
 
-def build_encoder(cfg: EncoderConfig, key: str = "model.media.image.encoder",
-                  contract: type[MediaEncoder] = MediaEncoder) -> MediaEncoder:
-    """A built-in encoder by kind, or ``package.module:builder`` called with ``options``; checked against ``contract``."""
+def build_encoder(cfg: EncoderConfig, key: str) -> MediaEncoder:
+    """A built-in encoder by kind, or ``package.module:builder`` called with ``options``; ``key`` names it in errors."""
     if cfg.kind in ENCODER_BUILDERS:
         encoder = ENCODER_BUILDERS[cfg.kind](cfg, key)
     else:
@@ -236,7 +235,7 @@ def build_encoder(cfg: EncoderConfig, key: str = "model.media.image.encoder",
             encoder = builder(**cfg.options)
         except TypeError as exc:  # wrong options, or a class that does not implement the contract
             raise ConfigError(f"{key}: cannot build '{cfg.kind}': {exc}") from None
-    if not isinstance(encoder, contract):
+    if not isinstance(encoder, MediaEncoder):
         raise ConfigError(f"{key}.kind: '{cfg.kind}' built a {type(encoder).__name__}, "
-                          f"not an {contract.__module__}.{contract.__name__}")
+                          "not an mmtune.models.multimodal.encoders.MediaEncoder")
     return encoder

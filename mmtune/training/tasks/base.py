@@ -24,7 +24,6 @@ from typing import Any, Protocol
 from torch import nn
 
 from mmtune.config.schema import Recipe
-from mmtune.training.methods import Component
 from mmtune.training.setup import Runtime
 
 
@@ -40,8 +39,6 @@ class TaskRun:
 
     objective: nn.Module
     """``forward(batch) -> (loss_sum, n_targets)``; the module DDP / FSDP / DeepSpeed wrap."""
-    components: list[Component]
-    """The model's named parts, for the trainable table."""
     param_groups: list[dict]
     """Optimizer parameter groups (each with ``lr`` and ``weight_decay``)."""
     rows: list[list[int]]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmtune.config.schema import ComponentMethod, SftRecipe
+from mmtune.config.schema import SftRecipe
 from mmtune.data.packing import Collator, make_rows, packing_utilisation
 from mmtune.data.pipeline import build_conversation_data, format_reports
 from mmtune.data.templates import install_template
@@ -39,15 +39,7 @@ from mmtune.training.tasks.base import TaskRun
 log = logging.getLogger("mmtune")
 
 
-def _component_method(branch_method, component: str) -> ComponentMethod:
-    if component in ("encoder", "connector"):
-        return getattr(branch_method, component)
-    return branch_method.pieces.get(component.removeprefix("pieces."), ComponentMethod(trainable="full"))
-
-
 class SftTask:
-    name = "sft"
-
     def setup(self, recipe: SftRecipe, runtime: Runtime) -> TaskRun:
         cfg, tc = recipe, recipe.train
 
@@ -70,7 +62,7 @@ class SftTask:
             model = open_multimodal(branches, llm)
             for name, branch in model.branches.items():
                 for component, module in branch.components().items():
-                    method = _component_method(getattr(cfg.method.media, name), component)
+                    method = getattr(cfg.method.media, name).of(component)
                     apply_component_method(module, method, cfg.method.lora, f"{name}.{component}")
                     components.append(Component(f"{name}.{component}", module, method.trainable,
                                                 method.lr if method.trainable != "frozen" else None))
@@ -109,7 +101,7 @@ class SftTask:
             save_final(target, trained.lm, tokenizer, base=cfg.model, method=cfg.method)
 
         return TaskRun(
-            objective=objective, components=components, param_groups=groups, rows=rows, val_rows=val_rows,
+            objective=objective, param_groups=groups, rows=rows, val_rows=val_rows,
             collate=collate, val_collate=val_collate, save_final=write_final, on_bad_sample=cfg.data.on_bad_sample,
             num_workers=cfg.data.num_workers, shuffle=cfg.data.shuffle,
             summary={"packing_utilisation": utilisation, "data": [r.__dict__ for r in data.reports]},
