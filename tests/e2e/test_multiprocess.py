@@ -57,3 +57,28 @@ def test_accelerate_launch_without_a_gpu_says_it_started_one_process(tiny_recipe
     proc = _run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "-m", "mmtune.cli",
                  "train", str(path)], tmp_path)
     assert "accelerate launch started 1 process" in proc.stderr and "torchrun --nproc_per_node N" in proc.stderr
+
+
+def test_skips_met_by_any_process_are_counted_once_in_the_summary(tiny_recipe, photos, tmp_path):
+    import numpy as np
+    from media_helpers import llava_rows, open_clip_image_branch, write_json
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        photos / "full.jpg", quality=95)
+    raw = (photos / "full.jpg").read_bytes()
+    (photos / "broken.jpg").write_bytes(raw[: len(raw) // 2])
+    rows = llava_rows()
+    rows[1]["image"] = "broken.jpg"
+    data = write_json(tmp_path / "d.json", rows)
+    recipe = tiny_recipe(data={"datasets": [{"path": str(data), "format": "llava", "media_folder": str(photos)}],
+                               "on_bad_sample": "skip", "packing": False, "num_workers": 0},
+                         train={"max_steps": 4, "micro_batch_size": 1})  # 2 epochs of 8 samples over 2 processes
+    recipe["model"]["media"] = {"image": open_clip_image_branch().model_dump(mode="json")}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                 "-m", "mmtune.cli", "train", str(path), f"output_dir={tmp_path / 'run'}"], tmp_path)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["skipped_while_batching"] == {"unreadable image": 1}
+    assert proc.stderr.count("sample(s) skipped while building batches") == 1

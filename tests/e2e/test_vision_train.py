@@ -281,3 +281,30 @@ def test_the_command_line_reports_a_truncated_image_in_one_line(tiny_recipe, pho
     errors = [line for line in proc.stderr.splitlines() if line.startswith("mmtune: error:")]
     assert len(errors) == 1 and "row 2: field 'image': cannot decode image" in errors[0]
     assert "Traceback" not in proc.stderr and "DataLoader worker" not in proc.stderr
+
+
+def test_every_sample_skipped_while_batching_stops_with_one_line_instead_of_looping(tiny_recipe, photos, tmp_path):
+    rows = _rows_with_a_truncated_photo(photos)
+    rows = [{**row, "image": "broken.jpg"} for row in rows if "image" in row]  # every sample's image is broken
+    data = write_json(tmp_path / "d.json", rows)
+    recipe = _vision_recipe(tiny_recipe, tmp_path, data, "all-bad")
+    recipe["data"]["on_bad_sample"] = "skip"
+    with pytest.raises(DataError, match="no trainable sample in .* windows in a row .* unreadable image"):
+        mmtune.train(recipe)
+
+
+def test_a_multimodal_checkpoint_from_before_branches_is_refused_in_one_line(tiny_recipe, photos, tmp_path):
+    from mmtune.errors import TrainingError
+
+    data = write_json(tmp_path / "d.json", llava_rows())
+    recipe = _vision_recipe(tiny_recipe, tmp_path, data, "old")
+    recipe["train"].update(max_steps=2, save_every=1)
+    mmtune.train(recipe)
+    checkpoint = tmp_path / "old" / "checkpoints" / "step-1"
+    state = load_file(str(checkpoint / "trainable.safetensors"))  # as such a checkpoint named its tensors
+    save_file({k.replace("lm.branches.image.", "lm."): v for k, v in state.items()},
+              str(checkpoint / "trainable.safetensors"))
+    (checkpoint / "optimizer_params.json").unlink()
+    recipe["train"].update(max_steps=3, resume=str(checkpoint))
+    with pytest.raises(TrainingError, match="written before media branches.*cannot be resumed"):
+        mmtune.train(recipe)

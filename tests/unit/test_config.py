@@ -138,3 +138,37 @@ def test_configs_readme_defaults_match_the_schema():
         assert node == documented or (isinstance(node, list) and list(documented or []) == node), key
         checked += 1
     assert checked > 30
+
+
+def test_a_runs_config_yaml_reads_back_with_its_cards_settings(tmp_path):
+    from mmtune.data.sources import resolve_source
+
+    (tmp_path / "data.json").write_text("[]")
+    card = tmp_path / "set.yaml"
+    card.write_text("path: data.json\nformat: llava\nmedia_folder: imgs\nprompt_erasure: {replace_with: Hi.}\n")
+    recipe = mmtune_validate({"data": {"datasets": [{"card": str(card), "weight": 2.0}]}})
+    dumped = tmp_path / "config.yaml"
+    dumped.write_text(dump_recipe(recipe))
+    again = resolve_source(load_recipe(dumped).data.datasets[0]).settings
+    assert again == resolve_source(recipe.data.datasets[0]).settings
+    assert again.path == str(tmp_path / "data.json") and again.media_folder == str(tmp_path / "imgs")
+    assert again.format == "llava" and again.prompt_erasure.replace_with == "Hi."
+    off = mmtune_validate({"data": {"datasets": [{"card": str(card), "prompt_erasure": None}]}})
+    dumped.write_text(dump_recipe(off))
+    assert resolve_source(load_recipe(dumped).data.datasets[0]).settings.prompt_erasure is None  # still off
+
+
+def test_config_yaml_of_a_text_run_written_before_branches_still_loads(tmp_path):
+    """Earlier runs wrote model.vision: null and the default method.encoder / method.connector into every run."""
+    old = tmp_path / "config.yaml"
+    old.write_text(yaml.safe_dump({
+        "output_dir": "runs/x", "model": {"name": "smollm2-135m-instruct", "vision": None},
+        "data": {"datasets": [{"card": "mmtune-instruct", "image_folder": None}]},
+        "method": {"name": "lora", "llm_lr": None, "encoder": {"trainable": "frozen", "lr": None},
+                   "connector": {"trainable": "full", "lr": None}},
+    }))
+    recipe = load_recipe(old)
+    assert recipe.model.branches() == {} and recipe.method.media.image is None
+    with pytest.raises(ConfigError, match="method.connector \\(now method.media.image.connector\\) is set but the "
+                                          "model has no image branch"):
+        mmtune_validate({"method": {"connector": {"trainable": "full", "lr": 1e-3}}})

@@ -179,3 +179,19 @@ def test_chat_one_shot_with_proxy(trio, smol_tokenizer):
                            GenerationOptions(max_new_tokens=STEPS), stream=pieces.append)
     assert reply == smol_tokenizer.decode(hf_greedy(expert, smol_tokenizer, PROMPTS[0]), skip_special_tokens=True).strip()
     assert "".join(pieces).strip() == reply and len(pieces) > 1
+
+
+def test_the_generation_configs_suppressed_tokens_are_never_generated(trio, smol_tokenizer):
+    """An exported Llava suppresses its added <image> token this way; the decoding loop must honour it."""
+    import copy
+
+    _, (base, _, _) = trio
+    model = copy.deepcopy(base)
+    free = decode(SingleModel(model), smol_tokenizer, PROMPTS[:1])[0]
+    model.generation_config.suppress_tokens = [free[0], free[1]]
+    held = decode(SingleModel(model), smol_tokenizer, PROMPTS[:1])[0]
+    assert free[0] not in held and free[1] not in held and held
+    model.generation_config.suppress_tokens = None
+    model.generation_config.begin_suppress_tokens = [free[0]]
+    first_only = decode(SingleModel(model), smol_tokenizer, PROMPTS[:1])[0]
+    assert first_only[0] != free[0]

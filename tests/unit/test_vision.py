@@ -387,3 +387,20 @@ def test_the_instruction_reaches_a_connector_that_reads_it_in_batches(tiny_llama
     loss, _ = CausalLMObjective(model)(batch)
     loss.backward()
     assert model.branches["image"].connector.from_instruction.weight.grad.abs().sum() > 0
+
+
+def test_connector_weights_from_a_bare_state_dict_or_a_former_vision_file(tiny_llama_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from mmtune.models.open import open_branches
+
+    torch.manual_seed(1)
+    source = open_branches({"image": open_clip_image_branch()}, 64)["image"].connector
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(state, str(tmp_path / "projector.safetensors"))  # the connector's own state dict
+    save_file({f"connector.{k}": v for k, v in state.items()}, str(tmp_path / "vision.safetensors"))  # before branches
+    for weights in (tmp_path / "projector.safetensors", tmp_path / "vision.safetensors", tmp_path):
+        branch = open_branches({"image": open_clip_image_branch(weights=str(weights))}, 64)["image"]
+        torch.testing.assert_close(branch.connector.layers[2].weight, source.layers[2].weight)
+    with pytest.raises(ConfigError, match="the weights do not fit"):
+        open_branches({"image": open_clip_image_branch(kind="linear", weights=str(tmp_path))}, 64)

@@ -5,6 +5,11 @@ modality (its ``placeholder_id``, one per position of an item) is filled
 with that modality's branch output, items taken in the order their
 placeholders appear (row-major over the batch). Those positions are never
 trained: the data pipeline marks them untrained.
+
+A branch without items in a batch (text-only samples) still takes part in
+the graph, with weight zero, while gradients are computed: data-parallel
+training reduces the gradients of the same parameters on every process, and
+a process whose batch has no image would otherwise leave its connector out.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class MultimodalLM(nn.Module):
                 raise ModelError(f"{slots} {name} positions in the tokens but {count} {branch.modality.plural} x "
                                  f"{branch.num_tokens} tokens each")
             if not count:
+                embeds = embeds + _unused(branch)
                 continue
             text_embeds = table(given.text_ids) if branch.reads_llm_embeddings else None
             features = branch(given, text_embeds=text_embeds).to(embeds.dtype)
@@ -67,3 +73,11 @@ class MultimodalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, media: dict[str, MediaInputs] | None = None, **kwargs):
         return self.llm(inputs_embeds=self.input_embeddings(input_ids, media), **kwargs)
+
+
+def _unused(branch: MediaBranch) -> torch.Tensor | float:
+    """Zero, attached to the branch's trainable parameters when gradients are being computed."""
+    if not torch.is_grad_enabled():
+        return 0.0
+    trained = [p for p in branch.parameters() if p.requires_grad]
+    return sum(p.reshape(-1)[:1].sum() for p in trained) * 0.0 if trained else 0.0
