@@ -33,7 +33,8 @@ def strip_tags(text: str) -> str:
 
 def media_items_of(conv: Conversation, specs: dict[str, MediaInputSpec], *, root: Path | None, where: str,
                    dataset: str = "", owner: str = "") -> list[MediaItem]:
-    """The checked media items of ``conv`` in tag order; a bad item raises :class:`BadRow`.
+    """The checked media items of ``conv``, in the order of its messages' entries (formats write them in tag
+    order; tokenization checks the two agree); a bad item raises :class:`BadRow`.
 
     ``root``: the folder references resolve in (no item may resolve outside
     it); None takes references as paths as given (chat, where the user names

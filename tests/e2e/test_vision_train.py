@@ -232,6 +232,16 @@ def test_a_connector_that_reads_the_instruction_trains_and_answers_from_it(tiny_
     reply = generate_reply(model, tok, _ask(photos / "p1.png"), GenerationOptions(max_new_tokens=3))
     assert isinstance(reply, str)
 
+    # mmtune eval on held-out LLaVA rows: the same loss mask, the images through the same branch.
+    from mmtune.evaluation import evaluate
+
+    held = [{**row, "image": f"images/{row['image']}"} for row in llava_rows(4) if "image" in row]
+    report = evaluate(model, tok, write_json(tmp_path / "held.json", held), opts=GenerationOptions(max_new_tokens=3),
+                      progress=False)
+    assert report.samples == 3 and report.metrics["loss"]["tokens"] > 0
+    assert report.metrics["loss"]["loss"] == report.metrics["loss"]["loss"]  # finite
+    assert all(isinstance(r["prediction"], str) for r in report.records)
+
 
 def _rows_with_a_truncated_photo(folder: Path) -> list[dict]:
     """LLaVA rows whose row 2 shows broken.jpg: a JPEG whose header is valid and whose body stops half-way."""

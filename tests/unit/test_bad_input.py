@@ -180,6 +180,26 @@ def test_line_numbers_count_blank_lines(tmp_path):
     assert assert_one_line(info.value).startswith(f"{path}:4: ")
 
 
+def test_invalid_utf8_is_one_line_naming_file_and_line_or_a_counted_skip(tmp_path, tokenizer):
+    path = tmp_path / "latin1.jsonl"
+    lines = [json.dumps(good(0)).encode(), json.dumps(good(1), ensure_ascii=False).replace("answer", "caf\u00e9").encode("latin-1"),
+             json.dumps(good(2)).encode()]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DataError) as info:
+        read_rows(DatasetSpec(path=str(path), format="sharegpt"))
+    msg = assert_one_line(info.value)
+    assert msg.startswith(f"{path}:2: not valid UTF-8") and info.value.reason == "invalid UTF-8"
+    data = build(tokenizer, tmp_path, path, on_bad_sample="skip")
+    report = data.reports[0]
+    assert report.samples == 2 and report.skipped == {"invalid UTF-8": 1}
+    assert report.examples["invalid UTF-8"] == f"{path}:2"
+    whole = tmp_path / "latin1.json"
+    whole.write_bytes(b"[" + b",\n".join(lines) + b"]")
+    with pytest.raises(DataError) as info:
+        read_rows(DatasetSpec(path=str(whole), format="sharegpt"))
+    assert assert_one_line(info.value).startswith(f"{whole}:2: not valid UTF-8")
+
+
 def test_bad_row_in_json_list_names_the_row(tmp_path):
     path = tmp_path / "rows.json"
     path.write_text(json.dumps([good(0), good(1), {"conversations": [{"from": "human", "value": "x"}]}]))

@@ -404,3 +404,55 @@ def test_connector_weights_from_a_bare_state_dict_or_a_former_vision_file(tiny_l
         torch.testing.assert_close(branch.connector.layers[2].weight, source.layers[2].weight)
     with pytest.raises(ConfigError, match="the weights do not fit"):
         open_branches({"image": open_clip_image_branch(kind="linear", weights=str(tmp_path))}, 64)
+
+
+OWN_TOKENIZER = '''
+import torch
+from torch import nn
+from transformers import BertTokenizer
+from mmtune.models.multimodal.connectors import Connector
+
+
+class OwnWords(Connector):
+    """Reads the instruction with its own (BERT) tokenizer and embeddings, as InstructBLIP's Q-Former does."""
+
+    wants_text = True
+
+    def __init__(self, in_dim, out_dim, words):
+        super().__init__(in_dim, out_dim)
+        self.text_tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+        self.words = nn.Embedding(self.text_tokenizer.vocab_size, in_dim)
+        self.proj = nn.Linear(in_dim, out_dim)
+
+    def forward(self, features, text_ids=None, text_mask=None, text_embeds=None):
+        assert text_embeds is None, "a connector with its own tokenizer gets no LLM embeddings"
+        query = (self.words(text_ids) * text_mask[..., None]).sum(1, keepdim=True)
+        return self.proj(features + query)
+'''
+
+
+def test_a_connector_may_read_the_instruction_with_its_own_tokenizer(tiny_llama_dir, tokenizer, photos, tmp_path,
+                                                                      monkeypatch):
+    from mmtune.config.schema import ModelConfig
+    from mmtune.data.packing import Collator, make_rows
+    from mmtune.data.pipeline import build_conversation_data
+    from mmtune.models.loading import load_causal_lm
+    from mmtune.models.open import open_multimodal
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "what", "is", "in", "picture", "anything", "else", "?"]
+    (tmp_path / "own_words.py").write_text(OWN_TOKENIZER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    branch = open_clip_image_branch(kind="own_words:OwnWords", options={"words": words + [str(i) for i in range(10)]},
+                                    max_text_tokens=6)
+    model = open_multimodal({"image": branch}, load_causal_lm(ModelConfig(name=str(tiny_llama_dir))))
+    specs = model.media_specs(tokenizer)
+    own = model.branches["image"].connector.text_tokenizer
+    assert specs["image"].text_tokenizer is own and not model.branches["image"].reads_llm_embeddings
+    data = build_conversation_data(tokenizer, _data_cfg(write_json(tmp_path / "d.json", llava_rows()), tmp_path),
+                                   seed=0, media=specs)
+    batch = Collator(data.train, pad_id=tokenizer.pad_token_id, media=specs)(make_rows(data.train.lengths(), 256, True))
+    ids = batch.media["image"].text_ids
+    assert ids.shape[1] <= 6 and (ids[:, 0] == own.cls_token_id).all()  # BERT's tokens, cut to max_text_tokens
+    assert own.convert_ids_to_tokens(ids[0, 1:4].tolist()) == ["what", "is", "in"]
+    embeds = model.input_embeddings(batch.input_ids, batch.media)
+    assert embeds.shape[:2] == batch.input_ids.shape
