@@ -249,9 +249,7 @@ def answer_loss(model_or_source, tokenizer, conversations: Sequence[Conversation
             trained, _ = left_pad([e.trained.astype(np.int64).tolist() for e in chunk], 0)
             ids, mask, trained = ids.to(device), mask.to(device), trained.to(device).bool()
             kept = [item for k, e in enumerate(chunk) for item in items[start + k][: e.media_kept]]
-            media = media_inputs(model, tokenizer, kept) if kept else None
-            media = {name: inputs.to(device) for name, inputs in media.items()} if media else None
-            logits = sequence_logits(source, ids, mask, media)
+            logits = sequence_logits(source, ids, mask, media_inputs(model, tokenizer, kept, device))
             # the token at t is predicted at t - 1; the first token is never a target (media positions neither:
             # their placeholder ids are clamped to a valid class and masked out)
             nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), ids[:, 1:].clamp(min=0),

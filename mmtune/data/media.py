@@ -59,16 +59,21 @@ def media_items_of(conv: Conversation, specs: dict[str, MediaInputSpec], *, root
             raise BadRow(f"{name} tag outside a user turn", "conversation", f"{tag} outside a user turn")
     out = []
     for i, entry in entries:
-        modality = MODALITIES[entry["modality"]]
-        field = entry.get("field", modality.name)
-        try:
-            path = modality.resolve(root, entry["ref"]) if root is not None else Path(entry["ref"]).expanduser().absolute()
-            modality.check(path)
-        except MediaProblem as exc:
-            raise BadRow(exc.reason, field, exc.detail) from None
-        out.append(MediaItem(modality.name, str(path), dict(entry.get("options") or {}),
+        field = entry.get("field", entry["modality"])
+        out.append(MediaItem(entry["modality"], str(checked_path(entry, root)), dict(entry.get("options") or {}),
                              instruction=strip_tags(conv[i]["content"]), origin=f"{where}: field '{field}'"))
     return out
+
+
+def checked_path(entry: dict, root: Path | None) -> Path:
+    """An entry's file: resolved inside ``root`` (as given when None) and header-checked; raises :class:`BadRow`."""
+    modality = MODALITIES[entry["modality"]]
+    try:
+        path = modality.resolve(root, entry["ref"]) if root is not None else Path(entry["ref"]).expanduser().absolute()
+        modality.check(path)
+    except MediaProblem as exc:
+        raise BadRow(exc.reason, entry.get("field", modality.name), exc.detail) from None
+    return path
 
 
 def media_slots(items: list[MediaItem], specs: dict[str, MediaInputSpec]) -> list[MediaSlot]:
@@ -110,18 +115,5 @@ def with_resolved_media(conv: Conversation, root: Path) -> Conversation:
     For conversations kept as conversations (evaluation), whose media are later
     taken as absolute paths.
     """
-    out = []
-    for msg in conv:
-        if msg.get("media"):
-            entries = []
-            for entry in msg["media"]:
-                modality = MODALITIES[entry["modality"]]
-                try:
-                    path = modality.resolve(root, entry["ref"])
-                    modality.check(path)
-                except MediaProblem as exc:
-                    raise BadRow(exc.reason, entry.get("field", modality.name), exc.detail) from None
-                entries.append({**entry, "ref": str(path)})
-            msg = {**msg, "media": entries}
-        out.append(msg)
-    return out
+    return [{**msg, "media": [{**entry, "ref": str(checked_path(entry, root))} for entry in msg["media"]]}
+            if msg.get("media") else msg for msg in conv]

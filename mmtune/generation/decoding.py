@@ -220,11 +220,7 @@ def encode_all(source, tokenizer, conversations: Sequence[Conversation],
 
 
 def _media_of(source, tokenizer, prompts: Sequence[Prompt]) -> dict[str, MediaInputs] | None:
-    model = the_model(source)
-    items = [item for p in prompts for item in p.media]
-    if not items:
-        return None
-    return {name: inputs.to(device_of(source)) for name, inputs in media_inputs(model, tokenizer, items).items()}
+    return media_inputs(the_model(source), tokenizer, [item for p in prompts for item in p.media], device_of(source))
 
 
 def generate_texts(

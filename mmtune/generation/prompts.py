@@ -48,14 +48,15 @@ def encode_conversation(model, tokenizer, conversation: Conversation, *, where: 
     return Prompt(encode_prompt(tokenizer, text, media_slots(items, specs)), items)
 
 
-def media_inputs(model, tokenizer, items: list[MediaItem]) -> dict[str, MediaInputs] | None:
-    """The decoded, preprocessed media of a batch of prompts (None when there is none)."""
+def media_inputs(model, tokenizer, items: list[MediaItem], device=None) -> dict[str, MediaInputs] | None:
+    """The decoded, preprocessed media of a batch of prompts, on ``device`` if given (None when there is none)."""
     if not items:
         return None
     try:
-        return load_media_inputs(items, model_media_specs(model, tokenizer))
+        inputs = load_media_inputs(items, model_media_specs(model, tokenizer))
     except MediaProblem as exc:
         raise DataError(exc.detail, reason=exc.reason) from None
+    return inputs if device is None else {name: part.to(device) for name, part in inputs.items()}
 
 
 def check_text_only(conversations) -> None:
