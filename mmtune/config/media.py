@@ -29,7 +29,8 @@ class EncoderConfig(Strict):
     """A media encoder (see ``mmtune.models.multimodal.encoders``): which one, and which of its features."""
 
     kind: str = "open_clip"
-    """``open_clip``, ``hf`` (transformers CLIP / SigLIP vision model) or ``package.module:builder``."""
+    """``open_clip`` (CLIP, EVA01-g-14 ...), ``hf`` (transformers CLIP / SigLIP / BLIP-2 / InstructBLIP vision
+    model) or ``package.module:builder``."""
     name: str = "ViT-L-14-336"
     """open_clip model name, or hub name / local directory for ``hf``."""
     pretrained: str | None = "openai"
@@ -40,7 +41,12 @@ class EncoderConfig(Strict):
     select_layer: int = -2
     """Hidden state to use, indexed like transformers' ``hidden_states`` (-2: the penultimate layer)."""
     select_feature: Literal["patch", "cls_patch"] = "patch"
-    """``patch`` drops the CLS token (LLaVA), ``cls_patch`` keeps it."""
+    """``patch`` drops the CLS token (LLaVA), ``cls_patch`` keeps it (BLIP-2, InstructBLIP)."""
+    ln_vision: bool | None = None
+    """``hf`` encoders: apply the model's own ``post_layernorm`` to the selected features. ``null``: yes for
+    transformers BLIP-2 / InstructBLIP vision models (their ``post_layernorm`` holds BLIP-2's ``ln_vision``), no
+    for CLIP / SigLIP. An open_clip EVA has no such norm: add the piece ``ln_vision: {kind: layer_norm}``
+    (trained with the connector while the ViT stays frozen, as LAVIS does)."""
     image_size: int | None = None
     """Input resolution; default: the encoder's own."""
     image_mean: tuple[float, float, float] | None = None
@@ -54,7 +60,8 @@ class ConnectorConfig(Strict):
     """Encoder features -> LLM embeddings (see ``mmtune.models.multimodal.connectors``)."""
 
     kind: str = "mlp2x_gelu"
-    """``linear``, ``mlp{N}x_gelu`` (LLaVA), ``instruction_pool`` or ``package.module:builder``."""
+    """``linear``, ``mlp{N}x_gelu`` (LLaVA), ``qformer`` (BLIP-2 / InstructBLIP), ``perceiver`` (Flamingo's
+    resampler), ``instruction_pool`` or ``package.module:builder``."""
     weights: str | None = None
     """Start from these connector weights: a ``media.safetensors`` file, a model or run directory
     (LLaVA stage 2 loads the stage-1 projector this way), or a checkpoint of a supported format."""
@@ -68,7 +75,8 @@ class PieceConfig(Strict):
     """A module between the encoder and the connector (a frame position embedding, a pooling ...)."""
 
     kind: str
-    """``package.module:builder`` of an ``mmtune.models.multimodal.branch.BranchPiece``."""
+    """``layer_norm`` (BLIP-2's ``ln_vision``) or ``package.module:builder`` of an
+    ``mmtune.models.multimodal.branch.BranchPiece``."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments (the builder also receives ``dim`` and ``num_tokens`` of its input)."""
 

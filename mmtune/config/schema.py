@@ -22,7 +22,7 @@ from mmtune.modalities import MODALITIES
 
 log = logging.getLogger("mmtune")
 
-TemplateName = Literal["auto", "alpaca", "vicuna_v1", "chatml", "llama2", "plain"]
+TemplateName = Literal["auto", "alpaca", "vicuna_v1", "chatml", "llama2", "plain", "instructblip"]
 FormatName = Literal["alpaca", "sharegpt", "vicuna", "openai", "oasst", "dolly", "llava", "self_correction"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -240,6 +240,9 @@ class TrainConfig(Strict):
     warmup_ratio: float = Field(default=0.03, ge=0, le=1)
     warmup_steps: int | None = None
     """Overrides ``warmup_ratio`` when set."""
+    warmup_start_ratio: float = Field(default=0.0, ge=0, le=1)
+    """Learning rate at step 0 as a fraction of ``lr``; warm-up rises linearly from it (InstructBLIP:
+    1e-8 / 1e-5 = 1e-3). 0 keeps the usual ``lr * (step + 1) / warmup``."""
     min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
     max_grad_norm: float | None = 1.0
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"

@@ -19,6 +19,8 @@ cannot be trained on faithfully and is rejected with a clear message.
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from dataclasses import dataclass
 
 from mmtune.data.formats import Conversation
@@ -83,6 +85,19 @@ BUILTIN_TEMPLATES: dict[str, str] = {
         "{%- else %}{{ m['content'] + eos_token }}{%- endif %}"
         "{%- endfor %}",
     ),
+    # InstructBLIP / BLIP-2 (LAVIS): the image first (its query tokens come before everything, BOS included),
+    # then the prompt as the LLM's tokenizer encodes it alone (with BOS when that tokenizer adds one, as LAVIS
+    # and transformers' InstructBlipProcessor call it), then answer + eos. System messages are not rendered.
+    "instructblip": _template(
+        "",
+        "{%- for m in loop_messages %}"
+        "{%- if m['role'] == 'user' %}"
+        "{{ '<image>' * m['content'].count('<image>') }}"
+        "{{ bos_token if (tokenizer_adds_bos and loop.first) else '' }}"
+        "{{ m['content'].replace('<image>', '') | trim }}"
+        "{%- else %}{{ m['content'] + eos_token }}{%- endif %}"
+        "{%- endfor %}",
+    ),
 }
 
 END_OF_TURN: dict[str, str] = {"chatml": "<|im_end|>"}
@@ -104,7 +119,26 @@ def install_template(tokenizer, name: str | None) -> None:
 
 
 def render(tokenizer, messages: Conversation, *, add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    """The conversation as text; templates may read ``tokenizer_adds_bos`` (does ``tokenizer(text)`` start
+    with BOS?) to write BOS where a model's own preprocessing would have it."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         tokenizer_adds_bos=tokenizer_adds_bos(tokenizer))
+
+
+_ADDS_BOS: "weakref.WeakKeyDictionary[object, bool]" = weakref.WeakKeyDictionary()
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """True when encoding text with special tokens puts BOS first (Llama), False otherwise (GPT-2, SmolLM2)."""
+    try:
+        return _ADDS_BOS[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    bos = tokenizer.bos_token_id
+    adds = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    with contextlib.suppress(TypeError):
+        _ADDS_BOS[tokenizer] = adds
+    return adds
 
 
 @dataclass(frozen=True)

@@ -122,8 +122,9 @@ class Modality(abc.ABC):
         """Decode the whole item (in DataLoader workers); a corrupt file raises :class:`MediaProblem`."""
 
     @abc.abstractmethod
-    def transform(self, branch: BranchConfig, encoder: Any) -> Callable[[Any], "torch.Tensor"]:
-        """Decoded item -> the tensor ``encoder`` takes, as configured by the branch section."""
+    def transform(self, branch: BranchConfig, encoder: Any, *, train: bool = False) -> Callable[[Any], "torch.Tensor"]:
+        """Decoded item -> the tensor ``encoder`` takes, as configured by the branch section; ``train``: with
+        the branch's training-time augmentation, if it has one (evaluation and chat never augment)."""
 
     def collate(self, tensors: Sequence["torch.Tensor"]) -> "torch.Tensor":
         """The items of one batch, in order, as one tensor (stacked: items of a modality share a shape)."""

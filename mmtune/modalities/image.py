@@ -21,6 +21,9 @@ IMAGE_PLACEHOLDER_ID = -200
 """LLaVA's ``IMAGE_TOKEN_INDEX``: never a real token id, so it cannot collide with a vocabulary."""
 
 ImagePreprocess = Literal["pad", "resize", "center_crop"]
+ImageAugment = Literal["none", "random_resized_crop_flip"]
+RANDOM_CROP_SCALE = (0.5, 1.0)
+"""LAVIS's ``blip_image_train`` (InstructBLIP, BLIP-2): crops of 50-100% of the area, bicubic, then a flip."""
 
 
 class ImageBranchConfig(BranchConfig):
@@ -29,6 +32,10 @@ class ImageBranchConfig(BranchConfig):
     image_preprocess: ImagePreprocess = "pad"
     """``pad``: expand to a square with the mean colour (LLaVA-1.5), ``resize``: stretch,
     ``center_crop``: shorter side to size, then crop the centre (CLIP)."""
+    train_augment: ImageAugment = "none"
+    """Training images only: ``random_resized_crop_flip`` is InstructBLIP's (a random crop of 50-100% of the
+    area resized to the encoder's size, then a horizontal flip with p = 0.5; it replaces ``image_preprocess``
+    while training). Flips swap left and right: not for data that asks about positions."""
 
 
 def check_image(path: Path) -> None:
@@ -66,13 +73,24 @@ class ImageTransform:
     std: tuple[float, float, float]
     mode: str
     """``pad``, ``resize`` or ``center_crop`` (``model.media.image.image_preprocess``)."""
+    augment: str = "none"
+    """``random_resized_crop_flip`` (training only; draws from the worker's torch RNG)."""
 
     def __call__(self, image) -> Any:
         import torch
         from PIL import Image
 
         image = image.convert("RGB")
-        if self.mode == "pad":
+        if self.augment == "random_resized_crop_flip":
+            from torchvision.transforms import RandomResizedCrop
+            from torchvision.transforms.functional import hflip, resized_crop
+
+            top, left, height, width = RandomResizedCrop.get_params(image, list(RANDOM_CROP_SCALE), [3 / 4, 4 / 3])
+            image = resized_crop(image, top, left, height, width, [self.size, self.size],
+                                 interpolation=Image.Resampling.BICUBIC)
+            if torch.rand(()) < 0.5:
+                image = hflip(image)
+        elif self.mode == "pad":
             image = expand_to_square(image, tuple(int(255 * m) for m in self.mean))  # as LLaVA: int(), not round()
             image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
         elif self.mode == "resize":
@@ -133,8 +151,9 @@ class ImageModality(Modality):
     def load(self, path: str | Path, options: dict[str, Any]):
         return load_rgb(path)
 
-    def transform(self, branch: ImageBranchConfig, encoder) -> ImageTransform:
-        return ImageTransform(encoder.image_size, encoder.image_mean, encoder.image_std, branch.image_preprocess)
+    def transform(self, branch: ImageBranchConfig, encoder, *, train: bool = False) -> ImageTransform:
+        return ImageTransform(encoder.image_size, encoder.image_mean, encoder.image_std, branch.image_preprocess,
+                              branch.train_augment if train else "none")
 
 
 IMAGE = ImageModality()

@@ -94,7 +94,8 @@ def train(recipe: Recipe) -> RunResult:
     optimizer = torch.optim.AdamW(task.param_groups, lr=tc.lr, betas=tc.betas, fused=True)  # CPU and CUDA kernels
     warmup = tc.warmup_steps if tc.warmup_steps is not None else int(round(tc.warmup_ratio * max_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(tc.scheduler, warmup=warmup, total=max_steps, min_ratio=tc.min_lr_ratio)
+        optimizer, lr_lambda(tc.scheduler, warmup=warmup, total=max_steps, min_ratio=tc.min_lr_ratio,
+                             start_ratio=tc.warmup_start_ratio)
     )
     fill_deepspeed_config(rt, tc)
     model, optimizer = rt.accelerator.prepare(objective, optimizer)

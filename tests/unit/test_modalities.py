@@ -44,7 +44,7 @@ class ToneModality(Modality):
     def load(self, path, options):
         return np.load(path)
 
-    def transform(self, branch: ToneBranchConfig, encoder):
+    def transform(self, branch: ToneBranchConfig, encoder, *, train=False):
         return FitLength(branch.samples)
 
 

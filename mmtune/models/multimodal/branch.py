@@ -46,6 +46,22 @@ class BranchPiece(nn.Module, abc.ABC):
     def forward(self, features: torch.Tensor) -> torch.Tensor: ...
 
 
+class LayerNormPiece(BranchPiece):
+    """A LayerNorm over the features: BLIP-2's ``ln_vision`` after a frozen EVA ViT-g (LAVIS trains it with the
+    Q-Former while the ViT stays frozen, so it is a piece with its own method, not part of the encoder)."""
+
+    def __init__(self, dim: int, num_tokens: int, eps: float = 1e-5):
+        super().__init__(dim, num_tokens)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.norm(features)
+
+
+PIECE_BUILDERS: dict[str, type[BranchPiece]] = {"layer_norm": LayerNormPiece}
+"""Built-in pieces by short name (``pieces: {ln_vision: {kind: layer_norm}}``); others by ``package.module:Class``."""
+
+
 class MediaBranch(nn.Module):
     def __init__(self, modality: Modality, config: BranchConfig, encoder: MediaEncoder,
                  pieces: dict[str, BranchPiece], connector: Connector):
@@ -61,18 +77,22 @@ class MediaBranch(nn.Module):
         self.num_tokens = connector.num_output_tokens(tokens)
         """LLM positions per item (fixed for image branches)."""
         self.transform = modality.transform(config, encoder)
+        self.train_transform = modality.transform(config, encoder, train=True)
+        """With the branch's training-time augmentation (the same as ``transform`` when it has none)."""
 
     def components(self) -> dict[str, nn.Module]:
         """What ``method.media.<modality>`` addresses: ``encoder``, ``connector`` and ``pieces.<name>``."""
         return {"encoder": self.encoder, **{f"pieces.{n}": p for n, p in self.pieces.items()},
                 "connector": self.connector}
 
-    def input_spec(self, llm_tokenizer=None) -> MediaInputSpec:
-        """What the data side needs; ``llm_tokenizer`` reads the instruction of a connector without its own."""
+    def input_spec(self, llm_tokenizer=None, *, train: bool = False) -> MediaInputSpec:
+        """What the data side needs; ``llm_tokenizer`` reads the instruction of a connector without its own;
+        ``train``: training batches (augmented, when the branch augments)."""
         text_tokenizer = None
         if self.connector.wants_text:
             text_tokenizer = self.connector.text_tokenizer or llm_tokenizer
-        return MediaInputSpec(self.modality, FixedTokens(self.num_tokens), self.transform, text_tokenizer,
+        transform = self.train_transform if train else self.transform
+        return MediaInputSpec(self.modality, FixedTokens(self.num_tokens), transform, text_tokenizer,
                               self.config.connector.max_text_tokens)
 
     @property

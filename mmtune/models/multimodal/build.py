@@ -27,7 +27,7 @@ from mmtune.config.media import BranchConfig, EncoderConfig
 from mmtune.errors import ConfigError, ModelError
 from mmtune.modalities import MODALITIES
 from mmtune.modalities.base import MediaInputSpec
-from mmtune.models.multimodal.branch import BranchPiece, MediaBranch
+from mmtune.models.multimodal.branch import PIECE_BUILDERS, BranchPiece, MediaBranch
 from mmtune.models.multimodal.connectors import build_connector
 from mmtune.models.multimodal.encoders import ENCODER_BUILDERS, MediaEncoder, build_encoder
 from mmtune.models.multimodal.model import MultimodalLM
@@ -51,7 +51,7 @@ def build_branch(name: str, cfg: BranchConfig, out_dim: int, *, encoder: MediaEn
                           "preprocessing reads (see its encoder contract)")
     pieces, dim, tokens = {}, encoder.hidden_size, encoder.num_tokens
     for piece_name, piece_cfg in cfg.pieces.items():
-        builder = import_object(piece_cfg.kind, f"{key}.pieces.{piece_name}.kind")
+        builder = PIECE_BUILDERS.get(piece_cfg.kind) or import_object(piece_cfg.kind, f"{key}.pieces.{piece_name}.kind")
         try:
             piece = builder(dim=dim, num_tokens=tokens, **piece_cfg.options)
         except (TypeError, ValueError) as exc:

@@ -13,8 +13,10 @@ connector also receives ``text_embeds`` ``[B, T, D_out]``: the LLM's input
 embeddings of those tokens.
 
 Built-ins: ``linear`` and LLaVA's ``mlp{N}x_gelu`` (Linear, then (GELU,
-Linear) N-1 times), and ``instruction_pool`` (attention pooling of the
-features, queried from the instruction).
+Linear) N-1 times); ``qformer``, BLIP-2 / InstructBLIP's Q-Former on
+transformers' ``InstructBlipQFormerModel`` (instruction-aware or not);
+``perceiver``, Flamingo's resampler; and ``instruction_pool`` (attention
+pooling of the features, queried from the instruction, in one layer).
 """
 
 from __future__ import annotations
@@ -27,8 +29,13 @@ import torch
 from torch import nn
 
 from mmtune.config.media import ConnectorConfig
-from mmtune.errors import ConfigError
+from mmtune.errors import ConfigError, ModelError
+from mmtune.models.multimodal.qformer_tokenizer import load_qformer_tokenizer
 from mmtune.utils.imports import import_object
+
+QFORMER_BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+                     "intermediate_size": 3072, "cross_attention_frequency": 2, "max_position_embeddings": 512}
+"""The published Q-Former: BERT-base with cross-attention every 2 layers (``qformer`` options override it)."""
 
 
 class Connector(nn.Module, abc.ABC):
@@ -103,6 +110,127 @@ class InstructionPooling(Connector):
         return self.out(pooled)
 
 
+class QFormerConnector(Connector):
+    """BLIP-2 / InstructBLIP's Q-Former as a connector, on transformers' own ``InstructBlipQFormerModel``.
+
+    What it computes (LAVIS ``blip2_vicuna_instruct.py``; transformers ``InstructBlipModel.forward``):
+
+    - ``num_query_tokens`` learned queries (32 in the papers, initialised N(0, 0.02) as LAVIS does);
+    - a BERT-style encoder over ``[queries; instruction tokens]``: the queries and the instruction share
+      self-attention, and every ``cross_attention_frequency``-th layer the queries (only they) cross-attend to
+      the image features;
+    - only the query outputs go through ``language_projection`` into the LLM: ``num_query_tokens`` embeddings per
+      image, at the image's place in the sequence.
+
+    ``instruction_aware: false`` is BLIP-2's Q-Former: the queries alone, no text (transformers'
+    ``InstructBlipQFormerModel`` with no ``input_ids`` computes what ``Blip2QFormerModel`` does; its unused word
+    and position embeddings and the text feed-forwards are dropped, so nothing trainable goes without a gradient).
+
+    The instruction reaches the Q-Former through its own BERT tokenizer (``tokenizer``: a hub name or directory,
+    ``bert-base-uncased`` as published), which the data pipeline applies in DataLoader workers. With no BERT
+    vocabulary offline, ``tokenizer: basic`` builds a small uncased WordPiece vocabulary in code (common English
+    words, every ASCII character and its ``##`` continuation): enough for tiny recipes and tests.
+
+    Parameter names follow transformers' InstructBLIP (``qformer.*``, ``query_tokens``,
+    ``language_projection.*``), so export to and import from ``InstructBlipForConditionalGeneration`` map the
+    connector's state dict without renaming.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, num_query_tokens: int = 32, instruction_aware: bool = True,
+                 tokenizer: str = "bert-base-uncased", qformer: dict[str, Any] | None = None):
+        """``qformer``: ``InstructBlipQFormerConfig`` keys over BERT-base (``hidden_size``,
+        ``num_hidden_layers``, ``num_attention_heads``, ``intermediate_size``, ``cross_attention_frequency``,
+        dropouts ...)."""
+        from transformers import InstructBlipQFormerConfig, InstructBlipQFormerModel
+
+        super().__init__(in_dim, out_dim)
+        if num_query_tokens < 1:
+            raise ValueError("num_query_tokens must be >= 1")
+        options = {**QFORMER_BERT_BASE, **(qformer or {})}
+        for fixed in ("encoder_hidden_size", "vocab_size"):
+            if fixed in options:
+                raise ValueError(f"qformer.{fixed} is set by mmtune (the encoder's width; the tokenizer's size)")
+        known = InstructBlipQFormerConfig().to_dict()
+        unknown = sorted(k for k in options if k not in known)
+        if unknown:  # transformers configs keep unknown keys silently; a typo would change nothing
+            raise ValueError(f"qformer: unknown key(s) {unknown} (InstructBlipQFormerConfig keys: "
+                             f"{', '.join(k for k in QFORMER_BERT_BASE)}, hidden_dropout_prob, ...)")
+        self.instruction_aware = instruction_aware
+        self.wants_text = instruction_aware
+        self.tokenizer_name = tokenizer if instruction_aware else None
+        self.text_tokenizer = load_qformer_tokenizer(tokenizer) if instruction_aware else None
+        vocab = len(self.text_tokenizer) if instruction_aware else 1
+        try:
+            config = InstructBlipQFormerConfig(**options, encoder_hidden_size=in_dim, vocab_size=vocab)
+        except TypeError as exc:
+            raise ValueError(f"qformer: {exc}") from None
+        if config.hidden_size % config.num_attention_heads:
+            raise ValueError(f"qformer.hidden_size {config.hidden_size} is not divisible by "
+                             f"num_attention_heads {config.num_attention_heads}")
+        self.qformer = InstructBlipQFormerModel(config)
+        if not instruction_aware:  # BLIP-2: no text, so nothing that only text passes through is kept
+            self.qformer.embeddings.word_embeddings = None
+            self.qformer.embeddings.position_embeddings = None
+            for layer in self.qformer.encoder.layer:
+                layer.intermediate = layer.output = None
+        self.query_tokens = nn.Parameter(torch.randn(1, num_query_tokens, config.hidden_size) * 0.02)
+        self.language_projection = nn.Linear(config.hidden_size, out_dim)
+
+    @property
+    def num_query_tokens(self) -> int:
+        return self.query_tokens.shape[1]
+
+    def num_output_tokens(self, num_input_tokens: int) -> int:
+        return self.num_query_tokens
+
+    def forward(self, features, text_ids=None, text_mask=None, text_embeds=None):
+        batch = features.shape[0]
+        queries = self.query_tokens.expand(batch, -1, -1).to(features.dtype)
+        feature_mask = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)
+        if self.instruction_aware:
+            if text_ids is None or text_mask is None:
+                raise ModelError("the instruction-aware Q-Former needs the instruction's tokens (text_ids, "
+                                 "text_mask); they come from the data pipeline or generation.prompts")
+            query_mask = torch.ones(queries.shape[:2], dtype=text_mask.dtype, device=text_mask.device)
+            out = self.qformer(input_ids=text_ids, attention_mask=torch.cat([query_mask, text_mask], dim=1),
+                               query_embeds=queries, encoder_hidden_states=features,
+                               encoder_attention_mask=feature_mask)
+        else:
+            out = self.qformer(input_ids=None, query_embeds=queries, encoder_hidden_states=features,
+                               encoder_attention_mask=feature_mask)
+        return self.language_projection(out.last_hidden_state[:, :self.num_query_tokens])
+
+
+class PerceiverResampler(Connector):
+    """Flamingo's Perceiver resampler (transformers' Idefics implementation), then a linear map into the LLM.
+
+    ``num_latents`` learned latents cross-attend, ``depth`` times, to the features concatenated with the
+    latents (Flamingo's form), each block followed by a feed-forward of 4x width: a fixed ``num_latents``
+    tokens per item whatever the number of features. Flamingo and Otter feed the latents to gated
+    cross-attention layers; here they are prefix embeddings, the same contract as the Q-Former's.
+    Defaults are OpenFlamingo's (depth 6, 8 heads of 64, 64 latents).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, depth: int = 6, heads: int = 8, dim_head: int = 64,
+                 num_latents: int = 64):
+        from transformers import IdeficsConfig
+        from transformers.models.idefics.perceiver import IdeficsPerceiverResampler
+
+        super().__init__(in_dim, out_dim)
+        if min(depth, heads, dim_head, num_latents) < 1:
+            raise ValueError("depth, heads, dim_head and num_latents must be >= 1")
+        config = IdeficsConfig(perceiver_config={"qk_layer_norms_perceiver": False},
+                               vision_config={"embed_dim": in_dim})
+        self.resampler = IdeficsPerceiverResampler(config, in_dim, depth, heads, dim_head, num_latents)
+        self.projection = nn.Linear(in_dim, out_dim)
+
+    def num_output_tokens(self, num_input_tokens: int) -> int:
+        return self.resampler.n_latents
+
+    def forward(self, features, text_ids=None, text_mask=None, text_embeds=None):
+        return self.projection(self.resampler(features))
+
+
 _MLP = re.compile(r"^mlp(\d+)x_gelu$")
 
 
@@ -117,6 +245,10 @@ def build_connector(cfg: ConnectorConfig, in_dim: int, out_dim: int, key: str) -
         builder = lambda in_dim, out_dim: MLPProjector(in_dim, out_dim, depth=depth)  # noqa: E731
     elif cfg.kind == "instruction_pool":
         builder = InstructionPooling
+    elif cfg.kind == "qformer":
+        builder = QFormerConnector
+    elif cfg.kind == "perceiver":
+        builder = PerceiverResampler
     else:
         builder = import_object(cfg.kind, f"{key}.kind")
     try:

@@ -37,8 +37,11 @@ log = logging.getLogger(__name__)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
-# Normalisation by transformers config type, for checkpoints saved without an image processor.
+# Normalisation by transformers config type, for checkpoints saved without an image processor
+# (BLIP-2 and InstructBLIP normalise with CLIP's statistics).
 HF_DEFAULT_STATS = {"clip_vision_model": (CLIP_MEAN, CLIP_STD), "siglip_vision_model": (HALF, HALF)}
+BLIP_VISION_TYPES = ("blip_2_vision_model", "instructblip_vision_model")
+"""transformers vision models whose ``post_layernorm`` is BLIP-2's ``ln_vision`` (applied by default)."""
 
 
 class MediaEncoder(nn.Module, abc.ABC):
@@ -128,10 +131,14 @@ class OpenClipEncoder(ImageEncoder):
 
 
 class HFVisionEncoder(ImageEncoder):
-    """A transformers vision model (``CLIPVisionModel``, ``SiglipVisionModel``) at one hidden layer."""
+    """A transformers vision model (CLIP, SigLIP, BLIP-2, InstructBLIP) at one hidden layer.
+
+    ``ln_vision``: the model's own ``post_layernorm`` is applied to the selected features (at layer -1 of a
+    BLIP-2 / InstructBLIP vision model this is exactly its ``last_hidden_state``).
+    """
 
     def __init__(self, model: nn.Module, *, select_layer: int, keep_cls: bool, image_mean, image_std,
-                 key: str = "encoder"):
+                 key: str = "encoder", ln_vision: bool = False):
         cfg = model.config
         patches = (cfg.image_size // cfg.patch_size) ** 2
         # transformers 5 puts the embeddings on the model, earlier versions under .vision_model.
@@ -147,10 +154,29 @@ class HFVisionEncoder(ImageEncoder):
         self.model = model
         self.select_layer = select_layer
         self.keep_cls = keep_cls
+        self.ln_vision = ln_vision
+        if ln_vision and _post_layernorm(model) is None:
+            raise ConfigError(f"{key}.ln_vision: {type(model).__name__} has no post_layernorm to apply")
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         hidden = self.model(pixel_values=pixel_values, output_hidden_states=True).hidden_states[self.select_layer]
-        return hidden if self.keep_cls else hidden[:, self.num_prefix:]
+        hidden = hidden if self.keep_cls else hidden[:, self.num_prefix:]
+        return _post_layernorm(self.model)(hidden) if self.ln_vision else hidden
+
+
+def _post_layernorm(model: nn.Module) -> nn.Module | None:
+    inner = model if hasattr(model, "post_layernorm") else getattr(model, "vision_model", None)
+    return getattr(inner, "post_layernorm", None)
+
+
+def hf_vision_class(model_type: str):
+    """The transformers class of a vision model type (BLIP-2's and InstructBLIP's are not in ``AutoModel``)."""
+    from transformers import AutoModel, Blip2VisionModel, InstructBlipVisionModel
+
+    special = {"blip_2_vision_model": Blip2VisionModel, "instructblip_vision_model": InstructBlipVisionModel}
+    if model_type in special:
+        return special[model_type]
+    return lambda config: AutoModel.from_config(config)
 
 
 # --------------------------------------------------------------------------- builders
@@ -158,6 +184,10 @@ class HFVisionEncoder(ImageEncoder):
 
 def build_open_clip(cfg: EncoderConfig, key: str) -> ImageEncoder:
     import open_clip
+
+    if cfg.ln_vision:
+        raise ConfigError(f"{key}.ln_vision: open_clip encoders have no norm of their own to apply; BLIP-2's "
+                          "ln_vision is the piece `pieces: {ln_vision: {kind: layer_norm}}`")
 
     keep_cls = cfg.select_feature == "cls_patch"
     if cfg.architecture is not None:
@@ -188,12 +218,20 @@ def build_hf(cfg: EncoderConfig, key: str) -> ImageEncoder:
         arch = dict(cfg.architecture)
         model_type = arch.pop("model_type", None)
         if model_type is None:
-            raise ConfigError(f"{key}.architecture: needs 'model_type' (clip_vision_model or siglip_vision_model)")
-        return hf_vision_encoder(AutoModel.from_config(AutoConfig.for_model(model_type, **arch)), cfg, key=key)
+            raise ConfigError(f"{key}.architecture: needs 'model_type' (clip_vision_model, siglip_vision_model, "
+                              "blip_2_vision_model or instructblip_vision_model)")
+        try:
+            config = AutoConfig.for_model(model_type, **arch)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.architecture: {str(exc).splitlines()[0]}") from None
+        return hf_vision_encoder(hf_vision_class(model_type)(config), cfg, key=key)
     try:
         config = AutoConfig.from_pretrained(cfg.name)
         vision_config = config.vision_config if hasattr(config, "vision_config") else config
-        model = AutoModel._model_mapping[type(vision_config)].from_pretrained(cfg.name)
+        if vision_config.model_type in BLIP_VISION_TYPES:
+            model = hf_vision_class(vision_config.model_type).from_pretrained(cfg.name)
+        else:
+            model = AutoModel._model_mapping[type(vision_config)].from_pretrained(cfg.name)
     except Exception as exc:
         raise ModelError(f"could not load vision encoder '{cfg.name}' through transformers: "
                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
@@ -211,15 +249,16 @@ def hf_vision_encoder(model: nn.Module, cfg: EncoderConfig, *, processor=None, k
     """
     if not any(hasattr(m, "patch_embedding") and hasattr(m, "num_positions") for m in model.modules()):
         raise ConfigError(f"{key}: {type(model).__name__} is not a ViT-style transformers vision "
-                          "model (CLIPVisionModel, SiglipVisionModel)")
+                          "model (CLIPVisionModel, SiglipVisionModel, Blip2VisionModel, InstructBlipVisionModel)")
     default_mean, default_std = HF_DEFAULT_STATS.get(model.config.model_type, (CLIP_MEAN, CLIP_STD))
     mean = cfg.image_mean or tuple(getattr(processor, "image_mean", None) or default_mean)
     std = cfg.image_std or tuple(getattr(processor, "image_std", None) or default_std)
     if cfg.image_size is not None and cfg.image_size != model.config.image_size:
         raise ConfigError(f"{key}.image_size: {cfg.image_size} differs from the model's "
                           f"{model.config.image_size}; transformers vision models keep their resolution")
+    ln_vision = cfg.ln_vision if cfg.ln_vision is not None else model.config.model_type in BLIP_VISION_TYPES
     return HFVisionEncoder(model, select_layer=cfg.select_layer, keep_cls=cfg.select_feature == "cls_patch",
-                           image_mean=mean, image_std=std, key=key)
+                           image_mean=mean, image_std=std, key=key, ln_vision=ln_vision)
 
 
 ENCODER_BUILDERS: dict[str, Callable[[EncoderConfig, str], MediaEncoder]] = {"open_clip": build_open_clip, "hf": build_hf}

@@ -39,9 +39,10 @@ class MultimodalLM(nn.Module):
     def generation_config(self):
         return self.language_model.generation_config
 
-    def media_specs(self, tokenizer=None) -> dict[str, MediaInputSpec]:
-        """What the data side needs per modality; ``tokenizer`` (the LLM's) reads instructions for connectors."""
-        return {name: branch.input_spec(tokenizer) for name, branch in self.branches.items()}
+    def media_specs(self, tokenizer=None, *, train: bool = False) -> dict[str, MediaInputSpec]:
+        """What the data side needs per modality; ``tokenizer`` (the LLM's) reads instructions for connectors;
+        ``train``: for training batches (with the branches' augmentation)."""
+        return {name: branch.input_spec(tokenizer, train=train) for name, branch in self.branches.items()}
 
     def input_embeddings(self, input_ids: torch.Tensor, media: dict[str, MediaInputs] | None = None) -> torch.Tensor:
         """Token embeddings with every modality's branch output spliced into its placeholder positions."""

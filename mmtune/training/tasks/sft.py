@@ -78,7 +78,8 @@ class SftTask:
         rows = make_rows(lengths, cfg.data.max_length, cfg.data.packing)
         val_rows = make_rows(data.val.lengths(), cfg.data.max_length, cfg.data.packing)
         block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
-        collate = Collator(data.train, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=media)
+        train_media = model.media_specs(tokenizer, train=True) if branches else {}
+        collate = Collator(data.train, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=train_media)
         val_collate = Collator(data.val, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=media)
         utilisation = packing_utilisation(rows, lengths, cfg.data.max_length) if cfg.data.packing else None
         log.info("train: %d samples in %d rows%s; val: %d samples", len(data.train), len(rows),
