@@ -8,12 +8,17 @@ role to the file's role name, so a dataset card adapts any file without code.
 
 Problems raise :class:`BadRow` with a reason (used as the skip counter's key)
 and the field; the reader adds file and row.
+
+The task formats ``vqa`` and ``caption`` (InstructBLIP's instruction data)
+also depend on the row's index and the dataset's draw options; their
+converters are in ``task_formats.py`` (their column defaults are here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from string import Formatter
 from typing import Any
 
 from mmtune.data.self_correction import self_correction_parts
@@ -22,7 +27,12 @@ from mmtune.modalities.image import IMAGE, IMAGE_TAG
 Message = dict[str, Any]
 """``role`` and ``content``; a user turn with media tags adds ``media``: one ``{"modality", "ref", "field"}``
 per tag, in the order of the tags (``ref`` as written in the row, ``field`` the column it came from). An
-assistant message may add partial-answer-masking ``parts`` (see self_correction.py)."""
+assistant message may add partial-answer-masking ``parts`` (see self_correction.py).
+
+The task formats (``vqa``, ``caption``) add what evaluation needs and chat templates ignore: on the user
+message ``template`` (the drawn template, ``"<index>: <text>"``); on the assistant message ``references``
+(list[str]: every annotator's answer, repeats kept, or every caption of the image) and, for multiple-choice
+rows, ``choices`` (list[str]) and ``correct_choice`` (int index into ``choices``, when the row gives it)."""
 Conversation = list[Message]
 CANONICAL_ROLES = ("system", "user", "assistant")
 
@@ -62,11 +72,28 @@ FORMAT_DEFAULTS: dict[str, FormatSpec] = {
          "revised_answer": "revised_answer", "system": "system"}
     ),
 }
+FORMAT_DEFAULTS["vqa"] = FormatSpec(  # defaults: LAVIS's one-file layout {question_id, question, answer, image}
+    {"image": "image", "question": "question", "answers": "answer", "choices": "choices",
+     "correct_choice": "correct_choice"}
+)
+FORMAT_DEFAULTS["caption"] = FormatSpec({"image": "image", "captions": "caption", "references": "references"})
 FORMAT_DEFAULTS["vicuna"] = FORMAT_DEFAULTS["sharegpt"]
 FORMAT_DEFAULTS["llava"] = FormatSpec(
     {"id": "id", "image": "image", "messages": "conversations", "role": "from", "content": "value", "system": "system"},
     FORMAT_DEFAULTS["sharegpt"].roles,
 )
+
+
+def pattern_fields(pattern: str) -> list[str]:
+    """The row fields an image pattern such as ``train2017/{image_id:012d}.jpg`` reads (ValueError if malformed)."""
+    try:
+        parsed = list(Formatter().parse(pattern))
+    except ValueError as exc:
+        raise ValueError(f"column 'image': malformed pattern {pattern!r} ({exc})") from None
+    names = [name for _, name, _, _ in parsed if name is not None]
+    if not names or not all(names):
+        raise ValueError(f"column 'image': pattern {pattern!r} must name the row's fields, e.g. {{image_id}}")
+    return [name.split(".")[0].split("[")[0] for name in names]
 
 
 @dataclass
@@ -85,6 +112,8 @@ class Mapping:
         bad_roles = set(roles) - set(CANONICAL_ROLES)
         if bad_roles:
             raise ValueError(f"unknown role key(s) {sorted(bad_roles)}; valid: {list(CANONICAL_ROLES)}")
+        if "image" in columns and "{" in columns["image"]:
+            pattern_fields(columns["image"])
         return cls({**base.columns, **columns}, {**base.roles, **roles})
 
     def role_lookup(self) -> dict[str, str]:

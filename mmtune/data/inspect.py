@@ -1,10 +1,11 @@
 """``mmtune data inspect``: see exactly what the model will be trained on.
 
 Renders a few tokenized samples with the trained spans marked (media
-positions as ``<image x16>``), and prints token-length statistics, truncation
-and skip counts, and packing utilisation. A command above the data pipeline:
-it asks the recipe's media branches for their token counts (without loading
-the LLM).
+positions as ``<image x16>``) and what the sample's metadata records (the
+erased system prompt, the drawn instruction template), and prints token-length
+statistics, truncation and skip counts, and packing utilisation. A command
+above the data pipeline: it asks the recipe's media branches for their token
+counts (without loading the LLM).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 
 from mmtune.config.schema import SftRecipe
 from mmtune.data.erasure import ERASED_KEY
+from mmtune.data.instruction_templates import TEMPLATE_KEY
 from mmtune.data.packing import make_rows, packing_utilisation
 from mmtune.data.pipeline import build_conversation_data, format_reports
 from mmtune.data.templates import install_template
@@ -55,7 +57,10 @@ def inspect_data(recipe: SftRecipe, *, samples: int = 3, color: bool = False) ->
     for k in range(min(samples, len(data.train))):
         ids, trained = data.train[k]
         lines.append(f"== sample {k} ({len(ids)} tokens, {int(trained.sum())} trained, marked {legend})")
-        erased = data.train.meta(k).get(ERASED_KEY)
+        meta = data.train.meta(k)
+        if TEMPLATE_KEY in meta:
+            lines.append(f"-- instruction template {meta[TEMPLATE_KEY]}")
+        erased = meta.get(ERASED_KEY)
         if erased is not None:
             lines.append(f"-- erased system prompt (generated with, not trained on): {erased}")
             lines.append("-- trained on (system prompt as rendered below):")

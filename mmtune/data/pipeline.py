@@ -13,6 +13,12 @@ Samples of any modality carry an ordered list of media items. Each item's
 file is resolved inside the dataset's media folder and its header checked once
 here; it is decoded lazily when batches are built. With a multimodal model,
 every media tag expands to its branch's number of tokens for that item.
+
+Task formats (``vqa``, ``caption``) draw a template (and an answer or
+caption) per row, seeded by the dataset's ``draw_seed`` (default: the
+recipe's seed) and the row's index; the drawn template is kept as the
+sample's metadata. Datasets marked ``held_out`` are for zero-shot
+evaluation and are refused here.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +44,10 @@ from mmtune.data.formats import (
     oasst_nested_tree,
     oasst_threads,
 )
+from mmtune.data.instruction_templates import INSTRUCTION_FORMATS, template_meta
 from mmtune.data.media import media_items_of, media_slots, media_tags
-from mmtune.data.sources import MalformedRow, ResolvedSource, iter_rows, resolve_source
+from mmtune.data.sources import MalformedRow, ResolvedSource, iter_rows, resolve_source, resolve_templates
+from mmtune.data.task_formats import INSTRUCTION_CONVERTERS, InstructionOptions, captions_by_image
 from mmtune.data.templates import split_segments
 from mmtune.data.tokenize import boundary_mismatches, encode_segments
 from mmtune.errors import ConfigError, DataError
@@ -146,7 +154,11 @@ class ConversationData:
 
 
 def conversations_of(src: ResolvedSource, report: SourceReport, on_bad: str):
-    """Yield ``(location, conversation)`` for every usable sample of ``src``."""
+    """Yield ``(location, conversation)`` for every usable sample of ``src``.
+
+    Evaluation reads a card's conversations through here too (``evaluation.load_eval_data``), so a task
+    format's conversations carry their ``references`` (and ``choices``) there as in training.
+    """
     settings = src.settings
     try:
         mapping = Mapping.for_format(src.format, settings.columns, settings.roles)
@@ -158,13 +170,22 @@ def conversations_of(src: ResolvedSource, report: SourceReport, on_bad: str):
             raise DataError(f"{where}: {detail}", reason=reason)
         report.skip(reason, where)
 
-    def good_rows():
-        for where, row in iter_rows(src):
+    def indexed_rows():
+        """``(index in the file, location, row)`` of every readable row; malformed rows are reported."""
+        for index, (where, row) in enumerate(iter_rows(src)):
             report.rows += 1
             if isinstance(row, MalformedRow):
                 bad(where, row.reason, row.detail)
                 continue
+            yield index, where, row
+
+    def good_rows():
+        for _, where, row in indexed_rows():
             yield where, row
+
+    if src.format in INSTRUCTION_FORMATS:
+        yield from _instruction_conversations(src, mapping, indexed_rows(), bad)
+        return
 
     if src.format == "oasst":
         rows = list(good_rows())
@@ -191,6 +212,30 @@ def conversations_of(src: ResolvedSource, report: SourceReport, on_bad: str):
     for where, row in good_rows():
         try:
             convs = convert(row, mapping)
+        except BadRow as exc:
+            bad(where, exc.reason, f"field '{exc.field_name}': {exc.detail}")
+            continue
+        for conv in convs:
+            yield where, conv
+
+
+def _instruction_conversations(src: ResolvedSource, mapping: Mapping, rows, bad):
+    """A task format's samples from ``(index, location, row)``; each row's draws are seeded by its index in
+    the file, so skipping a bad row changes no other sample."""
+    settings = src.settings
+    templates = settings.templates
+    if not isinstance(templates, list):  # a source built without resolve_source
+        templates = resolve_templates(templates, src.format, Path.cwd(), src.name)
+    references: dict[str, list[str]] = {}
+    if src.format == "caption":
+        rows = list(rows)  # a first pass gathers every caption of each image (one-caption-per-row layouts)
+        references = captions_by_image(((where, row) for _, where, row in rows), mapping)
+    seed = settings.draw_seed if settings.draw_seed is not None else 0
+    opts = InstructionOptions(templates, settings.answer_selection, settings.caption_samples, seed, references)
+    convert = INSTRUCTION_CONVERTERS[src.format]
+    for index, where, row in rows:
+        try:
+            convs = convert(row, mapping, opts, index)
         except BadRow as exc:
             bad(where, exc.reason, f"field '{exc.field_name}': {exc.detail}")
             continue
@@ -256,10 +301,11 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig,
 
     with tqdm(desc=f"tokenizing {src.name}", unit=" samples", leave=False, mininterval=1.0, disable=None) as bar:
         for where, conv in conversations_of(src, report, cfg.on_bad_sample):
-            meta: dict[str, str] = {}
+            meta: dict[str, str] = template_meta(conv)
             if src.settings.prompt_erasure is not None:
-                conv, meta = erase_system_prompt(conv, src.settings.prompt_erasure)
-                report.erased += bool(meta)
+                conv, erased = erase_system_prompt(conv, src.settings.prompt_erasure)
+                report.erased += bool(erased)
+                meta.update(erased)
             try:
                 has_media = any(msg.get("media") for msg in conv)
                 items = media_items_of(conv, media, root=src.media_root() if has_media else None, where=where,
@@ -343,7 +389,7 @@ def load_or_tokenize(tokenizer, src: ResolvedSource, cfg: DataConfig, tok_fp: st
     if not cfg.cache:
         return tokenize_source(tokenizer, src, cfg, media)
     if src.path is not None and not src.path.is_file():
-        raise DataError(f"{src.path}: data file not found (dataset '{src.name}')", reason="missing file")
+        raise src.missing_file()
     folder = data_cache_dir(cfg) / cache_key(src, tok_fp, cfg, media)
     if (folder / "report.json").is_file():
         report = SourceReport(**json.loads((folder / "report.json").read_text()))
@@ -402,6 +448,17 @@ def _draw(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray:
     return np.concatenate(reps)[:count]
 
 
+def training_source(src: ResolvedSource, seed: int) -> ResolvedSource:
+    """``src`` as training reads it: a held-out dataset is refused; a task format without its own
+    ``draw_seed`` draws with the recipe's ``seed`` (which thereby enters the tokenized-cache key)."""
+    if src.settings.held_out:
+        raise ConfigError(f"dataset '{src.name}' is marked held_out; it is for zero-shot evaluation "
+                          f"(mmtune eval --data {src.name}), not training")
+    if src.format in INSTRUCTION_FORMATS and src.settings.draw_seed is None:
+        return replace(src, settings=src.settings.model_copy(update={"draw_seed": seed}))
+    return src
+
+
 def build_conversation_data(tokenizer, cfg: DataConfig, *, seed: int,
                             media: dict[str, MediaInputSpec] | None = None) -> ConversationData:
     """Tokenized, mixed and split conversations, text-only or with media.
@@ -411,7 +468,7 @@ def build_conversation_data(tokenizer, cfg: DataConfig, *, seed: int,
     """
     if not cfg.datasets:
         raise ConfigError("data.datasets: no dataset given")
-    resolved = [resolve_source(spec) for spec in cfg.datasets]
+    resolved = [training_source(resolve_source(spec), seed) for spec in cfg.datasets]
     tok_fp = tokenizer_fingerprint(tokenizer)
     sources = [load_or_tokenize(tokenizer, src, cfg, tok_fp, media) for src in resolved]
     rng = np.random.default_rng(seed)

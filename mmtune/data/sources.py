@@ -4,6 +4,11 @@ Local files are read here (not through ``datasets``) so that every row keeps
 its location: a malformed line is reported as ``file:line``; rows of JSON
 arrays, Parquet files and hub datasets are numbered from 1 as well. Hub datasets go
 through ``datasets.load_dataset`` and are addressed by row index.
+
+A JSON file may hold its rows as a list, as the one list inside an object
+(``{"info": ..., "questions": [...]}``, as VQAv2, TextVQA and TextCaps ship),
+or as an object of row objects keyed by id (GQA's question files), so real
+layouts need no conversion script.
 """
 
 from __future__ import annotations
@@ -17,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from mmtune.config.loader import load_card
-from mmtune.config.schema import DataSource, DatasetSpec
+from mmtune.config.schema import DatasetSpec, DataSource
+from mmtune.data.instruction_templates import (
+    DEFAULT_TEMPLATE_SETS,
+    INSTRUCTION_FORMATS,
+    check_templates,
+    load_template_set,
+)
 from mmtune.errors import ConfigError, DataError
 
 SUPPORTED_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -37,6 +48,8 @@ class ResolvedSource:
     settings: DataSource
     weight: float = 1.0
     max_samples: int | None = None
+    card: Path | None = None
+    """The card file the dataset came from (None: given inline)."""
 
     @property
     def path(self) -> Path | None:
@@ -53,6 +66,12 @@ class ResolvedSource:
         if self.path is not None:
             return self.path.parent
         raise ConfigError(f"dataset '{self.name}': a hub dataset with media needs 'media_folder'")
+
+    def missing_file(self) -> DataError:
+        """The one line for a data file that is not there, naming the card that points at it."""
+        origin = f"dataset card '{self.name}' at {self.card}; its 'path' is relative to the card" if self.card \
+            else f"dataset '{self.name}'"
+        return DataError(f"{self.path}: data file not found ({origin})", reason="missing file")
 
     def fingerprint(self) -> str:
         """Content hash of the data (file bytes, or hub name + split)."""
@@ -88,6 +107,33 @@ def find_card(name: str) -> Path:
     raise ConfigError(f"data.datasets: no dataset card named '{name}' (looked for {', '.join(tried)})")
 
 
+def find_template_set(ref: str, base: Path) -> Path:
+    """A template set by file path (relative to ``base``) or by name in ``templates/`` of the card folders."""
+    if ref.endswith((".yaml", ".yml")) or "/" in ref:
+        path = Path(_absolute(ref, base))
+        if path.is_file():
+            return path
+        raise ConfigError(f"templates: template set file '{path}' not found")
+    tried = [d / "templates" / f"{ref}.yaml" for d in card_search_dirs()]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"templates: no template set named '{ref}' (looked for {', '.join(map(str, tried))})")
+
+
+def resolve_templates(value: str | list[str] | None, fmt: str, base: Path, dataset: str) -> list[str] | None:
+    """A task format's templates as a list (named set, file or list; default: the format's set); None for
+    other formats, which take none."""
+    if fmt not in INSTRUCTION_FORMATS:
+        if value is not None:
+            raise ConfigError(f"dataset '{dataset}': 'templates' applies to the formats "
+                              f"{', '.join(INSTRUCTION_FORMATS)}, not '{fmt}'")
+        return None
+    if isinstance(value, list):
+        return check_templates(value, fmt, f"dataset '{dataset}': templates")
+    return load_template_set(find_template_set(value or DEFAULT_TEMPLATE_SETS[fmt], base), fmt)
+
+
 def _absolute(path: str | None, base: Path) -> str | None:
     """``path`` relative to ``base``, made absolute (``..`` folded, symlinks kept as written)."""
     return None if path is None else os.path.abspath(base / Path(path).expanduser())
@@ -102,7 +148,9 @@ def resolve_source(spec: DatasetSpec) -> ResolvedSource:
         settings = spec.model_dump(include=_SOURCE_KEYS)
         settings["path"] = _absolute(spec.path, Path.cwd())
         settings["media_folder"] = _absolute(spec.media_folder, Path.cwd())
-        return ResolvedSource(str(spec.path or spec.hub), DataSource(**settings), spec.weight, spec.max_samples)
+        name = str(spec.path or spec.hub)
+        settings["templates"] = resolve_templates(spec.templates, settings["format"], Path.cwd(), name)
+        return ResolvedSource(name, DataSource(**settings), spec.weight, spec.max_samples)
     card_path = find_card(spec.card)
     card = load_card(card_path)
     settings = card.model_dump(include=_SOURCE_KEYS)
@@ -113,7 +161,9 @@ def resolve_source(spec: DatasetSpec) -> ResolvedSource:
     settings.update(own)
     settings["columns"] = {**card.columns, **spec.columns}
     settings["roles"] = {**card.roles, **spec.roles}
-    return ResolvedSource(card_path.stem, DataSource(**settings), spec.weight, spec.max_samples)
+    settings["templates"] = resolve_templates(settings["templates"], settings["format"],
+                                              Path.cwd() if "templates" in own else card_path.parent, card_path.stem)
+    return ResolvedSource(card_path.stem, DataSource(**settings), spec.weight, spec.max_samples, card_path)
 
 
 class MalformedRow(Exception):
@@ -134,7 +184,7 @@ def iter_rows(src: ResolvedSource) -> Iterator[tuple[str, dict[str, Any] | Malfo
     path = src.path
     assert path is not None
     if not path.is_file():
-        raise DataError(f"{path}: data file not found (dataset '{src.name}')", reason="missing file")
+        raise src.missing_file()
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         yield from _iter_jsonl(path)
@@ -181,8 +231,18 @@ def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedRow]
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})", reason="malformed JSON") from None
-    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
-        data = next(iter(data.values()))  # {"data": [...]} style wrappers
+    if isinstance(data, dict):
+        lists = [key for key, value in data.items() if isinstance(value, list)]
+        if len(lists) == 1:  # {"info": ..., "data": [...]} style wrappers
+            data = data[lists[0]]
+        elif data and not lists and all(isinstance(v, dict) for v in data.values()):  # rows keyed by id
+            for key, row in data.items():
+                yield f"{path}: key '{key}'", row
+            return
+        else:
+            found = f"lists under {lists}" if lists else "no list and not only objects"
+            raise DataError(f"{path}: expected a JSON list of objects, or an object holding one such list or "
+                            f"objects keyed by id; got an object with {found}", reason="malformed JSON")
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}", reason="malformed JSON")
     for i, row in enumerate(data, start=1):

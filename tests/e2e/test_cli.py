@@ -96,3 +96,13 @@ def test_unknown_command_line_key_is_one_clear_line(tiny_recipe, tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "unknown key 'train.lr_rate'" in proc.stderr and "train.lr" in proc.stderr
+
+
+def test_the_published_instructblip_recipe_without_weights_names_what_it_tried_to_load(tmp_path):
+    """configs/instructblip_vicuna7b.yaml validates, and on a machine without Vicuna stops in one line."""
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "instructblip_vicuna7b.yaml"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([*mmtune_cmd(), "train", str(recipe), f"output_dir={tmp_path / 'run'}"], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "lmsys/vicuna-7b-v1.1" in proc.stderr.strip().splitlines()[-1]
