@@ -37,10 +37,12 @@ class _Defaults(dict):
         import inspect
         from types import SimpleNamespace
 
-        from mmtune import datagen
+        from mmtune import datagen, evaluation
         from mmtune.data.inspect import inspect_data
         from mmtune.datagen.self_correction import QuestionFields, build_self_correction
+        from mmtune.datagen.synth import build_shapes, build_shapes_pick, generate_synth
         from mmtune.evaluation import evaluate
+        from mmtune.generation.options import GenerationOptions
         from mmtune.generation.proxy import ProxyTuned
 
         def signature(fn):
@@ -49,7 +51,10 @@ class _Defaults(dict):
         owners = {"SelfInstructOptions": datagen.SelfInstructOptions(), "EvolInstructOptions": datagen.EvolInstructOptions(),
                   "QuestionFields": QuestionFields(), "build_self_correction": signature(build_self_correction),
                   "evaluate": signature(evaluate), "inspect_data": signature(inspect_data),
-                  "load_sampler": signature(datagen.load_sampler), "ProxyTuned": ProxyTuned}
+                  "load_sampler": signature(datagen.load_sampler), "ProxyTuned": ProxyTuned,
+                  "evaluation": evaluation, "GenerationOptions": GenerationOptions()}
+        owners.update({"generate_synth": signature(generate_synth), "build_shapes": signature(build_shapes),
+                       "build_shapes_pick": signature(build_shapes_pick)})
         self.update(owners)
         return owners[owner]
 
@@ -88,13 +93,31 @@ def _parser() -> argparse.ArgumentParser:
     add_generation_flags(g)
     add_proxy_flags(g)
 
-    v = sub.add_parser("eval", help="exact match / numeric accuracy / loss on held-out data, as a JSON report")
+    v = sub.add_parser(
+        "eval", help="exact match / numeric accuracy / loss, or VQA accuracy / multiple choice / CIDEr, on held-out "
+                     "data, as a JSON report",
+        description="Answers each conversation's last user turn and judges the answers. Decoding is greedy (or "
+                    "sampled with --temperature); LAVIS evaluates InstructBLIP with beam search (5 beams), which "
+                    "mmtune does not do, so its figures can differ slightly from published ones.")
     v.add_argument("model", metavar="RUN_OR_MODEL", help="run directory, model directory, hub name or alias")
     v.add_argument("--data", required=True, help="data file in any training format, or a dataset card name")
     v.add_argument("--format", default=SUPPRESS, choices=["auto", *get_args(FormatName)],
                    help="data format (default: auto, detected from the first row)")
-    v.add_argument("--metric", action="append", default=SUPPRESS, choices=["exact", "numeric", "loss"],
-                   help="repeatable; default: all three")
+    v.add_argument("--metric", action="append", default=SUPPRESS,
+                   choices=["exact", "numeric", "loss", "vqa", "choice", "cider"],
+                   help="repeatable; default: exact, numeric and loss. vqa: VQAv2 accuracy against the row's "
+                        "'references' (all human answers); choice: multiple-choice accuracy over the row's "
+                        "'choices' (by letter or text); cider: CIDEr-D of a caption against the row's "
+                        "'references' (else its gold answer)")
+    v.add_argument("--prompt", default=SUPPRESS, metavar="TEMPLATE",
+                   help="rewrite the last user turn: '{{}}' stands for its text, e.g. 'Question: {{}} Short answer:' "
+                        "(LAVIS's VQA prompt); without '{{}}' the template replaces it (e.g. 'A short image "
+                        "caption.'); media stay. Default: the data's own prompt")
+    v.add_argument("--group-by", default=SUPPRESS, metavar="KEY",
+                   help="also report every figure per value of this row key (e.g. question_type)")
+    v.add_argument("--on-bad-sample", choices=["error", "skip"], default=SUPPRESS,
+                   help="a row that is malformed or lacks what a metric needs (references, choices): stop with one "
+                        "line naming it (error, the default) or leave it out and count it (skip)")
     v.add_argument("--out", help="write the JSON report here (default: print it)")
     v.add_argument("--max-samples", type=int, default=SUPPRESS, help="evaluate only the first N conversations")
     v.add_argument("--max-length", type=int, default=SUPPRESS,
@@ -105,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="numeric tolerance, relative to the gold's size (default {evaluate.tolerance})")
     v.add_argument("--no-records", action="store_true", help="leave per-sample records out of the report")
     add_generation_flags(v)
+    _action(v, "max_new_tokens").help = (
+        "most tokens generated per answer (default: {evaluation.SHORT_ANSWER_MAX_NEW_TOKENS} with vqa or choice, "
+        "LAVIS's InstructBLIP VQA max_len; {evaluation.CAPTION_MAX_NEW_TOKENS} with cider, its caption max_len; "
+        "else {GenerationOptions.max_new_tokens})")
     add_proxy_flags(v)
 
     e = sub.add_parser("export", help="merge adapters and write a standard Hugging Face model directory")
@@ -114,7 +141,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="an export format of mmtune.interop.EXPORTERS; default: the model family's own "
                         "(hf: a transformers causal LM for text models; hf-llava: a LlavaForConditionalGeneration "
                         "with processor and tokenizer for image models with an hf CLIP/SigLIP encoder and an "
-                        "mlp2x_gelu connector)")
+                        "mlp2x_gelu connector; hf-instructblip / hf-blip2: an InstructBlipForConditionalGeneration "
+                        "/ Blip2ForConditionalGeneration for image models with an hf InstructBLIP/BLIP-2 vision "
+                        "model and a qformer connector, instruction-aware or not)")
 
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -125,7 +154,13 @@ def _parser() -> argparse.ArgumentParser:
     di.add_argument("--samples", type=int, default=SUPPRESS, help="samples shown (default {inspect_data.samples})")
     _add_generate_parser(dsub)
     _add_selfcorrect_parser(dsub)
+    _add_synth_parser(dsub)
     return p
+
+
+def _action(parser: argparse.ArgumentParser, dest: str) -> argparse.Action:
+    """The parser's action for ``dest`` (to adjust a shared flag's help for one command)."""
+    return next(a for a in parser._actions if a.dest == dest)
 
 
 def _with_formatter(add_parser):
@@ -201,6 +236,44 @@ def _add_selfcorrect_parser(dsub) -> None:
                    help="worked-solution column used as the revised answer (default: the gold)")
 
 
+def _add_synth_parser(dsub) -> None:
+    s = dsub.add_parser(
+        "synth", help="write a synthetic visual-question set (train + held-out, LLaVA format) a model learns on a CPU",
+        description="Seeded synthetic media with one-word questions, in LLaVA format: OUT/train.json and "
+                    "OUT/heldout.json (held-out media never appear in train), a dataset card per split "
+                    "(OUT/train.yaml, OUT/heldout.yaml), OUT/synth.json (counts, answer distributions, chance per "
+                    "question type) and OUT/README.md (the data card). --blank DIR also writes the control: the "
+                    "same rows with every image blank (uniform grey). Tasks: shapes (colour / shape / count / "
+                    "position questions about 1-3 coloured shapes), shapes-pick (the question picks one of several "
+                    "objects: the answer depends on the question).", argument_default=SUPPRESS)
+    s.add_argument("task", help="shapes or shapes-pick (mmtune.datagen.synth.SYNTH_TASKS)")
+    s.add_argument("--out", required=True, dest="out_dir", metavar="DIR", help="output folder (new or empty)")
+    s.add_argument("--train", type=int, metavar="N", help="train images (default {generate_synth.train})")
+    s.add_argument("--heldout", type=int, metavar="N", help="held-out images (default {generate_synth.heldout})")
+    s.add_argument("--seed", type=int, metavar="S", help="same seed, same files (default {generate_synth.seed})")
+    s.add_argument("--questions-per-item", type=int, metavar="Q",
+                   help="questions (rows) per image, question types taking turns "
+                        "(default {generate_synth.questions_per_item})")
+    s.add_argument("--question-types", metavar="LIST",
+                   help="comma list; default: all of the task's (shapes: color,shape,count,position; "
+                        "shapes-pick: color,shape)")
+    s.add_argument("--image-size", type=int, metavar="PX", help="image side in px (default {build_shapes.image_size})")
+    s.add_argument("--grid", type=int, help="objects sit in distinct cells of a GRID x GRID grid, 2 or 3 "
+                                            "(default {build_shapes.grid})")
+    s.add_argument("--objects", metavar="K|MIN-MAX",
+                   help="objects per image, K or MIN-MAX (default: shapes {build_shapes.objects}, "
+                        "shapes-pick {build_shapes_pick.objects})")
+    s.add_argument("--colors", metavar="LIST",
+                   help="comma list of red, green, blue, yellow, purple, orange, white, black "
+                        "(default {build_shapes.colors})")
+    s.add_argument("--shapes", metavar="LIST",
+                   help="comma list of circle, square, triangle, cross, diamond (default: shapes "
+                        "{build_shapes.shapes}; shapes-pick {build_shapes_pick.shapes})")
+    s.add_argument("--blank", metavar="DIR",
+                   help="also write the media-blanked control (the same JSON, every image uniform grey) into DIR")
+    s.add_argument("--overwrite", action="store_true", help="replace an earlier synth output in --out / --blank")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -243,6 +316,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "data" and args.data_command == "generate":
         return _generate(args)
+    if args.command == "data" and args.data_command == "synth":
+        return _synth(args)
     if args.command == "data" and args.data_command == "selfcorrect":
         from mmtune.datagen.self_correction import QuestionFields, build_self_correction
 
@@ -266,6 +341,23 @@ def _export(args: argparse.Namespace) -> int:
     model, tokenizer = load_for_inference(args.run_dir, merge=True)
     out = EXPORTERS[fmt or default_format(model)](model, tokenizer, args.out_dir)
     print(f"exported to {out}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from mmtune.datagen.synth import generate_synth
+
+    options = given(args, "train", "heldout", "seed", "questions_per_item", "question_types", "blank", "overwrite",
+                    "image_size", "grid", "objects", "colors", "shapes")
+    summary = generate_synth(args.task, args.out_dir, **options)
+    held, train = summary["splits"]["heldout"], summary["splits"]["train"]
+    chance = ", ".join(f"{t} {c:.2f}" for t, c in summary["chance"].items())
+    print(f"{args.task}: {train['items']} train / {held['items']} held-out images "
+          f"({train['rows']} / {held['rows']} questions) in {args.out_dir}")
+    print(f"  held-out chance (majority answer): {chance}; question-only baseline "
+          f"{summary['question_only']['overall']:.2f}")
+    if "blank" in options:
+        print(f"  media-blanked control: {options['blank']}")
     return 0
 
 

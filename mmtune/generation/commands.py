@@ -73,17 +73,25 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from mmtune.evaluation import evaluate, load_eval_data
+    from mmtune.evaluation import (
+        DEFAULT_METRICS, check_metrics, check_prompt, default_max_new_tokens, evaluate, load_eval_data, sample_targets,
+    )
 
     _check_batch_size(args)
-    data = load_eval_data(args.data, **given(args, "max_samples"),
+    metrics = check_metrics(getattr(args, "metric", DEFAULT_METRICS))
+    check_prompt(getattr(args, "prompt", None))
+    data = load_eval_data(args.data, **given(args, "max_samples", "on_bad_sample"),
                           **({"data_format": args.format} if hasattr(args, "format") else {}))
-    model, tokenizer = load_model_or_proxy(args, args.model)  # after the data: bad data fails before loading models
+    # what the metrics need of each row (references, choices) is checked before any model is loaded
+    sample_targets(data, metrics, **given(args, "group_by", "on_bad_sample"))
+    model, tokenizer = load_model_or_proxy(args, args.model)
+    opts = generation_options(args)
+    if not hasattr(args, "max_new_tokens"):
+        opts.max_new_tokens = default_max_new_tokens(metrics)
     report = evaluate(
-        model, tokenizer, data, opts=generation_options(args), records=not args.no_records,
+        model, tokenizer, data, metrics, opts=opts, records=not args.no_records,
         model_name=_describe(args, args.model, model),
-        **({"metrics": args.metric} if hasattr(args, "metric") else {}),
-        **given(args, "batch_size", "max_length", "number", "tolerance"),
+        **given(args, "batch_size", "max_length", "number", "tolerance", "prompt", "group_by", "on_bad_sample"),
     )
     if args.out:
         report.write(args.out)
