@@ -19,8 +19,6 @@ cannot be trained on faithfully and is rejected with a clear message.
 
 from __future__ import annotations
 
-import contextlib
-import weakref
 from dataclasses import dataclass
 
 from mmtune.data.formats import Conversation
@@ -125,20 +123,12 @@ def render(tokenizer, messages: Conversation, *, add_generation_prompt: bool) ->
                                          tokenizer_adds_bos=tokenizer_adds_bos(tokenizer))
 
 
-_ADDS_BOS: "weakref.WeakKeyDictionary[object, bool]" = weakref.WeakKeyDictionary()
-
-
 def tokenizer_adds_bos(tokenizer) -> bool:
-    """True when encoding text with special tokens puts BOS first (Llama), False otherwise (GPT-2, SmolLM2)."""
-    try:
-        return _ADDS_BOS[tokenizer]
-    except (KeyError, TypeError):
-        pass
+    """True when encoding text with special tokens puts BOS first (Llama), False otherwise (GPT-2, SmolLM2).
+
+    Asked of the tokenizer each time (one tiny encode): its settings can change after loading."""
     bos = tokenizer.bos_token_id
-    adds = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
-    with contextlib.suppress(TypeError):
-        _ADDS_BOS[tokenizer] = adds
-    return adds
+    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmtune.data.templates import Segment
+from mmtune.data.templates import Segment, render
 from mmtune.errors import DataError
 
 
@@ -137,7 +137,7 @@ def boundary_mismatches(tokenizer, conversation, encoded: Encoded) -> list[int]:
     for turn in turns:
         # A prefix test, not "everything before the first trained token": with partial answer
         # masking an untrained part of the answer follows the prompt.
-        prompt = tokenizer.apply_chat_template(conversation[:turn], add_generation_prompt=True, tokenize=False)
+        prompt = render(tokenizer, conversation[:turn], add_generation_prompt=True)
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if prompt_ids != encoded.input_ids[: len(prompt_ids)].tolist():
             bad.append(turn)

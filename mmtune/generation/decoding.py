@@ -21,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmtune.data.formats import Conversation
+from mmtune.data.templates import render
 from mmtune.errors import ModelError
 from mmtune.generation.options import BATCH_SIZE, GenerationOptions, stop_token_ids
 from mmtune.generation.prompts import Prompt, check_text_only, encode_conversation, media_inputs
@@ -201,7 +202,7 @@ def _distinct(models: Sequence[nn.Module]) -> tuple[list[nn.Module], list[int]]:
 
 def prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
     """The chat-templated prompt for the next assistant turn, as token ids (a text model's)."""
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    text = render(tokenizer, conversation, add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 

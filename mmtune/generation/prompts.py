@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from mmtune.data.formats import BadRow, Conversation
 from mmtune.data.media import media_items_of, media_slots
+from mmtune.data.templates import render
 from mmtune.data.tokenize import encode_prompt
 from mmtune.errors import ConfigError, DataError
 from mmtune.modalities.base import MediaInputs, MediaItem, MediaProblem, load_media_inputs
@@ -37,7 +38,7 @@ def encode_conversation(model, tokenizer, conversation: Conversation, *, where: 
     directory); a model without a branch for a modality refuses its media with
     one clear line.
     """
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    text = render(tokenizer, conversation, add_generation_prompt=True)
     specs = model_media_specs(model, tokenizer)
     try:
         items = media_items_of(conversation, specs, root=None, where=where, owner=where)

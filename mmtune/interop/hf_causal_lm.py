@@ -16,7 +16,8 @@ from mmtune.utils.atomic import atomic_directory
 def export_hf(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
     """Write ``model`` (loaded with adapters merged) and its tokenizer as a standard transformers directory."""
     if not isinstance(model, PreTrainedModel):
-        raise ModelError("export: this is a multimodal model; export it with --format hf-llava")
+        raise ModelError("export: this is a multimodal model; export it with --format hf-llava (MLP projector), "
+                         "hf-instructblip (instruction-aware Q-Former) or hf-blip2 (BLIP-2 Q-Former)")
     if hasattr(model, "peft_config"):
         raise ModelError("export: adapter could not be merged")
     out_dir = Path(out_dir)
