@@ -61,11 +61,13 @@ def recipe_for(name: str, out: Path, args) -> dict:
     recipe = yaml.safe_load(RECIPE.read_text())
     run = RUNS[name]
     recipe["output_dir"] = str(out / "runs" / name)
+    if args.llm:
+        recipe["model"]["name"] = args.llm
     recipe["data"]["datasets"] = [{"card": str(out / run["data"] / "train.yaml")}]
     image = recipe["model"]["media"]["image"]
     if run.get("connector"):
         image["connector"] = run["connector"]
-        image["encoder"]["select_feature"] = "patch"  # LLaVA: patch features only (64 LLM tokens per image)
+        image["encoder"]["select_feature"] = "patch"  # LLaVA: patch features only (16 LLM tokens per image)
     if "queries" in run:
         options = image["connector"]["options"]
         options["num_query_tokens"] = run["queries"]
@@ -73,6 +75,8 @@ def recipe_for(name: str, out: Path, args) -> dict:
         if not run["aware"]:
             options.pop("tokenizer")
     recipe["train"].update(max_steps=args.steps, seed=args.seed, save_every=None, progress=False)
+    if args.lr:
+        recipe["train"]["lr"] = args.lr
     return recipe
 
 
@@ -99,7 +103,7 @@ def held_out_accuracy(model, tokenizer, data_dir: Path) -> dict:
     from mmtune.generation.options import GenerationOptions
 
     report = evaluate(model, tokenizer, str(data_dir / "heldout.yaml"), metrics=["exact"], group_by="question_type",
-                      opts=GenerationOptions(max_new_tokens=5), records=False, progress=False)
+                      opts=GenerationOptions(max_new_tokens=4), records=False, progress=False)
     exact = report.metrics["exact"]
     return {"overall": exact["accuracy"], **{k: v["accuracy"] for k, v in exact.get("by_group", {}).items()}}
 
@@ -152,6 +156,8 @@ def main() -> None:
     p.add_argument("--heldout", type=int, default=300, help="held-out images per task (default 300)")
     p.add_argument("--steps", type=int, default=150, help="optimizer steps per run (default 150)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--llm", default=None, help="another LLM than the recipe's SmolLM2 (a directory or hub name)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
     args = p.parse_args()
 
     import torch
