@@ -115,3 +115,18 @@ def test_fixed_token_connectors_without_text_train(tiny_recipe, photos, tmp_path
     assert _losses(result.run_dir)[-1] < _losses(result.run_dir)[0]
     model, _ = load_for_inference(str(result.run_dir))
     assert model.branches["image"].num_tokens == 3 and not model.branches["image"].connector.wants_text
+
+
+def test_a_sample_that_starts_with_more_than_64_media_positions_trains(tiny_recipe, photos, tmp_path):
+    """The instructblip layout with a projector: 65 image positions first, text after (the head check probes
+    the sample's text tokens, wherever they start)."""
+    data = write_json(tmp_path / "d.json", _single_turn_rows(4))
+    recipe = _recipe(tiny_recipe, tmp_path, data, "long", connector={"kind": "linear"})
+    recipe["model"]["media"]["image"]["encoder"] = {
+        "kind": "hf", "select_layer": -1, "select_feature": "cls_patch",
+        "architecture": {"model_type": "instructblip_vision_model", "hidden_size": 16, "intermediate_size": 32,
+                         "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 64, "patch_size": 8}}
+    recipe["model"]["media"]["image"].pop("pieces")
+    recipe["train"]["max_steps"] = 2
+    result = mmtune.train(recipe)
+    assert len(_losses(result.run_dir)) == 2

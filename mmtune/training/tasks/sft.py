@@ -86,9 +86,10 @@ class SftTask:
                  f" (packing utilisation {utilisation:.1%})" if utilisation is not None else "", len(data.val))
 
         # ---- objective check, what trains, optimizer groups ------------------------------
-        first_ids = np.array(data.train[0][0][:64])  # a copy: cached arrays are read-only
-        probe = torch.tensor(first_ids[first_ids >= 0][:32], dtype=torch.long)[None]  # no media placeholders
-        if not objective.check_selective_head(probe.to(next(objective.parameters()).device)):
+        first_ids = np.array(data.train[0][0])  # a copy: cached arrays are read-only
+        # Text tokens only: an InstructBLIP-layout sample starts with its media placeholders.
+        probe = torch.tensor(first_ids[first_ids >= 0][:32], dtype=torch.long)[None]
+        if probe.shape[1] and not objective.check_selective_head(probe.to(next(objective.parameters()).device)):
             log.warning("this model post-processes logits in its forward; training through its full forward "
                         "(logits at every position: slower, more memory)")
         for line in trainable_table(objective, components):
