@@ -47,15 +47,12 @@ See benchmarks/README.md for what is measured and how.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
 import platform
 import re
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,9 +69,14 @@ for p in (str(REPO), str(HERE)):
 import numpy as np
 import torch
 
-# Shared with the text benchmark: metrics.jsonl reading, load average, percentiles.
-from bench_text_sft import _loadavg, mmtune_fed_padding, mmtune_throughput, pct, spread
-from report import print_table, timing_rows
+from common import (
+    add_side_args, finish, length_stats, llm_dir, loadavg, media_data_section, mmtune_fed_padding, mmtune_side,
+    peak_rss_mib, run_sides, side_main, tokenizer_and_media, train_section, trained_targets, train_with_stats,
+    trainer_figures, training_arguments, with_stats,
+)
+from report import (
+    print_side_process_targets, print_table, side_process_rows, side_process_target_flags, timing_rows, tok_s_ratio,
+)
 
 VISION_JSON = REPO / "datasets" / "mmtune-vision" / "train.json"
 VISION_IMAGES = REPO / "datasets" / "mmtune-vision" / "images"
@@ -174,24 +176,10 @@ def mmtune_recipe(plan: dict) -> dict:
                 "image_preprocess": "resize",
             }},
         },
-        "data": {
-            "datasets": [{"path": plan["data_path"], "format": "llava", "media_folder": str(VISION_IMAGES)}],
-            "template": "instructblip",
-            "max_length": plan["max_length"],
-            "packing": True,
-            "val_fraction": 0.0,
-            "cache_dir": plan["cache_dir"],
-            "shuffle": True,
-            "num_workers": plan["workers"],
-        },
+        "data": media_data_section(plan, "instructblip", VISION_IMAGES),
         "method": {"name": "frozen",
                    "media": {"image": {"encoder": {"trainable": "frozen"}, "connector": {"trainable": "full"}}}},
-        "train": {
-            "seed": SEED, "epochs": 1, "micro_batch_size": plan["micro_batch_size"], "grad_accum_steps": 1,
-            "lr": LR, "weight_decay": 0.0, "scheduler": "constant", "warmup_steps": 0, "max_grad_norm": 1.0,
-            "mixed_precision": "no", "log_every": 1, "eval_every": None, "save_every": None,
-            "tensorboard": False, "progress": False,
-        },
+        "train": train_section(micro_batch_size=plan["micro_batch_size"], lr=LR, seed=SEED),
     }
 
 
@@ -271,32 +259,22 @@ def check_same_samples(view, meta: list[dict], processor) -> dict:
 def prepare(work: Path, *, llm: str, steps: int, batch: int, micro_batch_size: int, workers: int,
             threads: int) -> dict:
     """Build models and data once; tokenize with mmtune (filling the cache its run reads); write the plan."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     from mmtune import validate_recipe
-    from mmtune.config.schema import ModelConfig
     from mmtune.data.packing import make_rows, packing_utilisation
     from mmtune.data.pipeline import build_conversation_data
-    from mmtune.data.templates import install_template
-    from mmtune.models.aliases import resolve_alias
-    from mmtune.models.loading import load_tokenizer
-    from mmtune.models.open import open_multimodal
-    from mmtune.models.tiny import build_tiny_llama
 
-    smol_dir = resolve_alias("smollm2-135m-instruct")
-    if llm == "tiny":
-        llm_dir = build_tiny_llama(work / "tiny-llama", load_tokenizer(ModelConfig(name=str(smol_dir))))
-    else:
-        llm_dir = smol_dir
+    llm_path = llm_dir(llm, work)
     vision_dir = build_vision_tower(work / "vision-tower")
-    llm_hidden = AutoConfig.from_pretrained(llm_dir).hidden_size
+    llm_hidden = AutoConfig.from_pretrained(llm_path).hidden_size
     qformer_init = build_qformer_init(work / "qformer-init.safetensors", llm_hidden)
     data_path = work / "vqa.json"
     n = steps * batch
     meta = write_vqa_rows(data_path, n)
     (work / "hf-samples.json").write_text(json.dumps(meta))
     plan = {
-        "llm": llm, "llm_dir": str(llm_dir), "vision_dir": str(vision_dir), "qformer_init": str(qformer_init),
+        "llm": llm, "llm_dir": str(llm_path), "vision_dir": str(vision_dir), "qformer_init": str(qformer_init),
         "data_path": str(data_path), "cache_dir": str(work / "cache"), "mmtune_run": str(work / "run-mmtune"),
         "hf_run": str(work / "run-hf"), "max_length": 4096, "micro_batch_size": micro_batch_size,
         "workers": workers, "threads": threads, "steps": steps, "batch": batch,
@@ -304,12 +282,7 @@ def prepare(work: Path, *, llm: str, steps: int, batch: int, micro_batch_size: i
     for run in (plan["mmtune_run"], plan["hf_run"]):  # a kept work directory: mmtune appends to metrics.jsonl
         shutil.rmtree(run, ignore_errors=True)
     rc = validate_recipe(mmtune_recipe(plan), source="benchmark recipe")
-    tokenizer = load_tokenizer(rc.model)
-    install_template(tokenizer, rc.data.template)
-    probe = open_multimodal(rc.model.branches(), AutoModelForCausalLM.from_pretrained(str(llm_dir), dtype=torch.float32))
-    specs = probe.media_specs(tokenizer)
-    image_tokens = probe.branches["image"].num_tokens
-    del probe
+    tokenizer, specs, image_tokens = tokenizer_and_media(rc, llm_path)
     lengths = build_conversation_data(tokenizer, rc.data, seed=SEED, media=specs).train.lengths()
     # Rows as short as still give `steps` steps: the epoch is the baseline's `steps` batches of `batch` samples.
     plan["max_length"], mm_steps = row_length_for(lengths, steps, micro_batch_size)
@@ -317,32 +290,23 @@ def prepare(work: Path, *, llm: str, steps: int, batch: int, micro_batch_size: i
     data = build_conversation_data(tokenizer, rc.data, seed=SEED, media=specs)  # the cache entry the run reads
     view = data.train
     lengths = view.lengths()
-    targets = np.array([int(np.asarray(view[k][1])[1:].sum()) for k in range(len(view))])
+    targets = trained_targets(view)
     rows = make_rows(lengths, plan["max_length"], True)
     processor = build_processor(plan)
     check = check_same_samples(view, meta, processor)
     plan.update({
         "samples": len(view), "image_tokens": image_tokens, "truncated": sum(r.truncated for r in data.reports),
-        "lengths": {"min": int(lengths.min()), "mean": float(lengths.mean()), "p50": pct(lengths, 50),
-                    "p95": pct(lengths, 95), "max": int(lengths.max()), "total": int(lengths.sum())},
+        "lengths": length_stats(lengths),
         "answer_tokens": {"min": int(targets.min()), "mean": float(targets.mean()), "max": int(targets.max())},
         "targets_in_data": int(targets.sum()), "rows": len(rows), "mm_steps": mm_steps,
         "utilisation": packing_utilisation(rows, lengths, plan["max_length"]),
-        "mm_pad_fraction_fed": mmtune_fed_padding(lengths, plan["max_length"], micro_batch_size)["pad_fraction_fed"],
+        "mm_pad_fraction_fed": mmtune_fed_padding(lengths, plan["max_length"], micro_batch_size, SEED)["pad_fraction_fed"],
         "baseline_steps": math.ceil(len(meta) / batch), **check,
     })
     return plan
 
 
-# --------------------------------------------------------------------------- memory (in each side's process)
-
-
-def peak_rss_mib() -> dict:
-    """Kernel high-water marks: this process, and the largest of its reaped children (DataLoader workers)."""
-    gc.collect()
-    self_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"main_mib": round(self_kib / 1024, 1), "largest_worker_mib": round(child_kib / 1024, 1)}
+# --------------------------------------------------------------------------- losses (in each side's process)
 
 
 def losses(values: list[float]) -> dict:
@@ -356,37 +320,9 @@ def losses(values: list[float]) -> dict:
 
 
 def run_mmtune(plan: dict) -> dict:
-    import mmtune
-
-    t0 = time.perf_counter()
-    result = mmtune.train(mmtune_recipe(plan))
-    wall = time.perf_counter() - t0
-    out = mmtune_throughput(result.run_dir)
-    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    records = sorted((r for r in records if "data_wait" in r), key=lambda r: r["step"])
-    # data_wait is a share of each logged interval; weight by the interval's seconds (targets / tokens_per_s).
-    waits, secs, prev = [], [], 0
-    for r in records:
-        seconds = (r["targets_seen"] - prev) / r["tokens_per_s"]
-        prev = r["targets_seen"]
-        if r["step"] > 1:
-            waits.append(r["data_wait"] * seconds)
-            secs.append(seconds)
-    out.update({
-        "data_wait": sum(waits) / sum(secs) if secs else float("nan"),
-        "data_wait_max": max((r["data_wait"] for r in records if r["step"] > 1), default=float("nan")),
-        "loss": losses([r["loss"] for r in records]),
-        "wall_s_phase": wall,
-    })
-    summary = json.loads((result.run_dir / "summary.json").read_text())
-    out["packing_utilisation"] = summary.get("packing_utilisation")
-    # The run log's parameter table ends with "all  TRAINABLE  TOTAL  (x% trainable)".
-    line = next(l for l in (result.run_dir / "train.log").read_text().splitlines() if " params: all " in l)
-    trainable, total = (int(x.replace(",", "")) for x in line.split(" params: all ", 1)[1].split()[:2])
-    out["params"] = {"trainable": trainable, "total": total}
+    out, records = mmtune_side(mmtune_recipe(plan))
+    out["loss"] = losses([r["loss"] for r in records])
     out["torch_threads"] = torch.get_num_threads()
-    del result
-    out["rss"] = peak_rss_mib()
     return out
 
 
@@ -428,11 +364,7 @@ class InstructBlipCollator:
                                        return_tensors="pt")
         batch["qformer_input_ids"], batch["qformer_attention_mask"] = q["input_ids"], q["attention_mask"]
         batch["pixel_values"] = torch.stack([torch.as_tensor(f["pixel_values"]) for f in features])
-        labels, mask = batch["labels"], batch["attention_mask"]
-        # Counted here, in the worker: sent back with the batch as plain ints the model does not see.
-        batch["_stats"] = torch.tensor([len(features), int((labels != -100).sum()), mask.numel(),
-                                        int((mask == 0).sum())])
-        return batch
+        return with_stats(batch, len(features))
 
 
 def build_hf_instructblip(plan: dict, processor):
@@ -473,30 +405,7 @@ def build_hf_instructblip(plan: dict, processor):
 
 
 def run_hf(plan: dict) -> dict:
-    from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
-    from transformers.trainer_callback import PrinterCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.begin: list[float] = []
-            self.end: list[float] = []
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.begin.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.end.append(time.perf_counter())
-
-    class StatsTrainer(Trainer):
-        """Trainer that strips the collator's bookkeeping before the model sees the batch."""
-
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.stats: list[list[int]] = []
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            self.stats.append(inputs.pop("_stats").tolist())
-            return super().training_step(model, inputs, num_items_in_batch)
+    from transformers import set_seed
 
     t0 = time.perf_counter()
     set_seed(SEED)
@@ -512,45 +421,17 @@ def run_hf(plan: dict) -> dict:
     total = sum(p.numel() for p in model.parameters())
     samples = json.loads((Path(plan["hf_run"]).parent / "hf-samples.json").read_text())
     dataset = VqaSamples(samples, processor)
-    timer = StepTimer()
-    args = TrainingArguments(
-        output_dir=plan["hf_run"], per_device_train_batch_size=plan["batch"], gradient_accumulation_steps=1,
-        num_train_epochs=1, learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
-        optim="adamw_torch_fused", weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0,
-        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, bf16=False, fp16=False,
-        dataloader_num_workers=plan["workers"], dataloader_pin_memory=False, remove_unused_columns=False,
-        label_names=["labels"], disable_tqdm=True, seed=SEED,
-    )
-    trainer = StatsTrainer(model=model, args=args, train_dataset=dataset, data_collator=InstructBlipCollator(processor),
-                           callbacks=[timer])
-    trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    args = training_arguments(plan["hf_run"], batch_size=plan["batch"], workers=plan["workers"], lr=LR, seed=SEED,
+                              logging_steps=1)
+    trainer, timer, _ = train_with_stats(model, args, dataset, InstructBlipCollator(processor))
     wall = time.perf_counter() - t0
-
-    steps = len(timer.end)
-    stats = trainer.stats[:steps]
-    timed = stats[1:]
-    targets_timed = sum(s[1] for s in timed)
-    e2e = timer.end[-1] - timer.end[0] if steps > 1 else float("nan")
-    compute = sum(e - b for b, e in zip(timer.begin[1:], timer.end[1:]))
-    # Between one step's end and the next step's begin, the Trainer fetches the next batch.
-    wait = sum(b - e for b, e in zip(timer.begin[1:], timer.end[:-1]))
-    per_step = [s[1] / (timer.end[i + 1] - timer.end[i]) for i, s in enumerate(timed)]
-    fed, pad = sum(s[2] for s in stats), sum(s[3] for s in stats)
+    out = trainer_figures(timer, trainer.stats, plan["batch"])
     step_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    out = {
-        "batch_size": plan["batch"], "steps": steps, "timed_steps": max(0, steps - 1),
-        "samples": sum(s[0] for s in stats), "targets_total": sum(s[1] for s in stats),
-        "targets_timed": targets_timed, "seconds_timed": e2e, "seconds_timed_compute_only": compute,
-        "tok_s": targets_timed / e2e if e2e > 0 else float("nan"),
-        "tok_s_compute_only": targets_timed / compute if compute > 0 else float("nan"),
-        "data_wait": wait / e2e if e2e > 0 else float("nan"),
-        "step1_seconds": (timer.end[0] - timer.begin[0]) if steps else None,
-        "tokens_fed": fed, "pad_tokens": pad, "padding_fraction": pad / fed if fed else 0.0,
+    out.update({
         "loss": losses(step_losses), "final_loss": step_losses[-1] if step_losses else float("nan"),
-        "step_tok_s": spread(per_step), "wall_s_phase": wall,
-        "params": {"trainable": trainable, "total": total}, "torch_threads": torch.get_num_threads(),
-    }
+        "wall_s_phase": wall, "params": {"trainable": trainable, "total": total},
+        "torch_threads": torch.get_num_threads(),
+    })
     del trainer, model
     out["rss"] = peak_rss_mib()
     return out
@@ -559,24 +440,8 @@ def run_hf(plan: dict) -> dict:
 # --------------------------------------------------------------------------- orchestration
 
 
-def run_side(side: str, work: Path, threads: int) -> dict:
-    """Run one side in a fresh Python process (its own peak RSS, ``threads`` torch threads); figures come back
-    as JSON."""
-    out = work / f"result-{side}.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--side", side, "--work", str(work),
-                           "--threads", str(threads)], env=env, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"the {side} side failed (exit {proc.returncode}); its log is above")
-    result = json.loads(out.read_text())
-    result["process_wall_s"] = time.perf_counter() - t0
-    return result
-
-
 def print_report(plan: dict, mm: dict, bl: dict) -> dict:
-    ratio = mm["tok_s"] / bl["tok_s"] if bl["tok_s"] > 0 else float("nan")
+    ratio = tok_s_ratio(mm, bl)
 
     def loss(side: dict) -> str:
         l = side["loss"]
@@ -588,32 +453,18 @@ def print_report(plan: dict, mm: dict, bl: dict) -> dict:
          f"{plan['samples'] / max(mm['steps'], 1):.2f} ({plan['micro_batch_size']} rows of {plan['max_length']})",
          f"{bl['batch_size']}"),
         *timing_rows(mm, bl),
-        (f"data wait, {plan['workers']} workers (max step)", f"{mm['data_wait']:.2%} ({mm['data_wait_max']:.2%})",
-         f"{bl['data_wait']:.2%}"),
-        ("pad fraction of fed tokens", f"{plan['mm_pad_fraction_fed']:.1%}", f"{bl['padding_fraction']:.1%}"),
-        ("packing utilisation", f"{mm['packing_utilisation']:.1%}", "-"),
-        ("peak RSS MiB main / largest worker", f"{mm['rss']['main_mib']:.0f} / {mm['rss']['largest_worker_mib']:.0f}",
-         f"{bl['rss']['main_mib']:.0f} / {bl['rss']['largest_worker_mib']:.0f}"),
-        ("process wall s (incl. load)", f"{mm['process_wall_s']:.1f}", f"{bl['process_wall_s']:.1f}"),
-        ("parameters trainable / total", f"{mm['params']['trainable']:,} / {mm['params']['total']:,}",
-         f"{bl['params']['trainable']:,} / {bl['params']['total']:,}"),
+        *side_process_rows(plan, mm, bl),
         ("torch threads", f"{mm['torch_threads']}", f"{bl['torch_threads']}"),
         ("loss step 1 -> last", loss(mm), loss(bl)),
     ]
     print(f"\n--- results: llm {plan['llm']} ({plan['samples']} samples, {plan['steps']} steps of {plan['batch']}) ---")
     print_table(rows)
-    same = mm["targets_total"] == bl["targets_total"]
-    if not same:
-        print(f"WARNING: the two sides trained different target counts ({mm['targets_total']} vs {bl['targets_total']})")
-    print(f"ratio mmtune/baseline: {ratio:.2f}x (vs baseline compute-only: "
-          f"{mm['tok_s'] / bl['tok_s_compute_only']:.2f}x); target >= 1.5x: {'MET' if ratio >= 1.5 else 'NOT MET'}")
-    print(f"mmtune data wait: {mm['data_wait']:.2%} of step time; target < 5%: "
-          f"{'MET' if mm['data_wait'] < 0.05 else 'NOT MET'}")
+    same = print_side_process_targets(mm, bl, ratio)
     print(f"RESULT llm={plan['llm']} steps={plan['steps']} mmtune_tok_s={mm['tok_s']:.1f} "
           f"baseline_tok_s={bl['tok_s']:.1f} ratio={ratio:.2f}x mmtune_data_wait={mm['data_wait']:.4f} "
           f"mmtune_peak_rss_mib={mm['rss']['main_mib']:.0f} baseline_peak_rss_mib={bl['rss']['main_mib']:.0f} "
           f"mmtune_loss={mm['loss']['last']:.4f} baseline_loss={bl['loss']['last']:.4f} "
-          f"target_1.5x={'met' if ratio >= 1.5 else 'not_met'} target_wait_5pct={'met' if mm['data_wait'] < 0.05 else 'not_met'}")
+          f"{side_process_target_flags(mm, ratio)}")
     return {"ratio": ratio, "same_targets": same}
 
 
@@ -627,10 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers on both sides (default 2)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on both sides (default: the CPUs the DataLoader workers leave, 1 to 4)")
-    p.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
-    p.add_argument("--keep", type=Path, default=None, help="work in this directory and keep it")
-    p.add_argument("--side", choices=["mmtune", "hf"], help=argparse.SUPPRESS)
-    p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    add_side_args(p)
     args = p.parse_args(argv)
     if args.steps < 2:
         p.error("--steps must be at least 2 (step 1 is warm-up and not timed)")
@@ -639,16 +487,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     if args.side:  # a child process: one side, figures to result-SIDE.json
-        plan = json.loads((args.work / "plan.json").read_text())
-        result = run_mmtune(plan) if args.side == "mmtune" else run_hf(plan)
-        (args.work / f"result-{args.side}.json").write_text(json.dumps(result, default=str))
-        return 0
+        return side_main(args.side, args.work, {"mmtune": run_mmtune, "hf": run_hf})
 
     t_start = time.perf_counter()
     print(f"mmtune InstructBLIP benchmark: python {platform.python_version()}, torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, torch threads {args.threads} (both sides), "
           f"CUDA {'on' if torch.cuda.is_available() else 'off (not used)'}")
-    print(f"load average at start (1/5/15 min): {_loadavg()}  (other busy processes skew the figures)")
+    print(f"load average at start (1/5/15 min): {loadavg()}  (other busy processes skew the figures)")
     with tempfile.TemporaryDirectory(prefix="mmtune-bench-instructblip-") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -681,22 +526,11 @@ def main(argv: list[str] | None = None) -> int:
         if plan["mm_steps"] != plan["baseline_steps"]:
             print(f"WARNING: no packed-row length gives exactly {plan['steps']} mmtune steps; it runs "
                   f"{plan['mm_steps']}")
-        print("-- mmtune side (subprocess) ...", flush=True)
-        mm = run_side("mmtune", work, args.threads)
-        print(f"   done: {mm['steps']} steps, {mm['tok_s']:.1f} trained tok/s, data wait {mm['data_wait']:.2%}", flush=True)
-        print("-- HF InstructBlipForConditionalGeneration + Trainer side (subprocess) ...", flush=True)
-        bl = run_side("hf", work, args.threads)
-        print(f"   done: {bl['steps']} steps, {bl['tok_s']:.1f} trained tok/s", flush=True)
+        # Both sides with the same torch threads (and as many OpenMP / MKL threads).
+        mm, bl = run_sides(__file__, work, "HF InstructBlipForConditionalGeneration", "--threads", str(args.threads),
+                           env={"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)})
     verdict = print_report(plan, mm, bl)
-    total = time.perf_counter() - t_start
-    print(f"load average at end (1/5/15 min): {_loadavg()}")
-    print(f"total wall time: {total:.1f}s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"total_wall_s": total, "plan": plan, "mmtune": mm, "baseline": bl,
-                                        **verdict}, indent=2, default=str))
-        print(f"wrote {args.out}")
-    return 0
+    return finish(t_start, args.out, plan=plan, mmtune=mm, baseline=bl, **verdict)
 
 
 if __name__ == "__main__":

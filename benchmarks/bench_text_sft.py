@@ -50,7 +50,11 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
-from report import print_table, timing_rows  # noqa: E402
+from common import (  # noqa: E402
+    SMOLLM2, length_stats, llm_dir, loadavg, mmtune_fed_padding, mmtune_throughput, pct, spread, step_timer,
+    train_section, trained_targets, training_arguments, write_figures,
+)
+from report import print_table, timing_rows, tok_s_ratio  # noqa: E402
 
 SOURCE_JSONL = REPO / "datasets" / "mmtune-instruct" / "train.jsonl"
 
@@ -71,13 +75,6 @@ DEFAULTS = {
 
 
 # --------------------------------------------------------------------------- memory
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def _rss() -> int:
@@ -187,17 +184,6 @@ def write_mixed_jsonl(path: Path, n: int, seed: int) -> list[int]:
     return counts
 
 
-def make_tiny_model(out: Path, tokenizer, max_length: int) -> Path:
-    """A 2-layer, 64-wide random Llama with SmolLM2's tokenizer (the tests' tiny model)."""
-    from mmtune.models.tiny import build_tiny_llama
-
-    return build_tiny_llama(out, tokenizer, max_positions=max(1024, max_length))
-
-
-def pct(values: np.ndarray, q: float) -> float:
-    return float(np.percentile(values, q))
-
-
 # --------------------------------------------------------------------------- mmtune side
 
 
@@ -216,76 +202,8 @@ def mmtune_recipe(model_name: str, data_path: Path, cache_dir: Path, out_dir: Pa
             "shuffle": True,
         },
         "method": {"name": "lora", "lora": dict(LORA)},
-        "train": {
-            "seed": SEED,
-            "epochs": 1,
-            "micro_batch_size": micro_batch_size,
-            "grad_accum_steps": 1,
-            "lr": LR,
-            "weight_decay": 0.0,
-            "scheduler": "constant",
-            "warmup_steps": 0,
-            "max_grad_norm": 1.0,
-            "mixed_precision": "no",
-            "log_every": 1,
-            "eval_every": None,
-            "save_every": None,
-            "tensorboard": False,
-            "progress": False,
-        },
+        "train": train_section(micro_batch_size=micro_batch_size, lr=LR, seed=SEED),
     }
-
-
-def mmtune_throughput(run_dir: Path) -> dict:
-    """Trained tokens/s from metrics.jsonl, step 1 excluded (it holds the warm-up)."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    records = [r for r in records if "tokens_per_s" in r]
-    records.sort(key=lambda r: r["step"])
-    tokens = seconds = 0.0
-    prev_seen = None
-    per_step = []
-    for r in records:
-        step_targets = r["targets_seen"] - (prev_seen if prev_seen is not None else 0)
-        prev_seen = r["targets_seen"]
-        if r["step"] == 1:
-            continue
-        tokens += step_targets
-        seconds += step_targets / r["tokens_per_s"] if r["tokens_per_s"] > 0 else 0.0
-        per_step.append(r["tokens_per_s"])
-    first = records[0] if records else None
-    return {
-        "steps": len(records),
-        "timed_steps": sum(1 for r in records if r["step"] > 1),
-        "targets_total": records[-1]["targets_seen"] if records else 0,
-        "targets_timed": int(tokens),
-        "seconds_timed": seconds,
-        "tok_s": tokens / seconds if seconds > 0 else float("nan"),
-        "step1_seconds": (first["targets_seen"] / first["tokens_per_s"]) if first and first["tokens_per_s"] else None,
-        "final_loss": records[-1]["loss"] if records else None,
-        "step_tok_s": spread(per_step),
-    }
-
-
-def spread(values: list[float]) -> dict:
-    if not values:
-        return {"p50": float("nan"), "min": float("nan"), "max": float("nan")}
-    return {"p50": float(np.median(values)), "min": float(min(values)), "max": float(max(values))}
-
-
-def mmtune_fed_padding(lengths: np.ndarray, max_length: int, micro_batch_size: int) -> dict:
-    """Replay mmtune's rows and micro-batches to count the pad tokens it feeds (rows pad to the batch's widest, x8)."""
-    from mmtune.data.packing import make_rows
-
-    from mmtune.training.loop import micro_batch_order
-
-    rows = make_rows(lengths, max_length, True)
-    real = fed = 0
-    for batch in micro_batch_order(len(rows), micro_batch_size, seed=SEED, epoch=0, shuffle=True):
-        widths = [int(sum(lengths[i] for i in rows[r])) for r in batch]
-        width = -(-max(widths) // 8) * 8
-        real += sum(widths)
-        fed += width * len(batch)
-    return {"rows": len(rows), "pad_fraction_fed": 1 - real / fed if fed else 0.0}
 
 
 # --------------------------------------------------------------------------- baseline side
@@ -334,26 +252,8 @@ def baseline_features(view) -> list[dict]:
 
 def run_baseline(model_dir: Path, tokenizer, features: list[dict], out_dir: Path, *, batch_size: int) -> dict:
     from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        DataCollatorForSeq2Seq,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-        set_seed,
-    )
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, set_seed
     from transformers.trainer_callback import PrinterCallback
-
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.begin: list[float] = []
-            self.end: list[float] = []
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.begin.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self.end.append(time.perf_counter())
 
     set_seed(SEED)
     model = AutoModelForCausalLM.from_pretrained(
@@ -365,33 +265,8 @@ def run_baseline(model_dir: Path, tokenizer, features: list[dict], out_dir: Path
         target_modules=LORA["target_modules"], task_type="CAUSAL_LM",
     ))
     collator = CountingCollator(DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
-    timer = StepTimer()
-    args = TrainingArguments(
-        output_dir=str(out_dir),
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=1,
-        num_train_epochs=1,
-        learning_rate=LR,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        optim="adamw_torch_fused",  # mmtune uses torch.optim.AdamW(fused=True), on CPU too
-        weight_decay=0.0,
-        adam_beta1=0.9,
-        adam_beta2=0.999,
-        max_grad_norm=1.0,
-        logging_steps=10**9,
-        report_to=[],
-        save_strategy="no",
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=False,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        disable_tqdm=True,
-        seed=SEED,
-    )
+    timer = step_timer()
+    args = training_arguments(out_dir, batch_size=batch_size, workers=0, lr=LR, seed=SEED, logging_steps=10**9)
     trainer = Trainer(model=model, args=args, train_dataset=TokenizedDataset(features),
                       data_collator=collator, callbacks=[timer])
     trainer.remove_callback(PrinterCallback)  # no end-of-training dict on stdout
@@ -439,18 +314,12 @@ def bench_model(which: str, work: Path, *, samples: int, max_length: int, micro_
     from mmtune.data.pipeline import build_conversation_data
     from mmtune.data.packing import packing_utilisation, make_rows
     from mmtune.data.templates import install_template
-    from mmtune.models.aliases import resolve_alias
     from mmtune.models.loading import load_tokenizer
-    from mmtune.config.schema import ModelConfig
 
     print(f"\n=== model: {which} ===", flush=True)
     t_setup = time.perf_counter()
-    smol_dir = resolve_alias("smollm2-135m-instruct")
-    if which == "tiny":
-        model_dir = make_tiny_model(work / "tiny-llama", load_tokenizer(ModelConfig(name=str(smol_dir))), max_length)
-        model_name = str(model_dir)
-    else:
-        model_dir, model_name = smol_dir, "smollm2-135m-instruct"
+    model_dir = llm_dir(which, work, max_positions=max(1024, max_length))
+    model_name = str(model_dir) if which == "tiny" else SMOLLM2
 
     data_path = work / f"mixed-{which}.jsonl"
     joined = write_mixed_jsonl(data_path, samples, SEED)
@@ -464,14 +333,14 @@ def bench_model(which: str, work: Path, *, samples: int, max_length: int, micro_
     data = build_conversation_data(tokenizer, rc.data, seed=rc.train.seed)
     view = data.train
     lengths = view.lengths()
-    trained_per_sample = np.array([int(np.asarray(view[k][1])[1:].sum()) for k in range(len(view))])
+    trained_per_sample = trained_targets(view)
     features = baseline_features(view)
     setup_s = time.perf_counter() - t_setup
     truncated = sum(r.truncated for r in data.reports)
 
     rows = make_rows(lengths, max_length, True)
     utilisation = packing_utilisation(rows, lengths, max_length)
-    fed_info = mmtune_fed_padding(lengths, max_length, micro_batch_size)
+    fed_info = mmtune_fed_padding(lengths, max_length, micro_batch_size, SEED)
     mm_steps_expected = math.ceil(len(rows) / micro_batch_size)
     baseline_bs = max(1, round(len(view) / mm_steps_expected))
     baseline_steps_expected = math.ceil(len(view) / baseline_bs)
@@ -520,7 +389,7 @@ def bench_model(which: str, work: Path, *, samples: int, max_length: int, micro_
     print(f"   done in {bl_wall:.1f}s: {bl['steps']} steps, {bl['tok_s']:.1f} trained tok/s", flush=True)
     _release_memory()
 
-    ratio = mm["tok_s"] / bl["tok_s"] if bl["tok_s"] > 0 else float("nan")
+    ratio = tok_s_ratio(mm, bl)
     same_targets = mm["targets_total"] == bl["targets_total"]
     return {
         "model": which,
@@ -529,8 +398,7 @@ def bench_model(which: str, work: Path, *, samples: int, max_length: int, micro_
         "max_length": max_length,
         "micro_batch_size": micro_batch_size,
         "truncated": truncated,
-        "lengths": {"min": int(lengths.min()), "mean": float(lengths.mean()), "p50": pct(lengths, 50),
-                    "p95": pct(lengths, 95), "max": int(lengths.max()), "total": int(lengths.sum())},
+        "lengths": length_stats(lengths),
         "targets_in_data": int(trained_per_sample.sum()),
         "setup_s": setup_s,
         "mmtune": mm,
@@ -583,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     print(f"mmtune text SFT benchmark: python {platform.python_version()}, torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, CUDA {'on' if torch.cuda.is_available() else 'off'}")
-    print(f"load average at start (1/5/15 min): {_loadavg()}  (other busy processes skew the figures)")
+    print(f"load average at start (1/5/15 min): {loadavg()}  (other busy processes skew the figures)")
     if torch.cuda.is_available():
         print("note: a GPU is visible; this benchmark is meant for CPU (mmtune would pick it up)")
     results = []
@@ -617,13 +485,10 @@ def main(argv: list[str] | None = None) -> int:
               f"mmtune_peak_rss_mib={r['mmtune']['rss']['peak_mib']:.0f} "
               f"baseline_peak_rss_mib={r['baseline']['rss']['peak_mib']:.0f} "
               f"target_2x={'met' if r['target_2x_met'] else 'not_met'}")
-    print(f"load average at end (1/5/15 min): {_loadavg()}")
+    print(f"load average at end (1/5/15 min): {loadavg()}")
     print(f"total wall time: {total:.1f}s")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"total_wall_s": total, "torch_threads": torch.get_num_threads(),
-                                        "results": results}, indent=2, default=str))
-        print(f"wrote {args.out}")
+        write_figures(args.out, {"total_wall_s": total, "torch_threads": torch.get_num_threads(), "results": results})
     return 0
 
 

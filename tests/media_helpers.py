@@ -1,4 +1,5 @@
-"""Tiny media branches and LLaVA rows shared by the unit and end-to-end tests (no weights, no downloads)."""
+"""Tiny media branches, LLaVA rows and a run's losses, shared by the unit and end-to-end tests (no weights, no
+downloads)."""
 
 from __future__ import annotations
 
@@ -51,3 +52,12 @@ def llava_rows(n: int = 8) -> list[dict]:
 def write_json(path: Path, rows) -> Path:
     path.write_text(json.dumps(rows))
     return path
+
+
+def losses_by_step(run_dir: Path) -> list[float]:
+    """A run's losses by step (the last record wins when a resumed run logged a step again)."""
+    by_step = {}
+    for rec in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
+        if "loss" in rec:
+            by_step[rec["step"]] = rec["loss"]
+    return [by_step[k] for k in sorted(by_step)]

@@ -112,7 +112,6 @@ image's own turn in mmtune, the whole text in transformers).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -125,7 +124,11 @@ from torch import nn
 from mmtune.config.media import ConnectorConfig, EncoderConfig
 from mmtune.config.schema import ModelConfig
 from mmtune.errors import ConfigError, ModelError
-from mmtune.modalities.image import IMAGE, IMAGE_TAG, ImageBranchConfig, ImageTransform
+from mmtune.interop.hf_common import (
+    add_image_token, assign_weights, checkpoint_image_processor, image_processor_kwargs, image_processor_settings,
+    load_part, save_export,
+)
+from mmtune.modalities.image import IMAGE, ImageBranchConfig, ImageTransform
 from mmtune.models.loading import causal_lm_kwargs, load_tokenizer
 from mmtune.models.multimodal.branch import LayerNormPiece, MediaBranch
 from mmtune.models.multimodal.build import attach_branches, build_branch, merged_state_dict
@@ -134,7 +137,6 @@ from mmtune.models.multimodal.encoders import (
     BLIP_VISION_TYPES, HFVisionEncoder, MediaEncoder, OpenClipEncoder, hf_vision_class, hf_vision_encoder,
 )
 from mmtune.models.multimodal.model import MultimodalLM
-from mmtune.utils.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -200,26 +202,6 @@ FLAVOURS = {f.model_type: f for f in (INSTRUCTBLIP, BLIP2)}
 # --------------------------------------------------------------------------- reading
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Loading one part reports the other parts' keys as unexpected: expected here, so not shown."""
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(before)
-
-
-def _check_loaded(info: dict, what: str, source) -> None:
-    missing = [k for k in info.get("missing_keys", ()) if k]
-    if missing:
-        raise ModelError(f"{source}: the checkpoint lacks {what} weights ({len(missing)} missing, "
-                         f"e.g. {sorted(missing)[:3]})")
-
-
 def _model_type(source: str | Path) -> str | None:
     config_file = Path(source).expanduser() / "config.json"
     if not config_file.is_file():
@@ -260,22 +242,13 @@ def load_language_model(source: str, config, **kwargs) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     model_class = AutoModelForCausalLM._model_mapping[type(config.text_config)]
-    with _quiet_transformers():
-        model, info = model_class.from_pretrained(source, config=config.text_config,
-                                                  key_mapping={r"^language_model\.": ""},
-                                                  output_loading_info=True, **kwargs)
-    _check_loaded(info, "language model", source)
-    return model
+    return load_part(model_class, source, config.text_config, {r"^language_model\.": ""}, "language model", **kwargs)
 
 
 def load_vision_model(source: str, config) -> nn.Module:
     """``vision_model.*`` as transformers' ``InstructBlipVisionModel`` / ``Blip2VisionModel``."""
     model_class = hf_vision_class(config.vision_config.model_type)
-    with _quiet_transformers():
-        model, info = model_class.from_pretrained(source, config=config.vision_config,
-                                                  key_mapping={r"^vision_model\.": ""}, output_loading_info=True)
-    _check_loaded(info, "vision model", source)
-    return model
+    return load_part(model_class, source, config.vision_config, {r"^vision_model\.": ""}, "vision model")
 
 
 def qformer_state(source: str | Path) -> dict[str, torch.Tensor]:
@@ -315,12 +288,8 @@ def qformer_tokenizer_of(source: str | Path) -> str:
 
 def image_preprocess_of(source: str | Path) -> str:
     """mmtune's preprocessing mode equivalent to the checkpoint's image processor settings."""
-    path = Path(source).expanduser()
-    if (path / "processor_config.json").is_file():
-        settings = json.loads((path / "processor_config.json").read_text()).get("image_processor", {})
-    elif (path / "preprocessor_config.json").is_file():
-        settings = json.loads((path / "preprocessor_config.json").read_text())
-    else:
+    settings = image_processor_settings(source)
+    if settings is None:
         return "resize"
     return "center_crop" if settings.get("do_center_crop") else "resize"
 
@@ -385,14 +354,9 @@ class InstructBlipReader:
         title = flavour_of(cfg.name).title
         if cfg.kind != "hf":
             raise ConfigError(f"{key}.kind: {cfg.name} is a {title} checkpoint; its vision model loads with kind: hf")
-        from transformers import AutoImageProcessor
-
         config = blip_config(cfg.name)
         check_encoder_matches(cfg, config, title)
-        try:  # its normalisation, when the checkpoint has a processor
-            processor = AutoImageProcessor.from_pretrained(cfg.name)
-        except Exception:  # transformers raises several types for a directory without one
-            processor = None
+        processor = checkpoint_image_processor(cfg.name)  # its normalisation, when the checkpoint has a processor
         return hf_vision_encoder(load_vision_model(cfg.name, config), cfg, processor=processor, key=key)
 
     def connector_state(self, source: str | Path, modality: str) -> dict[str, torch.Tensor]:
@@ -592,29 +556,6 @@ def check_exportable(model: nn.Module, flavour: Flavour = INSTRUCTBLIP) -> None:
         raise ModelError(f"{fmt}: the language model has no lm_head output layer")
 
 
-def image_token_id(tokenizer, llm: nn.Module, fmt: str) -> int:
-    """Add ``<image>`` as a special token (if absent) and make the LLM's vocabulary cover it (rows zero, suppressed)."""
-    from tokenizers import AddedToken
-
-    if IMAGE_TAG not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(IMAGE_TAG, special=True, normalized=False)], special_tokens=True)
-    token_id = tokenizer.convert_tokens_to_ids(IMAGE_TAG)
-    if tokenizer.encode(IMAGE_TAG, add_special_tokens=False) != [token_id]:
-        raise ModelError(f"export --format {fmt}: the tokenizer does not keep {IMAGE_TAG} as one token")
-    vocab = llm.get_input_embeddings().weight.shape[0]
-    if token_id >= vocab:
-        llm.resize_token_embeddings(token_id + 1, mean_resizing=False)
-        with torch.no_grad():  # an image position's embedding is replaced; its logit must never win
-            llm.get_input_embeddings().weight[vocab:] = 0
-            out = llm.get_output_embeddings()
-            out.weight[vocab:] = 0
-            if out.bias is not None:
-                out.bias[vocab:] = 0
-        suppress = list(llm.generation_config.suppress_tokens or [])
-        llm.generation_config.suppress_tokens = sorted({*suppress, *range(vocab, token_id + 1)})
-    return token_id
-
-
 def blip_state_dict(model: MultimodalLM, flavour: Flavour = INSTRUCTBLIP) -> dict[str, torch.Tensor]:
     """mmtune's parameters under the checkpoint's module names (LoRA merged)."""
     state = {f"language_model.{k}": v for k, v in merged_state_dict(model.language_model).items()}
@@ -628,9 +569,7 @@ def image_processor_for(transform: ImageTransform):
     """A ``BlipImageProcessorPil`` doing what ``transform`` does (``resize`` or ``center_crop``)."""
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
-    square = {"height": transform.size, "width": transform.size}
-    common = dict(image_mean=list(transform.mean), image_std=list(transform.std), resample=3,  # PIL bicubic
-                  do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True)
+    square, common = image_processor_kwargs(transform)
     if transform.mode == "resize":
         return BlipImageProcessorPil(size=square, do_center_crop=False, crop_size=square, **common)
     if transform.mode == "center_crop":
@@ -670,31 +609,17 @@ def export_blip(model: nn.Module, tokenizer, out_dir: str | Path, flavour: Flavo
         raise ModelError(f"export --format {fmt}: the LLM's adapter could not be merged")
     branch = model.branches[IMAGE.name]
     connector: QFormerConnector = branch.connector
-    token_id = image_token_id(tokenizer, llm, fmt)
+    token_id = add_image_token(tokenizer, llm, fmt)
     config = blip_config_for(model, token_id, flavour)
-    dtype = next(llm.parameters()).dtype
-    config.dtype = dtype
-    with torch.device("meta"):
-        hf_model = flavour.model_class()(config)
+    config.dtype = next(llm.parameters()).dtype
     tied = bool(config.text_config.tie_word_embeddings)
-    state = blip_state_dict(model, flavour)
-    if tied:
-        state.pop("language_model.lm_head.weight", None)
-    missing, unexpected = hf_model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not (tied and k == "language_model.lm_head.weight")]
-    if missing or unexpected:
-        raise ModelError(f"export --format {fmt}: weights do not fit {type(hf_model).__name__} "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    hf_model = assign_weights(flavour.model_class(), config, blip_state_dict(model, flavour),
+                              lm_head="language_model.lm_head.weight", tied=tied, fmt=fmt)
     if tied:
         hf_model.language_model.lm_head.weight = hf_model.language_model.get_input_embeddings().weight
     hf_model.generation_config = llm.generation_config
     processor = _processor(flavour, branch.transform, tokenizer, connector)
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_directory(out_dir) as tmp:
-        hf_model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    out_dir = save_export(out_dir, hf_model, processor, tokenizer)
     log.info("exported %s to %s (image token %d, %d query tokens)", type(hf_model).__name__, out_dir, token_id,
              connector.num_query_tokens)
     return out_dir

@@ -48,7 +48,6 @@ against transformers' ``models/llava``):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
@@ -60,13 +59,16 @@ from torch import nn
 from mmtune.config.media import ConnectorConfig, EncoderConfig
 from mmtune.config.schema import ModelConfig
 from mmtune.errors import ConfigError, ModelError
+from mmtune.interop.hf_common import (
+    add_image_token, assign_weights, checkpoint_image_processor, image_processor_kwargs, image_processor_settings,
+    load_part, save_export,
+)
 from mmtune.modalities.image import IMAGE, IMAGE_TAG, ImageBranchConfig, ImageTransform
 from mmtune.models.loading import causal_lm_kwargs, load_tokenizer
 from mmtune.models.multimodal.build import attach_branches, build_branch, merged_state_dict
 from mmtune.models.multimodal.connectors import MLPProjector
 from mmtune.models.multimodal.encoders import HFVisionEncoder, MediaEncoder, OpenClipEncoder, hf_vision_encoder
 from mmtune.models.multimodal.model import MultimodalLM
-from mmtune.utils.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
 LLAVA_MODEL_TYPE = "llava"
@@ -100,26 +102,6 @@ def llava_config(source: str | Path):
     return AutoConfig.from_pretrained(str(path))
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Loading one part reports the other parts' keys as unexpected: expected here, so not shown."""
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(before)
-
-
-def _check_loaded(info: dict, what: str, source) -> None:
-    missing = [k for k in info.get("missing_keys", ()) if k]
-    if missing:
-        raise ModelError(f"{source}: the Llava checkpoint lacks {what} weights ({len(missing)} missing, "
-                         f"e.g. {sorted(missing)[:3]})")
-
-
 def load_language_model(source: str, config, **kwargs) -> torch.nn.Module:
     """The checkpoint's language model + ``lm_head`` as a plain transformers causal LM."""
     from transformers import AutoModelForCausalLM
@@ -128,11 +110,8 @@ def load_language_model(source: str, config, **kwargs) -> torch.nn.Module:
     model_class = AutoModelForCausalLM._model_mapping[type(text_config)]
     prefix = model_class.base_model_prefix
     key_mapping = {**{p: f"{prefix}." for p in _LANGUAGE}, _LM_HEAD: "lm_head."}
-    with _quiet_transformers():
-        model, info = model_class.from_pretrained(source, config=text_config, key_mapping=key_mapping,
-                                                  output_loading_info=True, **kwargs)
-    _check_loaded(info, "language model", source)
-    return model
+    return load_part(model_class, source, text_config, key_mapping, "language model", checkpoint="Llava checkpoint",
+                     **kwargs)
 
 
 def load_vision_tower(source: str, config) -> torch.nn.Module:
@@ -140,11 +119,8 @@ def load_vision_tower(source: str, config) -> torch.nn.Module:
     from transformers import AutoModel
 
     model_class = AutoModel._model_mapping[type(config.vision_config)]
-    with _quiet_transformers():
-        model, info = model_class.from_pretrained(source, config=config.vision_config, key_mapping={_VISION: ""},
-                                                  output_loading_info=True)
-    _check_loaded(info, "vision tower", source)
-    return model
+    return load_part(model_class, source, config.vision_config, {_VISION: ""}, "vision tower",
+                     checkpoint="Llava checkpoint")
 
 
 def projector_state(source: str | Path) -> dict[str, torch.Tensor]:
@@ -196,14 +172,8 @@ def check_encoder_matches(cfg: EncoderConfig, config) -> None:
 
 def image_preprocess_of(source: str | Path) -> str:
     """mmtune's preprocessing mode equivalent to the checkpoint's image processor settings."""
-    path = Path(source).expanduser()
-    # transformers 5 nests the image processor in processor_config.json; older checkpoints
-    # (e.g. llava-hf/llava-1.5-7b-hf) have a preprocessor_config.json.
-    if (path / "processor_config.json").is_file():
-        settings = json.loads((path / "processor_config.json").read_text()).get("image_processor", {})
-    elif (path / "preprocessor_config.json").is_file():
-        settings = json.loads((path / "preprocessor_config.json").read_text())
-    else:
+    settings = image_processor_settings(source)
+    if settings is None:
         return "resize"
     if settings.get("do_pad"):
         return "pad"
@@ -248,14 +218,9 @@ class LlavaReader:
     def image_encoder(self, cfg: EncoderConfig, key: str) -> MediaEncoder:
         if cfg.kind != "hf":
             raise ConfigError(f"{key}.kind: {cfg.name} is a Llava checkpoint; its vision tower loads with kind: hf")
-        from transformers import AutoImageProcessor
-
         config = llava_config(cfg.name)
         check_encoder_matches(cfg, config)
-        try:  # its normalisation, when the checkpoint has a processor
-            processor = AutoImageProcessor.from_pretrained(cfg.name)
-        except Exception:  # transformers raises several types for a directory without one
-            processor = None
+        processor = checkpoint_image_processor(cfg.name)  # its normalisation, when the checkpoint has a processor
         return hf_vision_encoder(load_vision_tower(cfg.name, config), cfg, processor=processor, key=key)
 
     def connector_state(self, source: str | Path, modality: str) -> dict[str, torch.Tensor]:
@@ -315,29 +280,6 @@ def select_strategy(encoder: HFVisionEncoder) -> str:
     return "default" if encoder.num_prefix == 1 and not encoder.keep_cls else "full"
 
 
-def image_token_id(tokenizer, llm: nn.Module) -> int:
-    """Add ``<image>`` as a special token (if absent) and make the LLM's vocabulary cover it."""
-    from tokenizers import AddedToken
-
-    if IMAGE_TAG not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(IMAGE_TAG, special=True, normalized=False)], special_tokens=True)
-    token_id = tokenizer.convert_tokens_to_ids(IMAGE_TAG)
-    if tokenizer.encode(IMAGE_TAG, add_special_tokens=False) != [token_id]:
-        raise ModelError(f"export --format hf-llava: the tokenizer does not keep {IMAGE_TAG} as one token")
-    vocab = llm.get_input_embeddings().weight.shape[0]
-    if token_id >= vocab:
-        llm.resize_token_embeddings(token_id + 1, mean_resizing=False)
-        with torch.no_grad():  # an image position's embedding is replaced; its logit must never win
-            llm.get_input_embeddings().weight[vocab:] = 0
-            out = llm.get_output_embeddings()
-            out.weight[vocab:] = 0
-            if out.bias is not None:
-                out.bias[vocab:] = 0
-        suppress = list(llm.generation_config.suppress_tokens or [])
-        llm.generation_config.suppress_tokens = sorted({*suppress, *range(vocab, token_id + 1)})
-    return token_id
-
-
 def llava_state_dict(model: MultimodalLM) -> dict[str, torch.Tensor]:
     """mmtune's parameters under ``LlavaForConditionalGeneration``'s module names (LoRA merged)."""
     llm = model.language_model
@@ -365,9 +307,7 @@ def image_processor_for(transform: ImageTransform):
     """A ``LlavaImageProcessorPil`` doing what ``transform`` does (see the module docstring)."""
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-    square = {"height": transform.size, "width": transform.size}
-    common = dict(image_mean=list(transform.mean), image_std=list(transform.std), resample=3,  # PIL bicubic
-                  do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True)
+    square, common = image_processor_kwargs(transform)
     if transform.mode == "pad":
         return LlavaImageProcessorPil(do_pad=True, size=square, do_center_crop=False, crop_size=square, **common)
     if transform.mode == "resize":
@@ -405,19 +345,11 @@ def export_llava(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
     if hasattr(model.llm, "peft_config"):
         raise ModelError("export --format hf-llava: the LLM's adapter could not be merged")
     branch = model.branches[IMAGE.name]
-    token_id = image_token_id(tokenizer, llm)
+    token_id = add_image_token(tokenizer, llm, "hf-llava")
     config = llava_config_for(model, token_id)
     config.dtype = next(llm.parameters()).dtype
-    with torch.device("meta"):
-        hf_model = LlavaForConditionalGeneration(config)
-    state = llava_state_dict(model)
-    if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-    missing, unexpected = hf_model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
-    if missing or unexpected:
-        raise ModelError(f"export --format hf-llava: weights do not fit LlavaForConditionalGeneration "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    hf_model = assign_weights(LlavaForConditionalGeneration, config, llava_state_dict(model), lm_head="lm_head.weight",
+                              tied=config.tie_word_embeddings, fmt="hf-llava")
     if config.tie_word_embeddings:
         hf_model.lm_head.weight = hf_model.model.language_model.get_input_embeddings().weight
     hf_model.generation_config = llm.generation_config
@@ -428,12 +360,7 @@ def export_llava(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
         num_additional_image_tokens=encoder.num_prefix, chat_template=tokenizer.chat_template,
         image_token=IMAGE_TAG,
     )
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_directory(out_dir) as tmp:
-        hf_model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    out_dir = save_export(out_dir, hf_model, processor, tokenizer)
     log.info("exported LlavaForConditionalGeneration to %s (image token %d, %d tokens per image)",
              out_dir, token_id, branch.num_tokens)
     return out_dir

@@ -82,6 +82,18 @@ def hf_inputs(enc: dict, image_token_id: int, *, aware: bool = True) -> dict:
     return out
 
 
+def processor_inputs(processor, hf, enc: dict, photo: Path = PHOTO, *, aware: bool = True) -> dict:
+    """transformers' processor on ``photo`` and QUESTION, checked against mmtune's inputs ``enc``: the same ids,
+    pixels and (instruction-aware) Q-Former ids."""
+    inputs = processor(images=[load_rgb(photo)], text=QUESTION, return_tensors="pt")
+    expected = hf_inputs(enc, hf.config.image_token_index, aware=aware)
+    assert inputs["input_ids"].tolist() == expected["input_ids"].tolist()
+    torch.testing.assert_close(inputs["pixel_values"], expected["pixel_values"], atol=1e-5, rtol=0)
+    if aware:
+        assert inputs["qformer_input_ids"].tolist() == expected["qformer_input_ids"].tolist()
+    return inputs
+
+
 # --------------------------------------------------------------------------- export of a trained run
 
 
@@ -260,12 +272,7 @@ def test_every_exportable_branch_round_trips_through_autoprocessor(aware, prepro
         photo = tmp_path / f"{width}x{height}.png"
         Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(photo)
         enc = mmtune_inputs(ours, tokenizer, photo)
-        inputs = processor(images=[load_rgb(photo)], text=QUESTION, return_tensors="pt")
-        expected = hf_inputs(enc, hf.config.image_token_index, aware=aware)
-        assert inputs["input_ids"].tolist() == expected["input_ids"].tolist()
-        torch.testing.assert_close(inputs["pixel_values"], expected["pixel_values"], atol=1e-5, rtol=0)
-        if aware:
-            assert inputs["qformer_input_ids"].tolist() == expected["qformer_input_ids"].tolist()
+        inputs = processor_inputs(processor, hf, enc, photo, aware=aware)
         ref = ours(enc["input_ids"], enc["media"]).logits
         torch.testing.assert_close(hf(**inputs).logits[..., : ref.shape[-1]], ref, atol=1e-4, rtol=1e-4)
     back, _ = load_for_inference(str(out))
@@ -340,12 +347,7 @@ def test_a_transformers_checkpoint_loads_with_identical_logits(hf_checkpoint):
         torch.testing.assert_close(connector.qformer.embeddings.layernorm.weight, hf.qformer.layernorm.weight)
     enc = mmtune_inputs(ours, tokenizer)  # the instructblip template, installed for a tokenizer without one
     processor = AutoProcessor.from_pretrained(hf_checkpoint, backend="pil")
-    inputs = processor(images=[load_rgb(PHOTO)], text=QUESTION, return_tensors="pt")
-    expected = hf_inputs(enc, hf.config.image_token_index, aware=aware)
-    assert inputs["input_ids"].tolist() == expected["input_ids"].tolist()
-    torch.testing.assert_close(inputs["pixel_values"], expected["pixel_values"], atol=1e-5, rtol=0)
-    if aware:
-        assert inputs["qformer_input_ids"].tolist() == expected["qformer_input_ids"].tolist()
+    inputs = processor_inputs(processor, hf, enc, aware=aware)
     ref = hf(**inputs).logits
     got = ours(enc["input_ids"], enc["media"]).logits
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)

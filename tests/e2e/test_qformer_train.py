@@ -6,12 +6,9 @@ Tiny random encoder (open_clip, no weights), tiny Q-Former (``tokenizer: basic``
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
-from media_helpers import OPEN_CLIP_TINY, llava_rows, write_json
+from media_helpers import OPEN_CLIP_TINY, llava_rows, losses_by_step, write_json
 
 import mmtune
 from mmtune.data.media import attach_media
@@ -44,14 +41,6 @@ def _recipe(tiny_recipe, tmp_path, data, out, connector=None) -> dict:
     return recipe
 
 
-def _losses(run_dir: Path) -> list[float]:
-    by_step = {}
-    for rec in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
-        if "loss" in rec:
-            by_step[rec["step"]] = rec["loss"]
-    return [by_step[k] for k in sorted(by_step)]
-
-
 def _single_turn_rows(n: int = 8) -> list[dict]:
     """InstructBLIP-style samples: one image, one instruction, one short answer."""
     return [{"id": str(i), "image": f"p{i % 4}.png", "conversations": [
@@ -62,7 +51,7 @@ def _single_turn_rows(n: int = 8) -> list[dict]:
 def test_qformer_trains_reloads_and_chats(tiny_recipe, photos, tmp_path):
     data = write_json(tmp_path / "d.json", _single_turn_rows())
     result = mmtune.train(_recipe(tiny_recipe, tmp_path, data, "qformer"))
-    losses = _losses(result.run_dir)
+    losses = losses_by_step(result.run_dir)
     assert losses[-1] < losses[0]
 
     model, tok = load_for_inference(str(result.run_dir))
@@ -102,7 +91,7 @@ def test_qformer_resume_matches_an_uninterrupted_run(tiny_recipe, photos, tmp_pa
     mmtune.train(part)
     part["train"].update(max_steps=6, resume="auto")
     mmtune.train(part)
-    assert _losses(tmp_path / "part")[3:] == pytest.approx(_losses(tmp_path / "full")[3:], abs=1e-6)
+    assert losses_by_step(tmp_path / "part")[3:] == pytest.approx(losses_by_step(tmp_path / "full")[3:], abs=1e-6)
 
 
 @pytest.mark.parametrize("connector", [
@@ -112,7 +101,7 @@ def test_qformer_resume_matches_an_uninterrupted_run(tiny_recipe, photos, tmp_pa
 def test_fixed_token_connectors_without_text_train(tiny_recipe, photos, tmp_path, connector):
     data = write_json(tmp_path / "d.json", _single_turn_rows())
     result = mmtune.train(_recipe(tiny_recipe, tmp_path, data, "run", connector=connector))
-    assert _losses(result.run_dir)[-1] < _losses(result.run_dir)[0]
+    assert losses_by_step(result.run_dir)[-1] < losses_by_step(result.run_dir)[0]
     model, _ = load_for_inference(str(result.run_dir))
     assert model.branches["image"].num_tokens == 3 and not model.branches["image"].connector.wants_text
 
@@ -129,4 +118,4 @@ def test_a_sample_that_starts_with_more_than_64_media_positions_trains(tiny_reci
     recipe["model"]["media"]["image"].pop("pieces")
     recipe["train"]["max_steps"] = 2
     result = mmtune.train(recipe)
-    assert len(_losses(result.run_dir)) == 2
+    assert len(losses_by_step(result.run_dir)) == 2

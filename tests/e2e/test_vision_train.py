@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from media_helpers import llava_rows, open_clip_image_branch, write_json
+from media_helpers import llava_rows, losses_by_step, open_clip_image_branch, write_json
 from safetensors.torch import load_file, save_file
 
 import mmtune
@@ -36,15 +36,6 @@ def _vision_recipe(tiny_recipe, tmp_path, data_path, out: str, llm: str = "lora"
     return recipe
 
 
-def _losses(run_dir: Path) -> list[float]:
-    """Losses by step (the last record wins when a resumed run logged a step again)."""
-    by_step = {}
-    for rec in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
-        if "loss" in rec:
-            by_step[rec["step"]] = rec["loss"]
-    return [by_step[k] for k in sorted(by_step)]
-
-
 def _ask(photo: Path, text: str = "What is it?") -> list[dict]:
     return attach_media([{"role": "user", "content": text}], [("image", str(photo))])
 
@@ -61,7 +52,7 @@ def test_two_stage_training_loads_the_stage1_projector_and_loss_falls(tiny_recip
     assert (final / "media.safetensors").is_file() and not (final / "adapter_config.json").exists()
     assert not (final / "model.safetensors").exists()  # the frozen LLM is not copied
     assert "media:\n    image:" in (result.run_dir / "config.yaml").read_text()  # the run records the new keys
-    losses = _losses(result.run_dir)
+    losses = losses_by_step(result.run_dir)
     assert losses[-1] < losses[0]
 
     stage2 = _vision_recipe(tiny_recipe, tmp_path, data, "stage2", connector={"trainable": "full", "lr": 1e-3},
@@ -72,7 +63,7 @@ def test_two_stage_training_loads_the_stage1_projector_and_loss_falls(tiny_recip
     log = (result2.run_dir / "train.log").read_text()
     assert "image connector weights loaded from" in log and "optimizer group image.connector: " in log
     assert "image.encoder: frozen" in log
-    losses2 = _losses(result2.run_dir)
+    losses2 = losses_by_step(result2.run_dir)
     assert losses2[-1] < losses2[0]
     # Stage 2 starts from stage 1's projector, not from a fresh one.
     from mmtune.config.schema import ModelConfig
@@ -107,7 +98,7 @@ def test_multimodal_resume_matches_an_uninterrupted_run(tiny_recipe, photos, tmp
     mmtune.train(part)
     part["train"].update(max_steps=6, resume="auto")
     mmtune.train(part)
-    assert _losses(tmp_path / "part")[3:] == pytest.approx(_losses(tmp_path / "full")[3:], abs=1e-6)
+    assert losses_by_step(tmp_path / "part")[3:] == pytest.approx(losses_by_step(tmp_path / "full")[3:], abs=1e-6)
 
 
 def test_a_run_saved_before_branches_existed_still_loads(tiny_recipe, photos, tmp_path):
@@ -189,7 +180,7 @@ def test_custom_encoder_piece_and_connector_from_a_recipe(tiny_recipe, photos, t
         "connector": {"kind": "my_vision:MeanPool", "options": {"tokens": 4}},
     }
     result = mmtune.train(recipe)
-    losses = _losses(result.run_dir)
+    losses = losses_by_step(result.run_dir)
     assert losses[-1] < losses[0]
     log = (result.run_dir / "train.log").read_text()
     assert "optimizer group image.pieces.pos: 384 params, lr 0.01" in log  # 16 tokens x 24 wide
@@ -211,7 +202,7 @@ def test_a_connector_that_reads_the_instruction_trains_and_answers_from_it(tiny_
     """instruction_pool queries the image from the user turn's text: the plumbing from data to chat."""
     data = write_json(tmp_path / "d.json", llava_rows())
     result = mmtune.train(_instruction_recipe(tiny_recipe, tmp_path, data))
-    assert _losses(result.run_dir)[-1] < _losses(result.run_dir)[0]
+    assert losses_by_step(result.run_dir)[-1] < losses_by_step(result.run_dir)[0]
     model, tok = load_for_inference(str(result.run_dir))
     connector = model.branches["image"].connector
     assert connector.wants_text and model.branches["image"].num_tokens == 4
@@ -277,7 +268,7 @@ def test_an_image_truncated_past_its_header_is_one_line_or_a_counted_skip(tiny_r
     assert summary["skipped_while_batching"] == {"unreadable image": 1}  # one sample, however often it was met
     log = (result.run_dir / "train.log").read_text()
     assert "1 sample(s) skipped while building batches: unreadable image" in log and "row 2" in log
-    assert all(map(lambda x: x == x, _losses(result.run_dir)))  # finite losses, the run went on
+    assert all(map(lambda x: x == x, losses_by_step(result.run_dir)))  # finite losses, the run went on
 
 
 def test_the_command_line_reports_a_truncated_image_in_one_line(tiny_recipe, photos, tmp_path):
