@@ -171,6 +171,12 @@ def test_an_instructblip_vision_model_gives_its_last_hidden_state_by_default():
     plain = build_encoder(EncoderConfig(kind="hf", architecture=arch, select_layer=-1, select_feature="cls_patch",
                                         ln_vision=False), "e")
     assert not plain.ln_vision
+    # Built to train from scratch, it starts with a real init (transformers' BLIP configs default to 1e-10,
+    # which makes every image's features the same): its features differ between images.
+    assert enc.model.config.initializer_range == 0.02
+    with torch.no_grad():
+        features = plain(torch.randn(4, 3, 28, 28))
+    assert float(features.std(0).mean()) > 0.01
 
 
 # --------------------------------------------------------------------------- the instruction's path

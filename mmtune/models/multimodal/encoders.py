@@ -41,6 +41,8 @@ HALF = (0.5, 0.5, 0.5)
 # (BLIP-2 and InstructBLIP normalise with CLIP's statistics).
 HF_DEFAULT_STATS = {"clip_vision_model": (CLIP_MEAN, CLIP_STD), "siglip_vision_model": (HALF, HALF)}
 BLIP_VISION_TYPES = ("blip_2_vision_model", "instructblip_vision_model")
+FROM_SCRATCH_INIT_STD = 0.02
+"""Weight init of a transformers BLIP vision model built from ``architecture`` (CLIP's and ViT's value)."""
 """transformers vision models whose ``post_layernorm`` is BLIP-2's ``ln_vision`` (applied by default)."""
 
 
@@ -220,6 +222,10 @@ def build_hf(cfg: EncoderConfig, key: str) -> ImageEncoder:
         if model_type is None:
             raise ConfigError(f"{key}.architecture: needs 'model_type' (clip_vision_model, siglip_vision_model, "
                               "blip_2_vision_model or instructblip_vision_model)")
+        if model_type in BLIP_VISION_TYPES:
+            # Their configs default to initializer_range 1e-10 (the weights are always loaded): a model built
+            # to train from scratch would start with every weight ~0 and features that ignore the image.
+            arch.setdefault("initializer_range", FROM_SCRATCH_INIT_STD)
         try:
             config = AutoConfig.for_model(model_type, **arch)
         except ValueError as exc:
