@@ -22,6 +22,9 @@ test::
 
     python benchmarks/instructblip_pixels_demo.py --out runs/pixels-demo             # all runs
     python benchmarks/instructblip_pixels_demo.py --out runs/pixels-demo --runs qformer qformer-blank
+
+Runs already in ``OUT/results.json`` are kept, so runs can be added one invocation at a time. ``--llm`` and
+``--llm-method`` swap the LLM (a random tiny Llama needs ``full``), ``--objects 1`` makes ``shapes`` single-object.
 """
 
 from __future__ import annotations
@@ -45,12 +48,12 @@ RUNS = {
 }
 
 
-def make_data(out: Path, train: int, heldout: int, seed: int) -> None:
+def make_data(out: Path, train: int, heldout: int, seed: int, objects: str) -> None:
     from mmtune.datagen.synth import generate_synth
 
     if not (out / "shapes" / "synth.json").is_file():
         generate_synth("shapes", out / "shapes", train=train, heldout=heldout, seed=seed, blank=out / "shapes-blank",
-                       overwrite=True, progress=False)
+                       overwrite=True, progress=False, objects=objects)
     if not (out / "pick" / "synth.json").is_file():
         generate_synth("shapes-pick", out / "pick", train=train, heldout=heldout, seed=seed, overwrite=True,
                        progress=False)
@@ -63,11 +66,13 @@ def recipe_for(name: str, out: Path, args) -> dict:
     recipe["output_dir"] = str(out / "runs" / name)
     if args.llm:
         recipe["model"]["name"] = args.llm
+    if args.llm_method:
+        recipe["method"]["name"] = args.llm_method
     recipe["data"]["datasets"] = [{"card": str(out / run["data"] / "train.yaml")}]
     image = recipe["model"]["media"]["image"]
     if run.get("connector"):
         image["connector"] = run["connector"]
-        image["encoder"]["select_feature"] = "patch"  # LLaVA: patch features only (16 LLM tokens per image)
+        image["encoder"]["select_feature"] = "patch"  # LLaVA: patch features only (64 LLM tokens per image)
     if "queries" in run:
         options = image["connector"]["options"]
         options["num_query_tokens"] = run["queries"]
@@ -156,7 +161,10 @@ def main() -> None:
     p.add_argument("--heldout", type=int, default=300, help="held-out images per task (default 300)")
     p.add_argument("--steps", type=int, default=150, help="optimizer steps per run (default 150)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--objects", default="1-3", help="objects per `shapes` image, K or MIN-MAX (default 1-3)")
     p.add_argument("--llm", default=None, help="another LLM than the recipe's SmolLM2 (a directory or hub name)")
+    p.add_argument("--llm-method", choices=["lora", "full", "frozen"], default=None,
+                   help="how the LLM trains (default: the recipe's LoRA; a random --llm needs full)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the recipe's)")
     args = p.parse_args()
 
@@ -164,7 +172,7 @@ def main() -> None:
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     out = args.out.resolve()
-    make_data(out, args.train, args.heldout, args.seed)
+    make_data(out, args.train, args.heldout, args.seed, args.objects)
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {"runs": {}}
     results["chance"] = {d: chance(out / d) for d in ("shapes", "pick")}
