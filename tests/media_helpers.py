@@ -61,3 +61,52 @@ def losses_by_step(run_dir: Path) -> list[float]:
         if "loss" in rec:
             by_step[rec["step"]] = rec["loss"]
     return [by_step[k] for k in sorted(by_step)]
+
+
+def write_video(path: Path, frames: int = 8, size: int = 32, fps: int = 8, *, tone: float | None = None,
+                seed: int = 0) -> Path:
+    """An mp4 (H.264) of ``frames`` random-coloured frames, with a ``tone`` Hz sound track when given (PyAV)."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        audio = out.add_stream("aac", rate=16000, layout="mono") if tone else None
+        for i in range(frames):
+            pixels = np.full((size, size, 3), rng.integers(0, 255, 3), dtype=np.uint8)
+            for packet in video.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        if audio is not None:
+            samples = (0.5 * np.sin(2 * np.pi * tone * np.arange(int(16000 * frames / fps)) / 16000)).astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(samples[None], format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            for packet in audio.encode(frame):
+                out.mux(packet)
+            for packet in audio.encode():
+                out.mux(packet)
+    return path
+
+
+def write_wav(path: Path, seconds: float = 1.0, *, freq: float = 440.0, rate: int = 16000, amplitude: float = 0.5,
+              channels: int = 1) -> Path:
+    """A 16-bit PCM WAV of a sine tone (stdlib ``wave``); ``amplitude`` 0 writes digital silence."""
+    import wave
+
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (amplitude * np.sin(2 * np.pi * freq * t) * 32767).astype(np.int16)
+    samples = np.repeat(samples[:, None], channels, axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return path

@@ -40,8 +40,9 @@ class EncoderConfig(Strict):
     used instead of ``name`` to build an encoder of that shape with random weights."""
     select_layer: int = -2
     """Hidden state to use, indexed like transformers' ``hidden_states`` (-2: the penultimate layer)."""
-    select_feature: Literal["patch", "cls_patch"] = "patch"
-    """``patch`` drops the CLS token (LLaVA), ``cls_patch`` keeps it (BLIP-2, InstructBLIP)."""
+    select_feature: Literal["patch", "cls_patch", "cls"] = "patch"
+    """``patch`` drops the CLS token (LLaVA), ``cls_patch`` keeps it (BLIP-2, InstructBLIP), ``cls`` is the CLS
+    token alone (an audio clip's embedding, as ImageBind gives Video-LLaMA's audio Q-Former)."""
     ln_vision: bool | None = None
     """``hf`` encoders: apply the model's own ``post_layernorm`` to the selected features. ``null``: yes for
     transformers BLIP-2 / InstructBLIP vision models (their ``post_layernorm`` holds BLIP-2's ``ln_vision``), no

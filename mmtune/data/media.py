@@ -60,26 +60,48 @@ def media_items_of(conv: Conversation, specs: dict[str, MediaInputSpec], *, root
     out = []
     for i, entry in entries:
         field = entry.get("field", entry["modality"])
-        out.append(MediaItem(entry["modality"], str(checked_path(entry, root)), dict(entry.get("options") or {}),
-                             instruction=strip_tags(conv[i]["content"]), origin=f"{where}: field '{field}'"))
+        path, info = checked_path(entry, root)
+        item = MediaItem(entry["modality"], str(path), dict(entry.get("options") or {}),
+                         instruction=strip_tags(conv[i]["content"]), origin=f"{where}: field '{field}'", info=info)
+        out.append(item)
+        companion = specs[item.modality].companion
+        if companion is not None:  # a video's sound track for the audio branch, over the same clip window
+            info = _checked(MODALITIES[companion], path, field)
+            out.append(MediaItem(companion, item.path, dict(item.options), instruction=item.instruction,
+                                 origin=f"{item.origin} (its {companion})", info=info, companion=True))
     return out
 
 
-def checked_path(entry: dict, root: Path | None) -> Path:
-    """An entry's file: resolved inside ``root`` (as given when None) and header-checked; raises :class:`BadRow`."""
+def checked_path(entry: dict, root: Path | None) -> tuple[Path, dict]:
+    """An entry's file, resolved inside ``root`` (as given when None), and its header info; raises :class:`BadRow`."""
     modality = MODALITIES[entry["modality"]]
+    field = entry.get("field", modality.name)
     try:
         path = modality.resolve(root, entry["ref"]) if root is not None else Path(entry["ref"]).expanduser().absolute()
-        modality.check(path)
     except MediaProblem as exc:
-        raise BadRow(exc.reason, entry.get("field", modality.name), exc.detail) from None
-    return path
+        raise BadRow(exc.reason, field, exc.detail) from None
+    return path, _checked(modality, path, field)
+
+
+def _checked(modality, path: Path, field: str) -> dict:
+    try:
+        return modality.check(path)
+    except MediaProblem as exc:
+        raise BadRow(exc.reason, field, exc.detail) from None
 
 
 def media_slots(items: list[MediaItem], specs: dict[str, MediaInputSpec]) -> list[MediaSlot]:
-    """Each item's tag, placeholder id and token count (from its branch), in order."""
-    return [MediaSlot(specs[item.modality].modality.tag, specs[item.modality].modality.placeholder_id,
-                      specs[item.modality].count(item)) for item in items]
+    """Each item's tag, placeholder id and token count (from its branch), in order; an item the branch cannot
+    take (a video with fewer frames than the branch samples) raises :class:`BadRow` naming its field."""
+    slots = []
+    for item in items:
+        spec = specs[item.modality]
+        try:
+            tokens = spec.count(item)
+        except MediaProblem as exc:
+            raise BadRow(exc.reason, item.origin.rsplit("field ", 1)[-1].strip("'"), f"{item.path}: {exc.detail}") from None
+        slots.append(MediaSlot("" if item.companion else spec.modality.tag, spec.modality.placeholder_id, tokens))
+    return slots
 
 
 def attach_media(messages: Conversation, media: list[tuple[str, str]]) -> Conversation:
@@ -115,5 +137,5 @@ def with_resolved_media(conv: Conversation, root: Path) -> Conversation:
     For conversations kept as conversations (evaluation), whose media are later
     taken as absolute paths.
     """
-    return [{**msg, "media": [{**entry, "ref": str(checked_path(entry, root))} for entry in msg["media"]]}
+    return [{**msg, "media": [{**entry, "ref": str(checked_path(entry, root)[0])} for entry in msg["media"]]}
             if msg.get("media") else msg for msg in conv]

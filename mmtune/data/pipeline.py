@@ -263,14 +263,14 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig,
     lengths: list[int] = []
     sample_media: list[list[MediaItem]] = []
     metas: list[dict[str, str]] = []
-    pending: list[tuple[str, list, Conversation, list[MediaItem], dict[str, str]]] = []
+    pending: list[tuple[str, list, Conversation, list[MediaItem], dict[str, str], list]] = []
     checked = False
 
     def flush() -> None:
         nonlocal checked
         encoded = encode_segments(
-            tokenizer, [segs for _, segs, _, _, _ in pending], max_length=cfg.max_length,
-            train_on_prompt=cfg.train_on_prompt, media=[media_slots(items, media) for *_, items, _ in pending],
+            tokenizer, [segs for _, segs, *_ in pending], max_length=cfg.max_length,
+            train_on_prompt=cfg.train_on_prompt, media=[slots for *_, slots in pending],
             tags=tags,
         )
         if not checked and not cfg.train_on_prompt and not encoded[0].truncated and not pending[0][3]:
@@ -280,7 +280,7 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig,
                 log.warning("%s: the chat template's turn boundaries do not tokenize like the whole prompt "
                             "(assistant turns %s): training tokens differ slightly from inference tokens",
                             pending[0][0], bad_turns)
-        for (where, _, _, items, meta), enc in zip(pending, encoded):
+        for (where, _, _, items, meta, _), enc in zip(pending, encoded):
             if not enc.trained[1:].any():  # the first token is never a target
                 detail = f"no trained token left after truncation to max_length={cfg.max_length}"
                 if cfg.on_bad_sample == "error":
@@ -310,6 +310,7 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig,
                 has_media = any(msg.get("media") for msg in conv)
                 items = media_items_of(conv, media, root=src.media_root() if has_media else None, where=where,
                                        dataset=src.name)
+                slots = media_slots(items, media)
             except BadRow as exc:
                 if cfg.on_bad_sample == "error":
                     raise DataError(f"{where}: field '{exc.field_name}': {exc.detail}", reason=exc.reason) from None
@@ -324,7 +325,7 @@ def tokenize_source(tokenizer, src: ResolvedSource, cfg: DataConfig,
                     raise DataError(f"{where}: the chat template failed on this conversation: {exc}") from None
                 report.skip("template error", where)
                 continue
-            pending.append((where, segments, conv, items, meta))
+            pending.append((where, segments, conv, items, meta, slots))
             if len(pending) >= _BATCH:
                 flush()
             bar.update()

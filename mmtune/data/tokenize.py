@@ -31,6 +31,7 @@ class MediaSlot:
     """The positions one media item takes in the token sequence."""
 
     tag: str
+    """The item's tag in the text; empty for a companion item, whose positions follow the item before it."""
     placeholder_id: int
     tokens: int
 
@@ -74,7 +75,7 @@ def encode_segments(
     for c, segs in enumerate(conversations):
         slots = media[c] if media is not None else []
         ids_parts, mask_parts, item_spans = [], [], []
-        length = 0
+        length = used_slots = 0
         for seg in segs:
             parts = pieces[p]
             p += 1
@@ -83,33 +84,40 @@ def encode_segments(
                                 reason="media tag in answer")
             for j, part in enumerate(parts):
                 if j % 2:  # a media tag between two text pieces
-                    if len(item_spans) >= len(slots) or slots[len(item_spans)].tag != part:
+                    if used_slots >= len(slots) or slots[used_slots].tag != part:
                         raise DataError(f"the rendered conversation has {part} where its media list has "
-                                        f"{_describe_slot(slots, len(item_spans))}; the chat template must keep "
+                                        f"{_describe_slot(slots, used_slots)}; the chat template must keep "
                                         "every media tag of the user turns, in order", reason="media tags do not match")
-                    slot = slots[len(item_spans)]
-                    item_spans.append((length, slot.tokens))
-                    ids_parts.append(np.full(slot.tokens, slot.placeholder_id, dtype=np.int32))
-                    mask_parts.append(np.zeros(slot.tokens, dtype=bool))
-                    length += slot.tokens
+                    start, used = length, 0
+                    while True:  # the tag's item, then its companions (tagless: a video's sound track)
+                        slot = slots[used_slots + used]
+                        ids_parts.append(np.full(slot.tokens, slot.placeholder_id, dtype=np.int32))
+                        mask_parts.append(np.zeros(slot.tokens, dtype=bool))
+                        length += slot.tokens
+                        used += 1
+                        if used_slots + used >= len(slots) or slots[used_slots + used].tag:
+                            break
+                    item_spans.append((start, length - start, used))
+                    used_slots += used
                     continue
                 ids = np.asarray(ids_flat[k], dtype=np.int32)
                 k += 1
                 ids_parts.append(ids)
                 mask_parts.append(np.full(len(ids), seg.trained or train_on_prompt, dtype=bool))
                 length += len(ids)
-        if len(item_spans) != len(slots):
-            raise DataError(f"the rendered conversation has {len(item_spans)} media tag(s) but {len(slots)} media "
+        if used_slots != len(slots):
+            tagged = sum(1 for slot in slots if slot.tag)
+            raise DataError(f"the rendered conversation has {len(item_spans)} media tag(s) but {tagged} media "
                             "item(s); the chat template dropped some (the plain template keeps only <image> tags)",
                             reason="media tags do not match")
         ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32)
         mask = np.concatenate(mask_parts) if mask_parts else np.zeros(0, bool)
         cut = max_length
-        for start, size in item_spans:  # never keep part of an item
+        for start, size, _ in item_spans:  # never keep part of an item (nor a video without its sound track)
             if start < cut < start + size:
                 cut = start
-        kept = sum(1 for start, size in item_spans if start + size <= cut)
-        out.append(Encoded(ids[:cut], mask[:cut], len(ids) > cut, kept, len(item_spans) - kept))
+        kept = sum(n for start, size, n in item_spans if start + size <= cut)
+        out.append(Encoded(ids[:cut], mask[:cut], len(ids) > cut, kept, len(slots) - kept))
     return out
 
 

@@ -57,6 +57,11 @@ class MediaItem:
     """Text of the user turn that contains the item, media tags removed (for connectors that read it)."""
     origin: str = ""
     """``file: row N: field 'image'``: named by every error about this item."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """What the header check read (a video's frame count and rate, an audio's duration): token counts use it."""
+    companion: bool = False
+    """Added for the item before it, with no tag of its own (a video's sound track, ``use_audio_in_video``):
+    its positions follow that item's."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +93,31 @@ class FixedTokens:
         return self.count
 
 
+@dataclass(frozen=True)
+class PerSegmentTokens:
+    """Items of a sequence modality (a video's frames, an audio's clips): ``segments(item) x per_segment``
+    positions, or ``fixed`` whatever the number of segments (a connector that resamples across them).
+
+    ``segments`` is the modality's picklable counter (it reads the item's header ``info`` and clip window and
+    raises :class:`MediaProblem` for an item that cannot give what the branch asks: a video with fewer frames),
+    so it is called even when the count is fixed.
+    """
+
+    segments: Any
+    """``segments(item) -> int``, with a ``rule`` string."""
+    per_segment: int = 0
+    fixed: int | None = None
+
+    @property
+    def rule(self) -> str:
+        tokens = f"fixed:{self.fixed}" if self.fixed is not None else f"x{self.per_segment}"
+        return f"{self.segments.rule}:{tokens}"
+
+    def __call__(self, item: MediaItem) -> int:
+        n = self.segments(item)
+        return self.fixed if self.fixed is not None else n * self.per_segment
+
+
 class Modality(abc.ABC):
     """Base class of modalities; one instance per modality, registered in ``mmtune.modalities``."""
 
@@ -103,6 +133,10 @@ class Modality(abc.ABC):
     """This modality's ``model.media.<name>`` section: the generic branch plus its own preprocessing keys."""
     encoder_needs: tuple[str, ...] = ()
     """Attributes :meth:`transform` reads from the encoder (checked when a branch is built)."""
+    sequence: bool = False
+    """Items are sequences of segments (video frames, audio clips), each encoded on its own: the item tensor is
+    ``[segments, ...]``, batches are padded to the longest item with :attr:`MediaInputs.lengths`, and the
+    branch runs its encoder per segment (see ``MediaBranch``)."""
 
     def resolve(self, root: Path, reference: str) -> Path:
         """``root / reference``, refusing anything that resolves outside ``root`` (it is never opened)."""
@@ -114,8 +148,9 @@ class Modality(abc.ABC):
         return path
 
     @abc.abstractmethod
-    def check(self, path: Path) -> None:
-        """Cheap check when data is tokenized: the file exists and its header is readable."""
+    def check(self, path: Path) -> dict[str, Any]:
+        """Cheap check when data is tokenized: the file exists and its header is readable. Returns what the
+        header says that token counts need (kept as :attr:`MediaItem.info`; ``{}`` for images)."""
 
     @abc.abstractmethod
     def load(self, path: str | Path, options: dict[str, Any]) -> Any:
@@ -126,11 +161,23 @@ class Modality(abc.ABC):
         """Decoded item -> the tensor ``encoder`` takes, as configured by the branch section; ``train``: with
         the branch's training-time augmentation, if it has one (evaluation and chat never augment)."""
 
-    def collate(self, tensors: Sequence["torch.Tensor"]) -> "torch.Tensor":
-        """The items of one batch, in order, as one tensor (stacked: items of a modality share a shape)."""
+    def segment_counter(self, branch: BranchConfig, *, train: bool = False) -> Any:
+        """Sequence modalities: the picklable ``counter(item) -> segments`` of this branch section (see
+        :class:`PerSegmentTokens`); None for the others."""
+        return None
+
+    def collate(self, tensors: Sequence["torch.Tensor"]) -> tuple["torch.Tensor", "torch.Tensor | None"]:
+        """The items of one batch, in order, as one tensor, and the segments of each item for a sequence
+        modality (items padded with zeros to the longest; None otherwise: items of a modality share a shape)."""
         import torch
 
-        return torch.stack(list(tensors))
+        if not self.sequence:
+            return torch.stack(list(tensors)), None
+        lengths = torch.tensor([len(t) for t in tensors], dtype=torch.long)
+        longest = int(lengths.max())
+        padded = [t if len(t) == longest else torch.cat([t, t.new_zeros((longest - len(t), *t.shape[1:]))])
+                  for t in tensors]
+        return torch.stack(padded), lengths
 
 
 @dataclass
@@ -144,6 +191,8 @@ class MediaInputSpec:
     """Tokenizer of the instruction text, when the branch's connector reads it (else None)."""
     max_text_tokens: int
     """Instruction tokens kept per item (the connector section's ``max_text_tokens``)."""
+    companion: str | None = None
+    """Another modality each item also feeds, from the same file (a video's sound track: ``"audio"``)."""
 
 
 @dataclass
@@ -154,14 +203,17 @@ class MediaInputs:
     text_ids: "torch.Tensor | None" = None
     """``[items, T]`` instruction tokens per item (connectors that read the instruction), else None."""
     text_mask: "torch.Tensor | None" = None
+    lengths: "torch.Tensor | None" = None
+    """Sequence modalities: ``[items]`` segments (frames, clips) per item; ``values`` is padded to the longest."""
 
     def __len__(self) -> int:
         return len(self.values)
 
     def to(self, device) -> "MediaInputs":
-        return MediaInputs(self.values.to(device),
-                           None if self.text_ids is None else self.text_ids.to(device),
-                           None if self.text_mask is None else self.text_mask.to(device))
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return MediaInputs(self.values.to(device), move(self.text_ids), move(self.text_mask), move(self.lengths))
 
 
 def load_item(item: MediaItem, spec: MediaInputSpec) -> "torch.Tensor":
@@ -182,7 +234,8 @@ def collate_media(loaded: Sequence[tuple[MediaItem, "torch.Tensor"]],
         mine = [(item, tensor) for item, tensor in loaded if item.modality == name]
         if not mine:
             continue
-        inputs = MediaInputs(spec.modality.collate([tensor for _, tensor in mine]))
+        values, lengths = spec.modality.collate([tensor for _, tensor in mine])
+        inputs = MediaInputs(values, lengths=lengths)
         if spec.text_tokenizer is not None:
             enc = spec.text_tokenizer([item.instruction for item, _ in mine], padding=True, truncation=True,
                                       max_length=spec.max_text_tokens, return_tensors="pt")

@@ -145,8 +145,9 @@ class ImageModality(Modality):
     branch_config = ImageBranchConfig
     encoder_needs = ("image_size", "image_mean", "image_std")
 
-    def check(self, path: Path) -> None:
+    def check(self, path: Path) -> dict[str, Any]:
         check_image(path)
+        return {}
 
     def load(self, path: str | Path, options: dict[str, Any]):
         return load_rgb(path)

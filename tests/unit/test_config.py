@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel
 
 from mmtune.config.loader import _model_in, dump_recipe, load_recipe
+from mmtune.config.media import BranchConfig
 from mmtune.config.loader import validate_recipe as mmtune_validate
 from mmtune.config.schema import TASK_RECIPES, SftRecipe
 from mmtune.errors import ConfigError
@@ -74,10 +75,19 @@ def _all_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
+def _documented_as(key: str) -> str:
+    """The README row of ``key``: the branch keys every modality shares (``encoder.*``, ``pieces.*``,
+    ``connector.*`` and their methods) are documented once, on the image branch."""
+    parts = key.split(".")
+    if len(parts) > 3 and parts[1] == "media" and parts[2] != "image" and parts[3] in BranchConfig.model_fields:
+        return ".".join([parts[0], "media", "image", *parts[3:]])
+    return key
+
+
 def test_configs_readme_documents_every_key():
     doc = (REPO / "configs" / "README.md").read_text()
     keys = sorted({k for recipe in TASK_RECIPES.values() for k in _all_keys(recipe)})
-    missing = [k for k in keys if f"`{k}`" not in doc]
+    missing = [k for k in keys if f"`{_documented_as(k)}`" not in doc]
     assert not missing, f"undocumented recipe keys: {missing}"
 
 

@@ -121,7 +121,7 @@ def test_eva_through_open_clip_keeps_39_of_40_blocks_in_miniature_then_ln_vision
     from timm.models import register_model
     from timm.models.eva import _create_eva
 
-    from mmtune.models.multimodal.encoders import build_encoder
+    from mmtune.models.multimodal.build import build_encoder
 
     @register_model
     def mmtune_test_tiny_eva01(pretrained=False, **kwargs):
@@ -159,7 +159,7 @@ def test_eva_through_open_clip_keeps_39_of_40_blocks_in_miniature_then_ln_vision
 
 
 def test_an_instructblip_vision_model_gives_its_last_hidden_state_by_default():
-    from mmtune.models.multimodal.encoders import build_encoder
+    from mmtune.models.multimodal.build import build_encoder
 
     arch = {"model_type": "instructblip_vision_model", "hidden_size": 32, "intermediate_size": 64,
             "num_hidden_layers": 2, "num_attention_heads": 2, "image_size": 28, "patch_size": 14}

@@ -35,7 +35,7 @@ def slots(n: int, tokens: int) -> list[MediaSlot]:
 def test_open_clip_encoder_reads_the_selected_layer():
     import open_clip
 
-    from mmtune.models.multimodal.encoders import build_encoder
+    from mmtune.models.multimodal.build import build_encoder
 
     torch.manual_seed(0)
     reference = open_clip.CLIP(**OPEN_CLIP_TINY).visual.eval()
@@ -56,7 +56,7 @@ def test_open_clip_timm_trunk_encoder_eva_style():
     """EVA01-g-14, EVA02 and SigLIP are timm trunks inside open_clip: same contract, same layer rule."""
     import open_clip
 
-    from mmtune.models.multimodal.encoders import build_encoder
+    from mmtune.models.multimodal.build import build_encoder
 
     arch = {"embed_dim": 16, "vision_cfg": {"image_size": 224, "timm_model_name": "eva02_tiny_patch14_224",
                                             "timm_model_pretrained": False, "timm_pool": "token", "timm_proj": "linear"},
@@ -75,7 +75,7 @@ def test_open_clip_timm_trunk_encoder_eva_style():
 
 
 def test_hf_clip_encoder_matches_hidden_states_and_drops_cls():
-    from mmtune.models.multimodal.encoders import build_encoder
+    from mmtune.models.multimodal.build import build_encoder
 
     encoder = build_encoder(EncoderConfig(kind="hf", architecture=HF_CLIP_TINY), KEY).eval()
     x = torch.randn(2, 3, 32, 32)
@@ -88,7 +88,7 @@ def test_hf_clip_encoder_matches_hidden_states_and_drops_cls():
 
 
 def test_encoder_errors_are_clear():
-    from mmtune.models.multimodal.encoders import build_encoder
+    from mmtune.models.multimodal.build import build_encoder
 
     with pytest.raises(ConfigError, match="select_layer"):
         build_encoder(EncoderConfig(kind="open_clip", pretrained=None, architecture=OPEN_CLIP_TINY, select_layer=-9), KEY)
@@ -337,7 +337,7 @@ def test_component_methods_freeze_and_lora_explicitly(tiny_mm):
 
 def test_custom_parts_that_break_the_contract_are_config_errors(tmp_path, monkeypatch):
     from mmtune.models.multimodal.connectors import build_connector
-    from mmtune.models.multimodal.encoders import build_encoder
+    from mmtune.models.multimodal.build import build_encoder
 
     (tmp_path / "broken_vision.py").write_text(
         "from mmtune.models.multimodal.encoders import ImageEncoder\n"

@@ -17,6 +17,7 @@ branch; both load.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,7 +30,8 @@ from mmtune.modalities import MODALITIES
 from mmtune.modalities.base import MediaInputSpec
 from mmtune.models.multimodal.branch import PIECE_BUILDERS, BranchPiece, MediaBranch
 from mmtune.models.multimodal.connectors import build_connector
-from mmtune.models.multimodal.encoders import ENCODER_BUILDERS, MediaEncoder, build_encoder
+from mmtune.models.multimodal.audio_encoders import AUDIO_PRESETS, build_ast
+from mmtune.models.multimodal.encoders import MediaEncoder, build_hf, build_open_clip
 from mmtune.models.multimodal.model import MultimodalLM
 from mmtune.utils.imports import import_object
 
@@ -37,6 +39,28 @@ log = logging.getLogger(__name__)
 MEDIA_WEIGHTS = "media.safetensors"
 LEGACY_VISION_WEIGHTS = "vision.safetensors"
 """The image branch's weights of runs saved before branches existed (``connector.*``, ``encoder.*``)."""
+
+
+ENCODER_BUILDERS: dict[str, Callable[[EncoderConfig, str], MediaEncoder]] = {
+    "open_clip": build_open_clip, "hf": build_hf, "ast": build_ast,
+}
+"""Built-in encoders by ``encoder.kind``; any other kind is a ``package.module:builder`` called with ``options``."""
+
+
+def build_encoder(cfg: EncoderConfig, key: str) -> MediaEncoder:
+    """A built-in encoder by kind, or ``package.module:builder`` called with ``options``; ``key`` names it in errors."""
+    if cfg.kind in ENCODER_BUILDERS:
+        encoder = ENCODER_BUILDERS[cfg.kind](cfg, key)
+    else:
+        builder = import_object(cfg.kind, f"{key}.kind")
+        try:
+            encoder = builder(**cfg.options)
+        except TypeError as exc:  # wrong options, or a class that does not implement the contract
+            raise ConfigError(f"{key}: cannot build '{cfg.kind}': {exc}") from None
+    if not isinstance(encoder, MediaEncoder):
+        raise ConfigError(f"{key}.kind: '{cfg.kind}' built a {type(encoder).__name__}, "
+                          "not an mmtune.models.multimodal.encoders.MediaEncoder")
+    return encoder
 
 
 def build_branch(name: str, cfg: BranchConfig, out_dim: int, *, encoder: MediaEncoder | None = None,
@@ -162,6 +186,8 @@ def encoder_is_rebuildable(cfg: EncoderConfig) -> bool:
     """True when the encoder's weights come back from its name alone (a pretrained built-in)."""
     if cfg.kind not in ENCODER_BUILDERS or cfg.architecture is not None:
         return False
+    if cfg.kind == "ast":
+        return cfg.name not in AUDIO_PRESETS
     return cfg.kind == "hf" or cfg.pretrained is not None
 
 

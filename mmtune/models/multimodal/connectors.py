@@ -30,12 +30,10 @@ from torch import nn
 
 from mmtune.config.media import ConnectorConfig
 from mmtune.errors import ConfigError, ModelError
+from mmtune.models.multimodal.qformer import QFORMER_BERT_BASE, build_query_transformer, query_outputs
 from mmtune.models.multimodal.qformer_tokenizer import load_qformer_tokenizer
 from mmtune.utils.imports import import_object
 
-QFORMER_BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-                     "intermediate_size": 3072, "cross_attention_frequency": 2, "max_position_embeddings": 512}
-"""The published Q-Former: BERT-base with cross-attention every 2 layers (``qformer`` options override it)."""
 
 
 class Connector(nn.Module, abc.ABC):
@@ -45,6 +43,10 @@ class Connector(nn.Module, abc.ABC):
     """True for connectors that condition on the instruction (they get ``text_ids`` / ``text_mask``)."""
     text_tokenizer: Any = None
     """The tokenizer of the instruction for a connector that reads it with its own (None: the LLM's)."""
+    frame_wise: bool = False
+    """On a video or audio branch: True runs the connector on each frame / clip (an item then takes
+    ``frames x num_output_tokens``); False gives it all frames' features at once (``[B, S*N, D]``, with
+    ``feature_mask`` where an item has fewer frames) and needs a fixed ``num_output_tokens``."""
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
@@ -57,11 +59,14 @@ class Connector(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, features: torch.Tensor, text_ids: torch.Tensor | None = None,
                 text_mask: torch.Tensor | None = None, text_embeds: torch.Tensor | None = None) -> torch.Tensor:
-        """``[B, N, in_dim]`` -> ``[B, num_output_tokens(N), out_dim]``."""
+        """``[B, N, in_dim]`` -> ``[B, num_output_tokens(N), out_dim]``. A connector used across the frames of a
+        video (not ``frame_wise``) also receives ``feature_mask`` ``[B, N]`` when some items have fewer frames."""
 
 
 class MLPProjector(Connector):
     """``depth`` Linear layers with GELU between them (depth 1 = LLaVA's linear projector)."""
+
+    frame_wise = True  # token by token: per frame is the same as all at once
 
     def __init__(self, in_dim: int, out_dim: int, depth: int = 2):
         super().__init__(in_dim, out_dim)
@@ -100,7 +105,10 @@ class InstructionPooling(Connector):
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return self.num_queries
 
-    def forward(self, features, text_ids=None, text_mask=None, text_embeds=None):
+    def forward(self, features, text_ids=None, text_mask=None, text_embeds=None, feature_mask=None):
+        if feature_mask is not None:
+            raise ModelError("instruction_pool cannot mask missing frames: sample the same number of frames "
+                             "for every video (frames.mode uniform or headtail)")
         if text_embeds is None or text_mask is None:
             raise ValueError("instruction_pool needs the instruction (text_embeds and text_mask)")
         weights = text_mask.to(text_embeds.dtype)[..., None]
@@ -137,44 +145,21 @@ class QFormerConnector(Connector):
     """
 
     def __init__(self, in_dim: int, out_dim: int, *, num_query_tokens: int = 32, instruction_aware: bool = True,
-                 tokenizer: str = "bert-base-uncased", qformer: dict[str, Any] | None = None):
+                 tokenizer: str = "bert-base-uncased", qformer: dict[str, Any] | None = None,
+                 per_frame: bool = False):
         """``qformer``: ``InstructBlipQFormerConfig`` keys over BERT-base (``hidden_size``,
         ``num_hidden_layers``, ``num_attention_heads``, ``intermediate_size``, ``cross_attention_frequency``,
-        dropouts ...)."""
-        from transformers import InstructBlipQFormerConfig, InstructBlipQFormerModel
-
+        dropouts ...). ``per_frame``: on a video branch, run on each frame (InstructBLIP-Video: ``frames x
+        num_query_tokens`` positions); otherwise once over all frames (Video-LLaMA's video Q-Former)."""
         super().__init__(in_dim, out_dim)
-        if num_query_tokens < 1:
-            raise ValueError("num_query_tokens must be >= 1")
-        options = {**QFORMER_BERT_BASE, **(qformer or {})}
-        for fixed in ("encoder_hidden_size", "vocab_size"):
-            if fixed in options:
-                raise ValueError(f"qformer.{fixed} is set by mmtune (the encoder's width; the tokenizer's size)")
-        known = InstructBlipQFormerConfig().to_dict()
-        unknown = sorted(k for k in options if k not in known)
-        if unknown:  # transformers configs keep unknown keys silently; a typo would change nothing
-            raise ValueError(f"qformer: unknown key(s) {unknown} (InstructBlipQFormerConfig keys: "
-                             f"{', '.join(k for k in QFORMER_BERT_BASE)}, hidden_dropout_prob, ...)")
         self.instruction_aware = instruction_aware
         self.wants_text = instruction_aware
+        self.frame_wise = per_frame
         self.tokenizer_name = tokenizer if instruction_aware else None
         self.text_tokenizer = load_qformer_tokenizer(tokenizer) if instruction_aware else None
-        vocab = len(self.text_tokenizer) if instruction_aware else 1
-        try:
-            config = InstructBlipQFormerConfig(**options, encoder_hidden_size=in_dim, vocab_size=vocab)
-        except TypeError as exc:
-            raise ValueError(f"qformer: {exc}") from None
-        if config.hidden_size % config.num_attention_heads:
-            raise ValueError(f"qformer.hidden_size {config.hidden_size} is not divisible by "
-                             f"num_attention_heads {config.num_attention_heads}")
-        self.qformer = InstructBlipQFormerModel(config)
-        if not instruction_aware:  # BLIP-2: no text, so nothing that only text passes through is kept
-            self.qformer.embeddings.word_embeddings = None
-            self.qformer.embeddings.position_embeddings = None
-            for layer in self.qformer.encoder.layer:
-                layer.intermediate = layer.output = None
-        self.query_tokens = nn.Parameter(torch.randn(1, num_query_tokens, config.hidden_size) * 0.02)
-        self.language_projection = nn.Linear(config.hidden_size, out_dim)
+        vocab = len(self.text_tokenizer) if instruction_aware else None
+        self.qformer, self.query_tokens = build_query_transformer(in_dim, num_query_tokens, qformer, vocab)
+        self.language_projection = nn.Linear(self.query_tokens.shape[-1], out_dim)
 
     @property
     def num_query_tokens(self) -> int:
@@ -183,22 +168,13 @@ class QFormerConnector(Connector):
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return self.num_query_tokens
 
-    def forward(self, features, text_ids=None, text_mask=None, text_embeds=None):
-        batch = features.shape[0]
-        queries = self.query_tokens.expand(batch, -1, -1).to(features.dtype)
-        feature_mask = torch.ones(features.shape[:2], dtype=torch.long, device=features.device)
-        if self.instruction_aware:
-            if text_ids is None or text_mask is None:
-                raise ModelError("the instruction-aware Q-Former needs the instruction's tokens (text_ids, "
-                                 "text_mask); they come from the data pipeline or generation.prompts")
-            query_mask = torch.ones(queries.shape[:2], dtype=text_mask.dtype, device=text_mask.device)
-            out = self.qformer(input_ids=text_ids, attention_mask=torch.cat([query_mask, text_mask], dim=1),
-                               query_embeds=queries, encoder_hidden_states=features,
-                               encoder_attention_mask=feature_mask)
-        else:
-            out = self.qformer(input_ids=None, query_embeds=queries, encoder_hidden_states=features,
-                               encoder_attention_mask=feature_mask)
-        return self.language_projection(out.last_hidden_state[:, :self.num_query_tokens])
+    def forward(self, features, text_ids=None, text_mask=None, text_embeds=None, feature_mask=None):
+        if self.instruction_aware and (text_ids is None or text_mask is None):
+            raise ModelError("the instruction-aware Q-Former needs the instruction's tokens (text_ids, "
+                             "text_mask); they come from the data pipeline or generation.prompts")
+        out = query_outputs(self.qformer, self.query_tokens, features, feature_mask=feature_mask,
+                            text_ids=text_ids if self.instruction_aware else None, text_mask=text_mask)
+        return self.language_projection(out)
 
 
 class PerceiverResampler(Connector):
@@ -227,7 +203,10 @@ class PerceiverResampler(Connector):
     def num_output_tokens(self, num_input_tokens: int) -> int:
         return self.resampler.n_latents
 
-    def forward(self, features, text_ids=None, text_mask=None, text_embeds=None):
+    def forward(self, features, text_ids=None, text_mask=None, text_embeds=None, feature_mask=None):
+        if feature_mask is not None:
+            raise ModelError("the perceiver resampler cannot mask missing frames: sample the same number of "
+                             "frames for every video (frames.mode uniform or headtail)")
         return self.projection(self.resampler(features))
 
 

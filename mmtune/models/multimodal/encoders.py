@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from mmtune.config.media import EncoderConfig
 from mmtune.errors import ConfigError, ModelError
-from mmtune.utils.imports import import_object
 
 log = logging.getLogger(__name__)
 
@@ -265,22 +263,3 @@ def hf_vision_encoder(model: nn.Module, cfg: EncoderConfig, *, processor=None, k
     ln_vision = cfg.ln_vision if cfg.ln_vision is not None else model.config.model_type in BLIP_VISION_TYPES
     return HFVisionEncoder(model, select_layer=cfg.select_layer, keep_cls=cfg.select_feature == "cls_patch",
                            image_mean=mean, image_std=std, key=key, ln_vision=ln_vision)
-
-
-ENCODER_BUILDERS: dict[str, Callable[[EncoderConfig, str], MediaEncoder]] = {"open_clip": build_open_clip, "hf": build_hf}
-
-
-def build_encoder(cfg: EncoderConfig, key: str) -> MediaEncoder:
-    """A built-in encoder by kind, or ``package.module:builder`` called with ``options``; ``key`` names it in errors."""
-    if cfg.kind in ENCODER_BUILDERS:
-        encoder = ENCODER_BUILDERS[cfg.kind](cfg, key)
-    else:
-        builder = import_object(cfg.kind, f"{key}.kind")
-        try:
-            encoder = builder(**cfg.options)
-        except TypeError as exc:  # wrong options, or a class that does not implement the contract
-            raise ConfigError(f"{key}: cannot build '{cfg.kind}': {exc}") from None
-    if not isinstance(encoder, MediaEncoder):
-        raise ConfigError(f"{key}.kind: '{cfg.kind}' built a {type(encoder).__name__}, "
-                          "not an mmtune.models.multimodal.encoders.MediaEncoder")
-    return encoder

@@ -61,14 +61,18 @@ class MultimodalLM(nn.Module):
             slots = int(masks[name].sum())
             given = media.get(name)
             count = 0 if given is None else len(given)
-            if slots != count * branch.num_tokens:
-                raise ModelError(f"{slots} {name} positions in the tokens but {count} {branch.modality.plural} x "
-                                 f"{branch.num_tokens} tokens each")
+            per_item = branch.item_tokens(given) if count else torch.zeros(0, dtype=torch.long)
+            if slots != int(per_item.sum()):
+                raise ModelError(f"{slots} {name} positions in the tokens but {count} {branch.modality.plural} "
+                                 f"taking {int(per_item.sum())} positions")
             if not count:
                 embeds = embeds + _unused(branch)
                 continue
             text_embeds = table(given.text_ids) if branch.reads_llm_embeddings else None
-            features = branch(given, text_embeds=text_embeds).to(embeds.dtype)
+            features = branch(given, text_embeds=text_embeds).to(embeds.dtype)  # [items, M, D]
+            if int(per_item.min()) < features.shape[1]:  # items with fewer frames fill their first positions
+                present = torch.arange(features.shape[1])[None] < per_item[:, None]
+                features = features[present.to(features.device)]
             embeds = embeds.masked_scatter(masks[name][..., None], features.reshape(-1, features.shape[-1]))
         return embeds
 
