@@ -40,7 +40,15 @@ class _Defaults(dict):
         from mmtune import datagen, evaluation
         from mmtune.data.inspect import inspect_data
         from mmtune.datagen.self_correction import QuestionFields, build_self_correction
-        from mmtune.datagen.synth import build_shapes, build_shapes_pick, generate_synth
+        from mmtune.datagen.synth import (
+            build_av_sync,
+            build_event_order,
+            build_motion,
+            build_pitch,
+            build_shapes,
+            build_shapes_pick,
+            generate_synth,
+        )
         from mmtune.evaluation import evaluate
         from mmtune.generation.options import GenerationOptions
         from mmtune.generation.proxy import ProxyTuned
@@ -54,7 +62,9 @@ class _Defaults(dict):
                   "load_sampler": signature(datagen.load_sampler), "ProxyTuned": ProxyTuned,
                   "evaluation": evaluation, "GenerationOptions": GenerationOptions()}
         owners.update({"generate_synth": signature(generate_synth), "build_shapes": signature(build_shapes),
-                       "build_shapes_pick": signature(build_shapes_pick)})
+                       "build_shapes_pick": signature(build_shapes_pick), "build_motion": signature(build_motion),
+                       "build_event_order": signature(build_event_order), "build_av_sync": signature(build_av_sync),
+                       "build_pitch": signature(build_pitch)})
         self.update(owners)
         return owners[owner]
 
@@ -80,6 +90,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--system", help="system message")
     c.add_argument("--image", action="append", default=[], metavar="PATH",
                    help="image for a multimodal model (repeat for several); placed at the first user turn")
+    c.add_argument("--video", action="append", default=[], metavar="PATH",
+                   help="video for a model with a video branch (repeat for several); frames sampled as in evaluation")
+    c.add_argument("--audio", action="append", default=[], metavar="PATH",
+                   help="audio file (WAV, FLAC, MP3, or a video's sound track) for a model with an audio branch")
     add_generation_flags(c, batched=False)
     add_proxy_flags(c)
 
@@ -238,18 +252,25 @@ def _add_selfcorrect_parser(dsub) -> None:
 
 def _add_synth_parser(dsub) -> None:
     s = dsub.add_parser(
-        "synth", help="write a synthetic visual-question set (train + held-out, LLaVA format) a model learns on a CPU",
+        "synth", help="write a synthetic media question set (train + held-out, LLaVA format) a model learns on a CPU",
         description="Seeded synthetic media with one-word questions, in LLaVA format: OUT/train.json and "
                     "OUT/heldout.json (held-out media never appear in train), a dataset card per split "
                     "(OUT/train.yaml, OUT/heldout.yaml), OUT/synth.json (counts, answer distributions, chance per "
                     "question type) and OUT/README.md (the data card). --blank DIR also writes the control: the "
-                    "same rows with every image blank (uniform grey). Tasks: shapes (colour / shape / count / "
-                    "position questions about 1-3 coloured shapes), shapes-pick (the question picks one of several "
-                    "objects: the answer depends on the question).", argument_default=SUPPRESS)
-    s.add_argument("task", help="shapes or shapes-pick (mmtune.datagen.synth.SYNTH_TASKS)")
+                    "same rows with every media file blank (grey images and frames, silent sound). Tasks: shapes "
+                    "(colour / shape / count / position questions about 1-3 coloured shapes), shapes-pick (the "
+                    "question picks one of several objects: the answer depends on the question); clips (mp4, "
+                    "<video>): motion (which way a shape moves), event-order (which of two flashes comes first), "
+                    "av-sync (does the beep of the clip's sound track sound when the ball bounces); sounds (16 kHz "
+                    "WAV, <audio>): pitch (rising or falling sweep), loudness (is the first or second tone louder).",
+        argument_default=SUPPRESS)
+    s.add_argument("task", help="shapes, shapes-pick, motion, event-order, av-sync, pitch or loudness "
+                                "(mmtune.datagen.synth.SYNTH_TASKS)")
     s.add_argument("--out", required=True, dest="out_dir", metavar="DIR", help="output folder (new or empty)")
-    s.add_argument("--train", type=int, metavar="N", help="train images (default {generate_synth.train})")
-    s.add_argument("--heldout", type=int, metavar="N", help="held-out images (default {generate_synth.heldout})")
+    s.add_argument("--train", type=int, metavar="N", help="train images (default {generate_synth.train}), "
+                                                          "or clips, or sounds")
+    s.add_argument("--heldout", type=int, metavar="N", help="held-out images (default {generate_synth.heldout}), "
+                                                          "or clips, or sounds")
     s.add_argument("--seed", type=int, metavar="S", help="same seed, same files (default {generate_synth.seed})")
     s.add_argument("--questions-per-item", type=int, metavar="Q",
                    help="questions (rows) per image, question types taking turns "
@@ -269,8 +290,20 @@ def _add_synth_parser(dsub) -> None:
     s.add_argument("--shapes", metavar="LIST",
                    help="comma list of circle, square, triangle, cross, diamond (default: shapes "
                         "{build_shapes.shapes}; shapes-pick {build_shapes_pick.shapes})")
+    s.add_argument("--frame-size", type=int, metavar="PX",
+                   help="clip tasks: frame side in px, a multiple of 32 (default {build_motion.frame_size})")
+    s.add_argument("--frames", type=int, metavar="N",
+                   help="clip tasks: frames per clip (default: motion {build_motion.frames}, event-order "
+                        "{build_event_order.frames}, av-sync {build_av_sync.frames})")
+    s.add_argument("--fps", type=int, metavar="F", help="clip tasks: frames per second (default {build_motion.fps})")
+    s.add_argument("--duration", type=float, metavar="S",
+                   help="sound tasks: seconds per sound, 16 kHz mono (default {build_pitch.duration})")
     s.add_argument("--blank", metavar="DIR",
-                   help="also write the media-blanked control (the same JSON, every image uniform grey) into DIR")
+                   help="also write the media-blanked control (the same JSON, every image or frame uniform grey, "
+                        "every sound silent) into DIR")
+    s.add_argument("--blank-only", choices=["frames", "sound"],
+                   help="av-sync: blank only the frames or only the sound track in the --blank control "
+                        "(default: both)")
     s.add_argument("--overwrite", action="store_true", help="replace an earlier synth output in --out / --blank")
 
 
@@ -346,13 +379,15 @@ def _export(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     from mmtune.datagen.synth import generate_synth
+    from mmtune.datagen.synth.common import MEDIA_KINDS
 
-    options = given(args, "train", "heldout", "seed", "questions_per_item", "question_types", "blank", "overwrite",
-                    "image_size", "grid", "objects", "colors", "shapes")
+    options = given(args, "train", "heldout", "seed", "questions_per_item", "question_types", "blank", "blank_only",
+                    "overwrite", "image_size", "grid", "objects", "colors", "shapes", "frame_size", "frames", "fps",
+                    "duration")
     summary = generate_synth(args.task, args.out_dir, **options)
     held, train = summary["splits"]["heldout"], summary["splits"]["train"]
     chance = ", ".join(f"{t} {c:.2f}" for t, c in summary["chance"].items())
-    print(f"{args.task}: {train['items']} train / {held['items']} held-out images "
+    print(f"{args.task}: {train['items']} train / {held['items']} held-out {MEDIA_KINDS[summary['modality']].noun} "
           f"({train['rows']} / {held['rows']} questions) in {args.out_dir}")
     print(f"  held-out chance (majority answer): {chance}; question-only baseline "
           f"{summary['question_only']['overall']:.2f}")

@@ -45,7 +45,7 @@ def run_chat(args: argparse.Namespace) -> int:
     from mmtune.generation.chat import run_chat as chat
 
     model, tokenizer = load_model_or_proxy(args, args.model)
-    media = [("image", path) for path in args.image]
+    media = [(name, path) for name in ("image", "video", "audio") for path in getattr(args, name, [])]
     return chat(model, tokenizer, args.prompt, generation_options(args), system=args.system, media=media)
 
 

@@ -284,7 +284,7 @@ def test_blank_copy_has_the_same_rows_and_uniform_grey_images_of_the_same_size(t
 
 
 @pytest.mark.parametrize("task, kw, message", [
-    ("circles", {}, "unknown task 'circles' \\(valid: shapes, shapes-pick\\)"),
+    ("circles", {}, "unknown task 'circles' \\(valid: shapes, shapes-pick, motion"),
     ("shapes", {"train": 0}, "--train must be a whole number of at least 1, got 0"),
     ("shapes", {"heldout": -1}, "--heldout must be"),
     ("shapes", {"questions_per_item": 0}, "--questions-per-item must be"),
@@ -324,5 +324,5 @@ def test_tasks_are_builders_keyed_by_name():
     assert set(SYNTH_TASKS) >= {"shapes", "shapes-pick"}
     for name, builder in SYNTH_TASKS.items():
         source = builder()
-        assert source.task == name and source.modality == "image"
+        assert source.task == name and source.modality in ("image", "video", "audio", "video+audio")
         assert set(source.answer_sets) == set(source.question_types) == set(source.templates)

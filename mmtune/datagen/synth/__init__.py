@@ -10,9 +10,15 @@ task like these on a held-out split, against a control trained on the same rows 
 
 A task is a builder in :data:`SYNTH_TASKS`: its keyword parameters are its own options (``--image-size`` ->
 ``image_size``) and it returns a :class:`SynthSource` that only draws items; splits, media files, LLaVA rows,
-cards, ``synth.json`` and the README data card are written by :mod:`.common`, the same for every task. A video
-task (motion across frames) or an audio task (tones) is a new builder plus, for a new modality, its entry in
-``common.MEDIA_KINDS`` (how a file is written and blanked).
+cards, ``synth.json`` and the README data card are written by :mod:`.common`, the same for every task. A new
+modality is an entry in ``common.MEDIA_KINDS`` (how a file is written and blanked).
+
+Tasks: ``shapes``, ``shapes-pick`` (PNG images, :mod:`.shapes`); ``motion``, ``event-order`` (mp4 clips, rows
+``video`` / ``<video>``) and ``av-sync`` (an mp4 with its AAC sound track, one ``<video>`` item) in :mod:`.clips`
+(``--frame-size``, ``--frames``, ``--fps``); ``pitch``, ``loudness`` (16 kHz mono WAVs, rows ``audio`` /
+``<audio>``) in :mod:`.tones` (``--duration``). Their answers are dealt balanced (chance 1/k); their blanked
+control has grey frames (same count and rate) and digital silence (same length), or for ``av-sync`` one of the
+two (``blank_only="frames"`` / ``"sound"``). Writing and reading clips and sounds: :mod:`.media` (PyAV).
 """
 
 from __future__ import annotations
@@ -22,30 +28,39 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmtune.datagen.synth.clips import build_av_sync, build_event_order, build_motion
 from mmtune.datagen.synth.common import (
     MEDIA_KINDS,
     SynthItem,
     SynthQuestion,
     SynthSource,
+    check_blank_only,
     check_task_parameters,
     check_writable,
     generate_split_sets,
     write_blank_copy,
 )
 from mmtune.datagen.synth.shapes import build_shapes, build_shapes_pick
+from mmtune.datagen.synth.tones import build_loudness, build_pitch
 from mmtune.errors import ConfigError
 
 SYNTH_TASKS: dict[str, Callable[..., SynthSource]] = {
     "shapes": build_shapes,
     "shapes-pick": build_shapes_pick,
+    "motion": build_motion,
+    "event-order": build_event_order,
+    "av-sync": build_av_sync,
+    "pitch": build_pitch,
+    "loudness": build_loudness,
 }
 
 
 def generate_synth(task: str, out_dir: str | Path, *, train: int = 2000, heldout: int = 500, seed: int = 0,
                    questions_per_item: int = 1, question_types: str | Sequence[str] | None = None,
-                   blank: str | Path | None = None, overwrite: bool = False, progress: bool = True,
-                   **params: Any) -> dict[str, Any]:
-    """Write task ``task``'s train and held-out splits into ``out_dir`` (and its blanked control into ``blank``).
+                   blank: str | Path | None = None, blank_only: str | None = None, overwrite: bool = False,
+                   progress: bool = True, **params: Any) -> dict[str, Any]:
+    """Write task ``task``'s train and held-out splits into ``out_dir`` (and its blanked control into ``blank``;
+    ``blank_only="frames"`` or ``"sound"`` blanks one stream of clips with sound).
 
     ``params`` are the task's own options (its builder's keyword arguments). Returns the summary written to
     ``out_dir/synth.json``. Deterministic: the same arguments write identical files.
@@ -60,6 +75,9 @@ def generate_synth(task: str, out_dir: str | Path, *, train: int = 2000, heldout
     out_dir = Path(out_dir)
     if blank is not None and Path(blank).resolve() == out_dir.resolve():
         raise ConfigError(f"synth: --blank {blank}: the control needs a folder of its own, not --out")
+    if blank_only is not None and blank is None:
+        raise ConfigError("synth: --blank-only needs --blank DIR")
+    check_blank_only(source.modality, blank_only)
     if blank is not None:  # fail before generating, not after
         check_writable(Path(blank), overwrite)
     types = list(question_types or source.question_types)
@@ -73,11 +91,12 @@ def generate_synth(task: str, out_dir: str | Path, *, train: int = 2000, heldout
                                   command=command, blank_copy=None if blank is None else str(blank),
                                   overwrite=overwrite, progress=progress)
     if blank is not None:
-        write_blank_copy(out_dir, blank, overwrite=overwrite, progress=progress)
+        write_blank_copy(out_dir, blank, only=blank_only, overwrite=overwrite, progress=progress)
     return summary
 
 
 __all__ = [
-    "MEDIA_KINDS", "SYNTH_TASKS", "SynthItem", "SynthQuestion", "SynthSource", "build_shapes", "build_shapes_pick",
-    "generate_synth", "write_blank_copy",
+    "MEDIA_KINDS", "SYNTH_TASKS", "SynthItem", "SynthQuestion", "SynthSource", "build_av_sync", "build_event_order",
+    "build_loudness", "build_motion", "build_pitch", "build_shapes", "build_shapes_pick", "generate_synth",
+    "write_blank_copy",
 ]
