@@ -80,6 +80,10 @@ class PieceConfig(Strict):
     ``mmtune.models.multimodal.branch.BranchPiece``."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments (the builder also receives ``dim`` and ``num_tokens`` of its input)."""
+    weights: str | None = None
+    """Start from saved weights: a ``media.safetensors`` file, model or run directory holding this piece
+    (stage 2 from stage 1), or, for a ``qformer`` piece, a BLIP-2 / InstructBLIP checkpoint directory (its
+    Q-Former and queries: Video-LLaMA's frozen image Q-Former)."""
 
 
 class BranchConfig(Strict):

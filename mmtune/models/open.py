@@ -20,7 +20,13 @@ from mmtune.interop import reader_for
 from mmtune.modalities.base import MediaInputSpec
 from mmtune.models.loading import causal_lm_kwargs, load_causal_lm, resolve_source
 from mmtune.models.multimodal.branch import MediaBranch
-from mmtune.models.multimodal.build import attach_branches, build_branch, media_specs_without_llm, saved_connector_state
+from mmtune.models.multimodal.build import (
+    attach_branches,
+    build_branch,
+    media_specs_without_llm,
+    saved_connector_state,
+    saved_piece_state,
+)
 from mmtune.models.multimodal.encoders import MediaEncoder
 from mmtune.models.multimodal.model import MultimodalLM
 
@@ -45,6 +51,15 @@ def _encoder_from_checkpoint(name: str, cfg: BranchConfig) -> MediaEncoder | Non
     return None if reader is None else reader.image_encoder(cfg.encoder, f"model.media.{name}.encoder")
 
 
+def _piece_state(modality: str, piece: str, weights: str) -> dict:
+    """A piece's saved weights; from a BLIP-2 / InstructBLIP directory, its Q-Former and queries (no projection)."""
+    reader = reader_for(weights)
+    if reader is None:
+        return saved_piece_state(weights, modality, piece)
+    state = reader.connector_state(weights, modality)
+    return {k: v for k, v in state.items() if k.startswith(("qformer.", "query_tokens"))}
+
+
 def open_branches(media: dict[str, BranchConfig], out_dim: int) -> dict[str, MediaBranch]:
     """Every branch of ``model.media``, its parts read from whichever checkpoints the recipe names."""
     branches = {}
@@ -54,8 +69,10 @@ def open_branches(media: dict[str, BranchConfig], out_dim: int) -> dict[str, Med
             reader = reader_for(cfg.connector.weights)
             state = (reader.connector_state(cfg.connector.weights, name) if reader is not None
                      else saved_connector_state(cfg.connector.weights, name))
+        pieces = {piece: _piece_state(name, piece, piece_cfg.weights)
+                  for piece, piece_cfg in cfg.pieces.items() if piece_cfg.weights}
         branches[name] = build_branch(name, cfg, out_dim, encoder=_encoder_from_checkpoint(name, cfg),
-                                      connector_state=state)
+                                      connector_state=state, piece_states=pieces)
     return branches
 
 

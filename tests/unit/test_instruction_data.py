@@ -166,7 +166,7 @@ def test_own_templates_on_an_entry_and_bad_ones_are_one_line(tmp_path):
         resolve_source(DatasetSpec(path=str(path), format="vqa", templates=["<image>{question}"]))
     with pytest.raises(ConfigError, match="a template set for format 'caption', used by a 'vqa' dataset"):
         resolve_source(DatasetSpec(path=str(path), format="vqa", templates="instructblip_caption"))
-    with pytest.raises(ConfigError, match="'templates' applies to the formats vqa, caption, not 'alpaca'"):
+    with pytest.raises(ConfigError, match="'templates' applies to the formats vqa, caption, caption_pair, not 'alpaca'"):
         resolve_source(DatasetSpec(path=str(path), format="alpaca", templates=["x"]))
     with pytest.raises(ConfigError, match="malformed pattern"):
         convs_of(DatasetSpec(path=str(path), format="vqa", columns={"image": "{image_id"}))

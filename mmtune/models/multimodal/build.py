@@ -30,7 +30,7 @@ from mmtune.modalities import MODALITIES
 from mmtune.modalities.base import MediaInputSpec
 from mmtune.models.multimodal.branch import PIECE_BUILDERS, BranchPiece, MediaBranch
 from mmtune.models.multimodal.connectors import build_connector
-from mmtune.models.multimodal.audio_encoders import AUDIO_PRESETS, build_ast
+from mmtune.models.multimodal.audio_encoders import AUDIO_PRESETS, build_ast, build_clap, build_whisper
 from mmtune.models.multimodal.encoders import MediaEncoder, build_hf, build_open_clip
 from mmtune.models.multimodal.model import MultimodalLM
 from mmtune.utils.imports import import_object
@@ -42,7 +42,7 @@ LEGACY_VISION_WEIGHTS = "vision.safetensors"
 
 
 ENCODER_BUILDERS: dict[str, Callable[[EncoderConfig, str], MediaEncoder]] = {
-    "open_clip": build_open_clip, "hf": build_hf, "ast": build_ast,
+    "open_clip": build_open_clip, "hf": build_hf, "ast": build_ast, "whisper": build_whisper, "clap": build_clap,
 }
 """Built-in encoders by ``encoder.kind``; any other kind is a ``package.module:builder`` called with ``options``."""
 
@@ -64,7 +64,8 @@ def build_encoder(cfg: EncoderConfig, key: str) -> MediaEncoder:
 
 
 def build_branch(name: str, cfg: BranchConfig, out_dim: int, *, encoder: MediaEncoder | None = None,
-                 connector_state: dict[str, torch.Tensor] | None = None) -> MediaBranch:
+                 connector_state: dict[str, torch.Tensor] | None = None,
+                 piece_states: dict[str, dict[str, torch.Tensor]] | None = None) -> MediaBranch:
     """The branch of modality ``name``: ``encoder`` when given (read elsewhere), else built from ``cfg``."""
     modality = MODALITIES[name]
     key = f"model.media.{name}"
@@ -83,6 +84,9 @@ def build_branch(name: str, cfg: BranchConfig, out_dim: int, *, encoder: MediaEn
         if not isinstance(piece, BranchPiece):
             raise ConfigError(f"{key}.pieces.{piece_name}.kind: '{piece_cfg.kind}' built a {type(piece).__name__}, "
                               "not an mmtune.models.multimodal.branch.BranchPiece")
+        if piece_states and piece_name in piece_states:
+            _load_part(piece, piece_states[piece_name], f"{key}.pieces.{piece_name}.weights")
+            log.info("%s piece %s: weights loaded from %s", name, piece_name, piece_cfg.weights)
         pieces[piece_name] = piece
         dim, tokens = piece.output_dim, piece.num_output_tokens(tokens)
     connector = build_connector(cfg.connector, dim, out_dim, f"{key}.connector")
@@ -155,6 +159,15 @@ def part_of(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tens
     return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
 
 
+def saved_piece_state(path: str | Path, modality: str, piece: str) -> dict[str, torch.Tensor]:
+    """A piece's weights from ``media.safetensors`` (a file, model or run directory)."""
+    file = media_weights_file(path)
+    state = part_of(read_media_weights(file), f"{modality}.pieces.{piece}.")
+    if not state:
+        raise ConfigError(f"model.media.{modality}.pieces.{piece}.weights: {file} holds no {modality} piece '{piece}'")
+    return state
+
+
 def saved_connector_state(path: str | Path, modality: str) -> dict[str, torch.Tensor]:
     """A branch's connector weights: from ``media.safetensors`` (a file, model or run directory), a former
     ``vision.safetensors`` (``connector.*`` keys), or a safetensors file of the connector's own state dict."""
@@ -188,7 +201,7 @@ def encoder_is_rebuildable(cfg: EncoderConfig) -> bool:
         return False
     if cfg.kind == "ast":
         return cfg.name not in AUDIO_PRESETS
-    return cfg.kind == "hf" or cfg.pretrained is not None
+    return cfg.kind in ("hf", "whisper", "clap") or cfg.pretrained is not None
 
 
 def save_media_weights(target: Path, model: MultimodalLM, trained_encoders: set[str]) -> list[str]:
