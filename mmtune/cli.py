@@ -157,7 +157,9 @@ def _parser() -> argparse.ArgumentParser:
                         "with processor and tokenizer for image models with an hf CLIP/SigLIP encoder and an "
                         "mlp2x_gelu connector; hf-instructblip / hf-blip2: an InstructBlipForConditionalGeneration "
                         "/ Blip2ForConditionalGeneration for image models with an hf InstructBLIP/BLIP-2 vision "
-                        "model and a qformer connector, instruction-aware or not)")
+                        "model and a qformer connector, instruction-aware or not; hf-instructblipvideo: an "
+                        "InstructBlipVideoForConditionalGeneration for a video model of that kind whose Q-Former runs "
+                        "per frame; any other video or audio model has no Hugging Face format and stays in mmtune's)")
 
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True)

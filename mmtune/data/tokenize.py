@@ -49,7 +49,8 @@ class Encoded:
 
 def tag_pattern(tags: Sequence[str]) -> re.Pattern | None:
     """A pattern splitting text around any of ``tags`` (kept as separate pieces), or None for no tags."""
-    return re.compile("(" + "|".join(re.escape(t) for t in sorted(set(tags), key=len, reverse=True)) + ")") if tags else None
+    tags = sorted({t for t in tags if t}, key=len, reverse=True)  # companions have no tag of their own
+    return re.compile("(" + "|".join(re.escape(t) for t in tags) + ")") if tags else None
 
 
 def encode_segments(

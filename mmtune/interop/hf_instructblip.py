@@ -500,7 +500,7 @@ def check_exportable(model: nn.Module, flavour: Flavour = INSTRUCTBLIP) -> None:
     if len(branch.pieces) and norm is None:
         raise ModelError(f"{fmt}: the image branch has pieces {list(branch.pieces)}; between its vision model and "
                          f"Q-Former {title} has only ln_vision (one layer_norm piece)")
-    encoder, connector = branch.encoder, branch.connector
+    connector = branch.connector
     if isinstance(connector, MLPProjector):
         raise ModelError(f"{fmt}: the connector is a {'linear' if connector.depth == 1 else 'MLP'} projector, not "
                          f"{title}'s Q-Former; a projector model exports with --format hf-llava")
@@ -514,6 +514,17 @@ def check_exportable(model: nn.Module, flavour: Flavour = INSTRUCTBLIP) -> None:
         raise ModelError(f"{fmt}: the Q-Former is BLIP-2's (instruction_aware: false), InstructBLIP's reads the "
                          "instruction: export it with --format hf-blip2")
     vision_class = f"{'InstructBlip' if flavour.instruction_aware else 'Blip2'}VisionModel"
+    check_vision_side(branch, fmt, title, vision_class)
+    check_language_model(model, fmt)
+
+
+def check_vision_side(branch: MediaBranch, fmt: str, title: str, vision_class: str, *,
+                      transform: ImageTransform | None = None, processor: str = "BlipImageProcessor") -> None:
+    """Raise :class:`ModelError` unless the branch's encoder (with its ``ln_vision``) is a vision model
+    ``vision_class`` computes and its preprocessing (``transform``: the branch's by default; a video branch's
+    per-frame one) is one ``processor`` does (``fmt``: ``export --format NAME``)."""
+    encoder, norm = branch.encoder, ln_vision_piece(branch)
+    transform = transform if transform is not None else branch.transform
     if isinstance(encoder, OpenClipEncoder):
         problem = eva_layout_problem(encoder)
         if problem is not None:
@@ -542,9 +553,13 @@ def check_exportable(model: nn.Module, flavour: Flavour = INSTRUCTBLIP) -> None:
                              f"{encoder.select_layer}, {'cls_patch' if encoder.keep_cls else 'patch'}, ln_vision "
                              f"{'on' if encoder.ln_vision else 'off'}"
                              f"{' and an ln_vision piece' if norm is not None else ''}")
-    if branch.transform.mode == "pad":
-        raise ModelError(f"{fmt}: image_preprocess pad (LLaVA's pad to square) has no BlipImageProcessor "
+    if transform.mode == "pad":
+        raise ModelError(f"{fmt}: image_preprocess pad (LLaVA's pad to square) has no {processor} "
                          "equivalent; train with image_preprocess resize (InstructBLIP's) or center_crop")
+
+
+def check_language_model(model: MultimodalLM, fmt: str) -> None:
+    """Raise :class:`ModelError` unless the LLM is a decoder-only causal LM with an ``lm_head`` transformers rebuilds."""
     llm = model.language_model
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
