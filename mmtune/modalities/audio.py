@@ -31,7 +31,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from mmtune.config.media import BranchConfig, EncoderConfig, Strict
+from mmtune.config.media import BranchConfig, EncoderConfig
 from mmtune.modalities.base import MediaProblem, Modality
 
 AUDIO_TAG = "<audio>"
@@ -104,13 +104,15 @@ def decode_audio(path: str | Path, rate: int, start: float | None = None, end: f
         with av.open(str(path)) as container:
             if not container.streams.audio:
                 raise MediaProblem("no audio stream", f"{path} has no sound track")
-            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            # Channels are averaged here: libswresample's mono downmix sums them at -3 dB each, so a stereo file
+            # would come out 3 dB louder than the same sound in mono (the features depend on level).
+            resampler = av.AudioResampler(format="fltp", rate=rate)
             chunks = []
             for frame in container.decode(audio=0):
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
+                    chunks.append(out.to_ndarray().mean(axis=0))
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
+                chunks.append(out.to_ndarray().mean(axis=0))
     except MediaProblem:
         raise
     except Exception as exc:
