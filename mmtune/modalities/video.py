@@ -108,18 +108,90 @@ def probe_video(path: Path) -> dict[str, Any]:
 
 
 def open_video(path: str | Path, decoder: str = "decord"):
-    """An open reader with ``len()``, ``get_avg_fps()`` and ``get_batch(indices) -> [T, H, W, 3] uint8``."""
+    """An open reader with ``len()``, ``get_avg_fps()`` and ``get_batch(indices) -> [T, H, W, 3] uint8``.
+
+    decord cannot open some files (and its RGB copy fails on some frame widths); those are read with PyAV,
+    which decodes every frame up to the last one asked: the same frames, slower.
+    """
     try:
         if decoder == "torchcodec":
             return _TorchCodecReader(str(path))
         import decord
 
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        return _DecordWithFallback(decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1), str(path))
     except MediaProblem:
         raise
     except Exception as exc:  # decord raises DECORDError, torchcodec RuntimeError / ValueError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MediaProblem("unreadable video", f"cannot read video {path}: {first[:200]}") from None
+        if decoder == "decord":
+            return _PyAVReader(str(path), first_error=exc)
+        raise MediaProblem("unreadable video", f"cannot read video {path}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+class _DecordWithFallback:
+    """decord's reader; a batch it cannot copy out (some frame widths) is decoded by PyAV instead."""
+
+    def __init__(self, reader, path: str):
+        self.reader, self.path = reader, path
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def get_avg_fps(self) -> float:
+        return float(self.reader.get_avg_fps())
+
+    def get_batch(self, indices):
+        try:
+            return self.reader.get_batch(list(indices)).asnumpy()
+        except Exception as exc:  # DECORDError: "DECORDArrayCopyFromTo ... size mismatch"
+            return _PyAVReader(self.path, first_error=exc).get_batch(indices)
+
+
+class _PyAVReader:
+    """PyAV behind decord's three calls (frames counted and decoded in presentation order)."""
+
+    def __init__(self, path: str, first_error: Exception | None = None):
+        import av
+
+        self.path = path
+        try:
+            with av.open(path) as container:
+                if not container.streams.video:
+                    raise MediaProblem("no video stream", f"{path} has no video stream")
+                stream = container.streams.video[0]
+                self.fps = float(stream.average_rate or 0.0)
+                self.frames = int(stream.frames or 0) or sum(1 for _ in container.decode(video=0))
+        except MediaProblem:
+            raise
+        except Exception as exc:
+            cause = first_error if first_error is not None else exc
+            raise MediaProblem("unreadable video", f"cannot read video {path}: {_first_line(cause)}") from None
+
+    def __len__(self) -> int:
+        return self.frames
+
+    def get_avg_fps(self) -> float:
+        return self.fps
+
+    def get_batch(self, indices):
+        import av
+
+        wanted = sorted(set(int(i) for i in indices))
+        found: dict[int, np.ndarray] = {}
+        with av.open(self.path) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted:
+                    found[i] = frame.to_ndarray(format="rgb24")
+                if i >= wanted[-1]:
+                    break
+        missing = [i for i in wanted if i not in found]
+        if missing:
+            raise MediaProblem("unreadable video", f"video {self.path} ends before frame {missing[0]}")
+        return np.stack([found[int(i)] for i in indices])
 
 
 class _TorchCodecReader:
@@ -172,11 +244,8 @@ def frame_indices(sampling: FrameSampling, first: int, last: int, fps: float,
     if sampling.mode == "headtail":
         rng = rng or random.Random(0)
         half = window // 2
-        head = sorted(rng.sample(range(half), n // 2)) if half >= n // 2 else None
-        tail = sorted(rng.sample(range(half, window), n // 2)) if window - half >= n // 2 else None
-        if head is None or tail is None:
-            raise MediaProblem("video too short", f"{window} frame(s) in the clip window: too few for {n // 2} "
-                                                  "distinct frames from each half (headtail sampling)")
+        head = sorted(rng.sample(range(half), n // 2))  # window >= n (even) leaves n / 2 in each half
+        tail = sorted(rng.sample(range(half, window), n // 2))
         return [first + i for i in head + tail]
     return [first + int(k * window / n) for k in range(n)]
 
@@ -233,9 +302,11 @@ class VideoTransform:
             raise MediaProblem(exc.reason, f"video {video.path}: {exc.detail}") from None
         try:
             frames = reader.get_batch(indices)
+        except MediaProblem:
+            raise
         except Exception as exc:
             raise MediaProblem("unreadable video", f"cannot decode frames {indices[:3]}... of video "
-                                                   f"{video.path}: {str(exc).strip()[:200]}") from None
+                                                   f"{video.path}: {_first_line(exc)}") from None
         frames = frames.asnumpy() if hasattr(frames, "asnumpy") else np.asarray(frames)
         return torch.stack([self.frame(Image.fromarray(f)) for f in frames])
 

@@ -336,3 +336,24 @@ def test_truncation_keeps_a_video_with_its_sound_or_cuts_before_both(tokenizer):
         assert len(cut.input_ids) == first and (cut.media_kept, cut.media_cut) == (0, 4)
     exact = encode(second + 13)
     assert len(exact.input_ids) == second + 13 and (exact.media_kept, exact.media_cut) == (4, 0)
+
+
+def test_pyav_reads_what_decord_cannot_and_agrees_with_it_where_both_can(tmp_path):
+    """decord fails to copy out some frame widths (48 px); PyAV decodes them, and gives decord's frames elsewhere."""
+    from mmtune.modalities.video import _PyAVReader, open_video
+
+    odd = write_video(tmp_path / "w48.mp4", frames=8, size=48)
+    frames = open_video(odd).get_batch([0, 5, 7])
+    assert frames.shape == (3, 48, 48, 3)
+    even = write_video(tmp_path / "w32.mp4", frames=8, size=32, seed=3)
+    by_decord = open_video(even).get_batch([1, 6]).astype(int)
+    by_pyav = _PyAVReader(str(even)).get_batch([1, 6]).astype(int)
+    assert by_decord.shape == by_pyav.shape and np.abs(by_decord - by_pyav).max() <= 2
+
+
+def test_a_sound_file_given_as_a_video_says_it_has_no_video_stream(tmp_path):
+    from mmtune.modalities.video import probe_video
+
+    with pytest.raises(MediaProblem) as err:
+        probe_video(write_wav(tmp_path / "only.wav"))
+    assert err.value.reason == "no video stream" and "only.wav" in err.value.detail
