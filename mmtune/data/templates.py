@@ -86,13 +86,14 @@ BUILTIN_TEMPLATES: dict[str, str] = {
     # InstructBLIP / BLIP-2 (LAVIS): the image first (its query tokens come before everything, BOS included),
     # then the prompt as the LLM's tokenizer encodes it alone (with BOS when that tokenizer adds one, as LAVIS
     # and transformers' InstructBlipProcessor call it), then answer + eos. System messages are not rendered.
+    # InstructBLIP-Video (transformers' InstructBlipVideoProcessor) puts a video's query tokens first the same way.
     "instructblip": _template(
         "",
         "{%- for m in loop_messages %}"
         "{%- if m['role'] == 'user' %}"
-        "{{ '<image>' * m['content'].count('<image>') }}"
+        "{%- for tag in ['<image>', '<video>', '<audio>'] %}{{ tag * m['content'].count(tag) }}{%- endfor %}"
         "{{ bos_token if (tokenizer_adds_bos and loop.first) else '' }}"
-        "{{ m['content'].replace('<image>', '') | trim }}"
+        "{{ m['content'].replace('<image>', '').replace('<video>', '').replace('<audio>', '') | trim }}"
         "{%- else %}{{ m['content'] + eos_token }}{%- endif %}"
         "{%- endfor %}",
     ),

@@ -76,19 +76,20 @@ def image_processor_settings(source: str | Path) -> dict | None:
 # --------------------------------------------------------------------------- exporting
 
 
-def add_image_token(tokenizer, llm: nn.Module, fmt: str) -> int:
-    """Add ``<image>`` as a special token (if absent) and make the LLM's vocabulary cover it (rows zero, suppressed)."""
+def add_media_token(tokenizer, llm: nn.Module, fmt: str, tag: str = IMAGE_TAG) -> int:
+    """Add ``tag`` (``<image>``, ``<video>``) as a special token (if absent) and make the LLM's vocabulary cover it
+    (rows zero, suppressed)."""
     from tokenizers import AddedToken
 
-    if IMAGE_TAG not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(IMAGE_TAG, special=True, normalized=False)], special_tokens=True)
-    token_id = tokenizer.convert_tokens_to_ids(IMAGE_TAG)
-    if tokenizer.encode(IMAGE_TAG, add_special_tokens=False) != [token_id]:
-        raise ModelError(f"export --format {fmt}: the tokenizer does not keep {IMAGE_TAG} as one token")
+    if tag not in tokenizer.get_vocab():
+        tokenizer.add_tokens([AddedToken(tag, special=True, normalized=False)], special_tokens=True)
+    token_id = tokenizer.convert_tokens_to_ids(tag)
+    if tokenizer.encode(tag, add_special_tokens=False) != [token_id]:
+        raise ModelError(f"export --format {fmt}: the tokenizer does not keep {tag} as one token")
     vocab = llm.get_input_embeddings().weight.shape[0]
     if token_id >= vocab:
         llm.resize_token_embeddings(token_id + 1, mean_resizing=False)
-        with torch.no_grad():  # an image position's embedding is replaced; its logit must never win
+        with torch.no_grad():  # a media position's embedding is replaced; its logit must never win
             llm.get_input_embeddings().weight[vocab:] = 0
             out = llm.get_output_embeddings()
             out.weight[vocab:] = 0

@@ -125,7 +125,7 @@ from mmtune.config.media import ConnectorConfig, EncoderConfig
 from mmtune.config.schema import ModelConfig
 from mmtune.errors import ConfigError, ModelError
 from mmtune.interop.hf_common import (
-    add_image_token, assign_weights, checkpoint_image_processor, image_processor_kwargs, image_processor_settings,
+    add_media_token, assign_weights, checkpoint_image_processor, image_processor_kwargs, image_processor_settings,
     load_part, save_export,
 )
 from mmtune.modalities.image import IMAGE, ImageBranchConfig, ImageTransform
@@ -624,7 +624,7 @@ def export_blip(model: nn.Module, tokenizer, out_dir: str | Path, flavour: Flavo
         raise ModelError(f"export --format {fmt}: the LLM's adapter could not be merged")
     branch = model.branches[IMAGE.name]
     connector: QFormerConnector = branch.connector
-    token_id = add_image_token(tokenizer, llm, fmt)
+    token_id = add_media_token(tokenizer, llm, fmt)
     config = blip_config_for(model, token_id, flavour)
     config.dtype = next(llm.parameters()).dtype
     tied = bool(config.text_config.tie_word_embeddings)

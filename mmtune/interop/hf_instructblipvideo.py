@@ -77,7 +77,7 @@ import torch
 from torch import nn
 
 from mmtune.errors import ModelError
-from mmtune.interop.hf_common import assign_weights, image_processor_kwargs, save_export
+from mmtune.interop.hf_common import add_media_token, assign_weights, image_processor_kwargs, save_export
 from mmtune.interop.hf_instructblip import (
     QFORMER_ARCH_KEYS, check_language_model, check_vision_side, ln_vision_piece, vision_config, vision_state,
 )
@@ -153,29 +153,6 @@ def check_exportable(model: nn.Module) -> None:
         raise ModelError(f"{exc}{STAYS}") from None
 
 
-def add_video_token(tokenizer, llm: nn.Module) -> int:
-    """Add ``<video>`` as a special token (if absent) and make the LLM's vocabulary cover it (rows zero, suppressed)."""
-    from tokenizers import AddedToken
-
-    if VIDEO_TAG not in tokenizer.get_vocab():
-        tokenizer.add_tokens([AddedToken(VIDEO_TAG, special=True, normalized=False)], special_tokens=True)
-    token_id = tokenizer.convert_tokens_to_ids(VIDEO_TAG)
-    if tokenizer.encode(VIDEO_TAG, add_special_tokens=False) != [token_id]:
-        raise ModelError(f"export --format {FORMAT}: the tokenizer does not keep {VIDEO_TAG} as one token")
-    vocab = llm.get_input_embeddings().weight.shape[0]
-    if token_id >= vocab:
-        llm.resize_token_embeddings(token_id + 1, mean_resizing=False)
-        with torch.no_grad():  # a video position's embedding is replaced; its logit must never win
-            llm.get_input_embeddings().weight[vocab:] = 0
-            out = llm.get_output_embeddings()
-            out.weight[vocab:] = 0
-            if out.bias is not None:
-                out.bias[vocab:] = 0
-        suppress = list(llm.generation_config.suppress_tokens or [])
-        llm.generation_config.suppress_tokens = sorted({*suppress, *range(vocab, token_id + 1)})
-    return token_id
-
-
 def video_config_for(model: MultimodalLM, token_id: int):
     from transformers import InstructBlipVideoConfig, InstructBlipVideoQFormerConfig, InstructBlipVideoVisionConfig
 
@@ -239,7 +216,7 @@ def export_instructblipvideo(model: nn.Module, tokenizer, out_dir: str | Path) -
         log.warning("frames %s: transformers' InstructBlipVideoProcessor and generate() (without input_ids) "
                     "write video tokens for %d frames; the exported model takes any count given num_query_tokens x "
                     "frames <video> tokens", FrameCounter(sampling).rule, HF_FRAMES)
-    token_id = add_video_token(tokenizer, llm)
+    token_id = add_media_token(tokenizer, llm, FORMAT, VIDEO_TAG)
     config = video_config_for(model, token_id)
     config.dtype = next(llm.parameters()).dtype
     tied = bool(config.text_config.tie_word_embeddings)

@@ -60,7 +60,7 @@ from mmtune.config.media import ConnectorConfig, EncoderConfig
 from mmtune.config.schema import ModelConfig
 from mmtune.errors import ConfigError, ModelError
 from mmtune.interop.hf_common import (
-    add_image_token, assign_weights, checkpoint_image_processor, image_processor_kwargs, image_processor_settings,
+    add_media_token, assign_weights, checkpoint_image_processor, image_processor_kwargs, image_processor_settings,
     load_part, save_export,
 )
 from mmtune.modalities.image import IMAGE, IMAGE_TAG, ImageBranchConfig, ImageTransform
@@ -345,7 +345,7 @@ def export_llava(model: nn.Module, tokenizer, out_dir: str | Path) -> Path:
     if hasattr(model.llm, "peft_config"):
         raise ModelError("export --format hf-llava: the LLM's adapter could not be merged")
     branch = model.branches[IMAGE.name]
-    token_id = add_image_token(tokenizer, llm, "hf-llava")
+    token_id = add_media_token(tokenizer, llm, "hf-llava")
     config = llava_config_for(model, token_id)
     config.dtype = next(llm.parameters()).dtype
     hf_model = assign_weights(LlavaForConditionalGeneration, config, llava_state_dict(model), lm_head="lm_head.weight",

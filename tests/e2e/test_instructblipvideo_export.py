@@ -32,8 +32,8 @@ VISION_TINY = {"model_type": "instructblip_vision_model", "hidden_size": 32, "in
 QFORMER_TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 QUERIES, FRAMES = 4, 4
 QUESTION = "What happens in this video?"
-VIDEO_FIRST = BUILTIN_TEMPLATES["instructblip"].replace("<image>", "<video>")
-"""The ``instructblip`` template for videos: the video's query outputs before everything (BOS included), as
+VIDEO_FIRST = BUILTIN_TEMPLATES["instructblip"]
+"""The built-in ``instructblip`` template puts a video's query outputs before everything (BOS included), as
 transformers' InstructBlipVideoProcessor lays the prompt out."""
 
 

@@ -25,6 +25,7 @@ model or of the audio part, or build with random weights from ``architecture`` (
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,10 +67,18 @@ class FeatureExtractorCall:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self, clips: list[np.ndarray]) -> torch.Tensor:
-        with warnings.catch_warnings():  # 128 mel bins over 257 FFT bins leave the lowest filter empty (as published)
-            warnings.filterwarnings("ignore", message="At least one mel filter has all zero values")
+        with quiet_mel_filters():
             out = self.extractor(clips, sampling_rate=self.extractor.sampling_rate, return_tensors="pt", **self.kwargs)
         return out[self.output]
+
+
+@contextlib.contextmanager
+def quiet_mel_filters():
+    """128 mel bins over a 400-sample FFT leave the lowest filter empty (ImageBind's and AST's setting, as
+    published); transformers warns about it on every extractor built and every call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="At least one mel filter has all zero values")
+        yield
 
 
 def _select(hidden: torch.Tensor, feature: str, prefix: int) -> torch.Tensor:
@@ -121,7 +130,8 @@ def _extractor(extractor_cls, name: str, mel_bins: int, key: str, **defaults):
     """The directory's own feature extractor, else the family's published defaults (a directory without one);
     either must make the mel bins the model takes."""
     try:
-        extractor = extractor_cls.from_pretrained(name)
+        with quiet_mel_filters():
+            extractor = extractor_cls.from_pretrained(name)
     except (OSError, ValueError):
         extractor = extractor_cls(**defaults)
     made = getattr(extractor, "num_mel_bins", None) or extractor.feature_size  # AST's feature_size is 1
@@ -173,8 +183,9 @@ def build_ast(cfg: EncoderConfig, key: str) -> ASTAudioEncoder:
         config = _config_from(ASTConfig, cfg.architecture if cfg.architecture is not None else AUDIO_PRESETS[cfg.name],
                               key)
         model = ASTModel(config)
-        extractor = ASTFeatureExtractor(num_mel_bins=config.num_mel_bins, max_length=config.max_length,
-                                        sampling_rate=16000, mean=IMAGEBIND_AUDIO_MEAN, std=IMAGEBIND_AUDIO_STD)
+        with quiet_mel_filters():
+            extractor = ASTFeatureExtractor(num_mel_bins=config.num_mel_bins, max_length=config.max_length,
+                                            sampling_rate=16000, mean=IMAGEBIND_AUDIO_MEAN, std=IMAGEBIND_AUDIO_STD)
     else:
         model = _pretrained(ASTModel, cfg.name, key, f"an AST audio model (or a geometry: {', '.join(AUDIO_PRESETS)})")
         extractor = _extractor(ASTFeatureExtractor, cfg.name, model.config.num_mel_bins, key,
