@@ -36,7 +36,10 @@ TASKS = {  # task -> (synth task, recipe, modality the blank removes)
     "pitch": ("pitch", "audio_tiny.yaml"),
     "avsync": ("av-sync", "av_tiny.yaml"),
 }
-RUNS = {name: (name, False) for name in TASKS} | {f"{name}-blank": (name, True) for name in TASKS}
+RUNS = {name: (name, False) for name in TASKS} | {f"{name}-blank": (name, True) for name in TASKS} | {
+    "motion-pool": ("motion", False), "motion-pool-blank": ("motion", True)}
+"""``*-pool``: the cheaper video connector (Video-ChatGPT / LLaVA-NeXT-Video style) instead of the Q-Formers:
+each frame's patch grid average-pooled 2 x 2, frame positions added, an MLP into the LLM per token."""
 
 
 def make_data(out: Path, task: str, train: int, heldout: int, seed: int) -> None:
@@ -58,6 +61,13 @@ def recipe_for(name: str, out: Path, args) -> dict:
     data = out / (f"{task}-blank" if blank else task)
     recipe["data"]["datasets"] = [{"card": str(data / "train.yaml")}]
     recipe["data"]["cache_dir"] = str(out / "cache")
+    if "-pool" in name:
+        video = recipe["model"]["media"]["video"]
+        video["encoder"]["select_feature"] = "patch"
+        video["pieces"] = {"pool": {"kind": "spatial_pool", "options": {"stride": 2}},
+                           "frame_position": video["pieces"]["frame_position"]}
+        video["connector"] = {"kind": "mlp2x_gelu"}
+        recipe["method"]["media"]["video"]["pieces"] = {"frame_position": {"trainable": "full"}}
     if blank and "audio" in recipe["model"]["media"]:
         recipe["model"]["media"]["audio"]["allow_silence"] = True
     recipe["train"].update(max_steps=args.steps, seed=args.seed, save_every=None, progress=False)

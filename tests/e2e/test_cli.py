@@ -106,3 +106,20 @@ def test_the_published_instructblip_recipe_without_weights_names_what_it_tried_t
                           text=True, env=env, timeout=600)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "lmsys/vicuna-7b-v1.1" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("name", ["video_llama_pretrain", "video_llama"])
+def test_the_published_video_llama_recipes_without_weights_name_what_they_tried_to_load(name, tmp_path,
+                                                                                          tiny_llama_dir):
+    """Both stages validate; without Llama-2 they stop naming it, and with an LLM they stop naming the next part
+    missing: BLIP-2's directory (stage 1), stage 1's run (stage 2), in one line each."""
+    recipe = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    for overrides, named in (([], "meta-llama/Llama-2-7b-chat-hf"),
+                             ([f"model.name={tiny_llama_dir}", "model.dtype=float32"],
+                              "checkpoints/blip2-flan-t5-xxl" if name == "video_llama_pretrain" else
+                              "runs/video-llama-pretrain")):
+        proc = subprocess.run([*mmtune_cmd(), "train", str(recipe), f"output_dir={tmp_path / 'run'}", *overrides],
+                              capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert named in proc.stderr.strip().splitlines()[-1]
