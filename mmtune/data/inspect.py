@@ -31,7 +31,8 @@ def mark_trained(tokenizer, ids: np.ndarray, trained: np.ndarray, *, color: bool
     out, start = [], 0
     tags = {m.placeholder_id: m.tag for m in MODALITIES.values()}
     for i in range(1, len(ids) + 1):
-        if i == len(ids) or trained[i] != trained[start] or (ids[i] in tags) != (ids[start] in tags):
+        if i == len(ids) or trained[i] != trained[start] or (ids[i] in tags) != (ids[start] in tags) \
+                or (ids[i] in tags and ids[i] != ids[start]):  # a video's sound track follows it
             if ids[start] in tags:
                 text = f"{tags[int(ids[start])][:-1]} x{i - start}>"
             else:

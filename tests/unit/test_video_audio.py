@@ -357,3 +357,14 @@ def test_a_sound_file_given_as_a_video_says_it_has_no_video_stream(tmp_path):
     with pytest.raises(MediaProblem) as err:
         probe_video(write_wav(tmp_path / "only.wav"))
     assert err.value.reason == "no video stream" and "only.wav" in err.value.detail
+
+
+def test_data_inspect_shows_a_video_and_its_sound_track_as_two_runs(tokenizer):
+    from mmtune.data.inspect import mark_trained
+    from mmtune.modalities.audio import AUDIO_PLACEHOLDER_ID
+    from mmtune.modalities.video import VIDEO_PLACEHOLDER_ID
+
+    hello = tokenizer("Hi", add_special_tokens=False)["input_ids"]
+    ids = np.array([*hello, *[VIDEO_PLACEHOLDER_ID] * 3, *[AUDIO_PLACEHOLDER_ID] * 2, *hello])
+    text = mark_trained(tokenizer, ids, np.zeros(len(ids), bool), color=False)
+    assert text == "Hi<video x3><audio x2>Hi"
