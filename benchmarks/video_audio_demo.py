@@ -37,9 +37,12 @@ TASKS = {  # task -> (synth task, recipe, modality the blank removes)
     "avsync": ("av-sync", "av_tiny.yaml"),
 }
 RUNS = {name: (name, False) for name in TASKS} | {f"{name}-blank": (name, True) for name in TASKS} | {
-    "motion-pool": ("motion", False), "motion-pool-blank": ("motion", True)}
-"""``*-pool``: the cheaper video connector (Video-ChatGPT / LLaVA-NeXT-Video style) instead of the Q-Formers:
-each frame's patch grid average-pooled 2 x 2, frame positions added, an MLP into the LLM per token."""
+    "motion-pool": ("motion", False), "motion-pool-blank": ("motion", True),
+    "pitch-pool": ("pitch", False), "pitch-pool-blank": ("pitch", True)}
+"""``*-pool``: the cheaper connector (Video-ChatGPT / LLaVA-NeXT-Video style) instead of the Q-Formers: each
+frame's (or clip's) patch grid average-pooled, positions added, an MLP into the LLM per token. A Q-Former
+trained from scratch starts by averaging over all its keys, which says nothing about a direction (a rising
+and a falling sweep have the same average); pooled patches keep where and when."""
 
 
 def make_data(out: Path, task: str, train: int, heldout: int, seed: int) -> None:
@@ -61,7 +64,14 @@ def recipe_for(name: str, out: Path, args) -> dict:
     data = out / (f"{task}-blank" if blank else task)
     recipe["data"]["datasets"] = [{"card": str(data / "train.yaml")}]
     recipe["data"]["cache_dir"] = str(out / "cache")
-    if "-pool" in name:
+    if name.startswith("pitch-pool"):  # one 2-s clip, its 12 x 19 mel x time patch grid pooled 4 x 4: 15 tokens
+        audio = recipe["model"]["media"]["audio"]
+        audio["encoder"]["select_feature"] = "patch"
+        audio["clips"] = 1
+        audio["pieces"] = {"pool": {"kind": "spatial_pool", "options": {"stride": 4, "grid": [12, 19]}},
+                           "clip_position": audio["pieces"]["clip_position"]}
+        audio["connector"] = {"kind": "mlp2x_gelu"}
+    elif "-pool" in name:
         video = recipe["model"]["media"]["video"]
         video["encoder"]["select_feature"] = "patch"
         video["pieces"] = {"pool": {"kind": "spatial_pool", "options": {"stride": 2}},

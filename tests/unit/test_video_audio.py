@@ -368,3 +368,16 @@ def test_data_inspect_shows_a_video_and_its_sound_track_as_two_runs(tokenizer):
     ids = np.array([*hello, *[VIDEO_PLACEHOLDER_ID] * 3, *[AUDIO_PLACEHOLDER_ID] * 2, *hello])
     text = mark_trained(tokenizer, ids, np.zeros(len(ids), bool), color=False)
     assert text == "Hi<video x3><audio x2>Hi"
+
+
+def test_spatial_pool_takes_a_grid_that_is_not_square():
+    from mmtune.models.multimodal.pieces import SpatialPoolPiece
+
+    piece = SpatialPoolPiece(dim=4, num_tokens=12 * 19, stride=4, grid=[12, 19])  # an AST clip's mel x time grid
+    assert piece.num_output_tokens(12 * 19) == 3 * 5
+    features = torch.zeros(2, 12, 19, 4)
+    features[:, :4, :4] = 1.0  # low frequencies, first 4 time steps: the first pooled token only
+    out = piece(features.reshape(2, 12 * 19, 4))
+    assert out.shape == (2, 15, 4) and torch.allclose(out[:, 0], torch.ones(2, 4)) and out[:, 1:].abs().sum() == 0
+    with pytest.raises(ValueError, match="12 x 18"):
+        SpatialPoolPiece(dim=4, num_tokens=12 * 19, grid=[12, 18])

@@ -80,25 +80,30 @@ class SegmentPositionPiece(BranchPiece):
 
 class SpatialPoolPiece(BranchPiece):
     """Average-pool each frame's patch grid by ``stride`` (LLaVA-NeXT-Video's 2 x 2 pooling; Video-ChatGPT pools
-    space too): a square grid of ``g x g`` patch tokens becomes ``ceil(g / stride)^2`` tokens."""
+    space too): a grid of ``h x w`` patch tokens becomes ``ceil(h / stride) x ceil(w / stride)`` tokens, in row
+    order. ``grid: [h, w]`` for a grid that is not square (an AST clip: 12 mel rows x 19 time columns); the
+    default is the square one."""
 
-    def __init__(self, dim: int, num_tokens: int, stride: int = 2):
+    def __init__(self, dim: int, num_tokens: int, stride: int = 2, grid: tuple[int, int] | list[int] | None = None):
         super().__init__(dim, num_tokens)
-        grid = int(round(num_tokens ** 0.5))
-        if grid * grid != num_tokens:
-            raise ValueError(f"spatial_pool needs a square grid of patch tokens, got {num_tokens} "
-                             "(use select_feature: patch)")
+        if grid is None:
+            side = int(round(num_tokens ** 0.5))
+            grid = (side, side)
+        rows, cols = (int(g) for g in grid)
+        if rows * cols != num_tokens:
+            raise ValueError(f"spatial_pool: a grid of {rows} x {cols} is not the {num_tokens} patch tokens it gets "
+                             "(select_feature: patch; give grid: [rows, cols] for a grid that is not square)")
         if stride < 1:
             raise ValueError("stride must be >= 1")
-        self.grid, self.stride = grid, stride
+        self.grid, self.stride = (rows, cols), stride
 
     def num_output_tokens(self, num_input_tokens: int) -> int:
-        side = -(-self.grid // self.stride)  # ceil
-        return side * side
+        rows, cols = self.grid
+        return -(-rows // self.stride) * -(-cols // self.stride)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         b, n, d = features.shape
-        grid = features.transpose(1, 2).reshape(b, d, self.grid, self.grid)
+        grid = features.transpose(1, 2).reshape(b, d, *self.grid)
         pooled = nn.functional.avg_pool2d(grid, self.stride, self.stride, ceil_mode=True)
         return pooled.flatten(2).transpose(1, 2)
 
