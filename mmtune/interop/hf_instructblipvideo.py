@@ -63,9 +63,9 @@ sampled frames with ``do_sample_frames=False``):
   (logged at export).
 
 The prompt layout the processor writes is the video tokens first, then the
-text as the LLM's tokenizer encodes it (BOS included when it adds one), the
-layout of the ``instructblip`` template for ``<image>``: a run trained with a
-template that puts ``<video>`` first gets the very ids from the processor.
+text as the LLM's tokenizer encodes it (BOS included when it adds one): the
+built-in ``instructblip`` template's layout, so a run trained with it gets the
+very ids from the processor.
 """
 
 from __future__ import annotations
