@@ -38,11 +38,13 @@ TASKS = {  # task -> (synth task, recipe, modality the blank removes)
 }
 RUNS = {name: (name, False) for name in TASKS} | {f"{name}-blank": (name, True) for name in TASKS} | {
     "motion-pool": ("motion", False), "motion-pool-blank": ("motion", True),
-    "pitch-pool": ("pitch", False), "pitch-pool-blank": ("pitch", True)}
+    "pitch-pool": ("pitch", False), "pitch-pool-blank": ("pitch", True),
+    "motion-patch": ("motion", False), "motion-patch-blank": ("motion", True)}
 """``*-pool``: the cheaper connector (Video-ChatGPT / LLaVA-NeXT-Video style) instead of the Q-Formers: each
 frame's (or clip's) patch grid average-pooled, positions added, an MLP into the LLM per token. A Q-Former
 trained from scratch starts by averaging over all its keys, which says nothing about a direction (a rising
-and a falling sweep have the same average); pooled patches keep where and when."""
+and a falling sweep have the same average); pooled patches keep where and when. ``motion-patch``: every patch
+of 4 frames, unpooled (the moving shape covers a few pixels of a 16 x 16 quadrant)."""
 
 
 def make_data(out: Path, task: str, train: int, heldout: int, seed: int) -> None:
@@ -71,6 +73,13 @@ def recipe_for(name: str, out: Path, args) -> dict:
         audio["pieces"] = {"pool": {"kind": "spatial_pool", "options": {"stride": 4, "grid": [12, 19]}},
                            "clip_position": audio["pieces"]["clip_position"]}
         audio["connector"] = {"kind": "mlp2x_gelu"}
+    elif name.startswith("motion-patch"):
+        video = recipe["model"]["media"]["video"]
+        video["encoder"]["select_feature"] = "patch"
+        video["pieces"] = {"frame_position": video["pieces"]["frame_position"]}
+        video["connector"] = {"kind": "mlp2x_gelu"}
+        video["frames"] = video["train_frames"] = {"mode": "uniform", "num_frames": 4}
+        recipe["method"]["media"]["video"]["pieces"] = {"frame_position": {"trainable": "full"}}
     elif "-pool" in name:
         video = recipe["model"]["media"]["video"]
         video["encoder"]["select_feature"] = "patch"
