@@ -198,7 +198,11 @@ class _TorchCodecReader:
     """torchcodec behind decord's three calls."""
 
     def __init__(self, path: str):
-        from torchcodec.decoders import VideoDecoder
+        try:
+            from torchcodec.decoders import VideoDecoder
+        except ModuleNotFoundError:
+            raise MediaProblem("unreadable video", "model.media.video.decoder: torchcodec is not installed "
+                                                   "(pip install torchcodec), or use decoder: decord") from None
 
         self.decoder = VideoDecoder(path, dimension_order="NHWC", seek_mode="exact")
         self.meta = self.decoder.metadata

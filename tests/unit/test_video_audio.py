@@ -222,6 +222,7 @@ def test_video_transform_decodes_sampled_frames_or_names_the_file(media):
 
 
 def test_torchcodec_decodes_the_same_frames(media):
+    pytest.importorskip("torchcodec", reason="decoder: torchcodec is optional (not a dependency)")
     path = str(media["v.mp4"])
     try:
         codec = VideoTransform(FrameSampling(num_frames=4), FRAME, "torchcodec")(VideoFile(path, {}))
