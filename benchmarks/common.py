@@ -79,6 +79,23 @@ def tokenizer_and_media(rc, llm_path: str | Path) -> tuple:
     return tokenizer, specs, image_tokens
 
 
+def untrained_model(recipe: dict):
+    """The multimodal model of ``recipe`` as training starts it (random encoders and connectors, LoRA at zero),
+    in eval mode, and its tokenizer: the "before" of a demo's held-out accuracy."""
+    from mmtune.config.loader import validate_recipe
+    from mmtune.data.templates import install_template
+    from mmtune.models.loading import load_tokenizer
+    from mmtune.models.open import open_language_model, open_multimodal
+    from mmtune.training.methods import apply_method
+
+    cfg = validate_recipe(recipe)
+    torch.manual_seed(cfg.train.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    install_template(tokenizer, cfg.data.template)
+    llm = apply_method(open_language_model(cfg.model), cfg.method)
+    return open_multimodal(cfg.model.branches(), llm).eval(), tokenizer
+
+
 def pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q))
 

@@ -31,12 +31,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import untrained_model  # noqa: E402
+
 RECIPE = REPO / "configs" / "instructblip_tiny.yaml"
 
 RUNS = {
@@ -83,24 +87,6 @@ def recipe_for(name: str, out: Path, args) -> dict:
     if args.lr:
         recipe["train"]["lr"] = args.lr
     return recipe
-
-
-def untrained_model(recipe: dict):
-    """The model as training starts it (random encoder and connector, LoRA at zero), and its tokenizer."""
-    import torch
-
-    from mmtune.config.loader import validate_recipe
-    from mmtune.data.templates import install_template
-    from mmtune.models.loading import load_tokenizer
-    from mmtune.models.open import open_language_model, open_multimodal
-    from mmtune.training.methods import apply_method
-
-    cfg = validate_recipe(recipe)
-    torch.manual_seed(cfg.train.seed)
-    tokenizer = load_tokenizer(cfg.model)
-    install_template(tokenizer, cfg.data.template)
-    llm = apply_method(open_language_model(cfg.model), cfg.method)
-    return open_multimodal(cfg.model.branches(), llm).eval(), tokenizer
 
 
 def held_out_accuracy(model, tokenizer, data_dir: Path) -> dict:

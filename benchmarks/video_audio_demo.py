@@ -25,12 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from common import untrained_model  # noqa: E402
+
 TASKS = {  # task -> (synth task, recipe, modality the blank removes)
     "motion": ("motion", "video_llama_tiny.yaml"),
     "pitch": ("pitch", "audio_tiny.yaml"),
@@ -95,24 +99,6 @@ def recipe_for(name: str, out: Path, args) -> dict:
     return recipe
 
 
-def untrained_model(recipe: dict):
-    """The model as training starts it (random encoders and connectors, LoRA at zero), and its tokenizer."""
-    import torch
-
-    from mmtune.config.loader import validate_recipe
-    from mmtune.data.templates import install_template
-    from mmtune.models.loading import load_tokenizer
-    from mmtune.models.open import open_language_model, open_multimodal
-    from mmtune.training.methods import apply_method
-
-    cfg = validate_recipe(recipe)
-    torch.manual_seed(cfg.train.seed)
-    tokenizer = load_tokenizer(cfg.model)
-    install_template(tokenizer, cfg.data.template)
-    llm = apply_method(open_language_model(cfg.model), cfg.method)
-    return open_multimodal(cfg.model.branches(), llm).eval(), tokenizer
-
-
 def held_out_accuracy(model, tokenizer, data_dir: Path) -> float:
     from mmtune.evaluation import evaluate
     from mmtune.generation.options import GenerationOptions
@@ -160,18 +146,6 @@ def chance(data_dir: Path) -> dict:
             "question_only": q_only.get("overall") if isinstance(q_only, dict) else q_only}
 
 
-def tiny_llm(out: Path) -> str:
-    """A random 2-layer Llama with SmolLM2's tokenizer (built once)."""
-    from mmtune.models.loading import load_tokenizer
-    from mmtune.config.schema import ModelConfig
-    from mmtune.models.tiny import build_tiny_llama
-
-    target = out / "tiny-llama"
-    if not (target / "config.json").is_file():
-        build_tiny_llama(target, load_tokenizer(ModelConfig(name="smollm2-135m-instruct")))
-    return str(target)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/av-demo"))
@@ -188,7 +162,9 @@ def main() -> None:
 
     out = args.out.resolve()
     if args.llm == "tiny":
-        args.llm = tiny_llm(out)
+        from common import llm_dir
+
+        args.llm = str(llm_dir("tiny", out))
     results_file = out / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {"runs": {}, "chance": {}}
     for name in args.runs:
