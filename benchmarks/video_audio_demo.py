@@ -43,7 +43,8 @@ TASKS = {  # task -> (synth task, recipe, modality the blank removes)
 RUNS = {name: (name, False) for name in TASKS} | {f"{name}-blank": (name, True) for name in TASKS} | {
     "motion-pool": ("motion", False), "motion-pool-blank": ("motion", True),
     "pitch-pool": ("pitch", False), "pitch-pool-blank": ("pitch", True),
-    "motion-patch": ("motion", False), "motion-patch-blank": ("motion", True)}
+    "motion-patch": ("motion", False), "motion-patch-blank": ("motion", True),
+    "avsync-pool": ("avsync", False), "avsync-pool-blank": ("avsync", True)}
 """``*-pool``: the cheaper connector (Video-ChatGPT / LLaVA-NeXT-Video style) instead of the Q-Formers: each
 frame's (or clip's) patch grid average-pooled, positions added, an MLP into the LLM per token. A Q-Former
 trained from scratch starts by averaging over all its keys, which says nothing about a direction (a rising
@@ -70,13 +71,19 @@ def recipe_for(name: str, out: Path, args) -> dict:
     data = out / (f"{task}-blank" if blank else task)
     recipe["data"]["datasets"] = [{"card": str(data / "train.yaml")}]
     recipe["data"]["cache_dir"] = str(out / "cache")
-    if name.startswith("pitch-pool"):  # one 2-s clip, its 12 x 19 mel x time patch grid pooled 4 x 4: 15 tokens
+    if name.startswith(("pitch-pool", "avsync-pool")):  # one 2-s clip, its 12 x 19 mel x time patches pooled 4 x 4
         audio = recipe["model"]["media"]["audio"]
         audio["encoder"]["select_feature"] = "patch"
         audio["clips"] = 1
         audio["pieces"] = {"pool": {"kind": "spatial_pool", "options": {"stride": 4, "grid": [12, 19]}},
                            "clip_position": audio["pieces"]["clip_position"]}
         audio["connector"] = {"kind": "mlp2x_gelu"}
+    if name.startswith("avsync-pool"):  # and each frame's patches pooled 2 x 2 (16 frames x 4 tokens)
+        video = recipe["model"]["media"]["video"]
+        video["encoder"]["select_feature"] = "patch"
+        video["pieces"] = {"pool": {"kind": "spatial_pool", "options": {"stride": 2}},
+                           "frame_position": video["pieces"]["frame_position"]}
+        video["connector"] = {"kind": "mlp2x_gelu"}
     elif name.startswith("motion-patch"):
         video = recipe["model"]["media"]["video"]
         video["encoder"]["select_feature"] = "patch"
@@ -84,7 +91,7 @@ def recipe_for(name: str, out: Path, args) -> dict:
         video["connector"] = {"kind": "mlp2x_gelu"}
         video["frames"] = video["train_frames"] = {"mode": "uniform", "num_frames": 4}
         recipe["method"]["media"]["video"]["pieces"] = {"frame_position": {"trainable": "full"}}
-    elif "-pool" in name:
+    elif name.startswith("motion-pool"):
         video = recipe["model"]["media"]["video"]
         video["encoder"]["select_feature"] = "patch"
         video["pieces"] = {"pool": {"kind": "spatial_pool", "options": {"stride": 2}},
