@@ -201,8 +201,8 @@ class _TorchCodecReader:
         try:
             from torchcodec.decoders import VideoDecoder
         except ModuleNotFoundError:
-            raise MediaProblem("unreadable video", "model.media.video.decoder: torchcodec is not installed "
-                                                   "(pip install torchcodec), or use decoder: decord") from None
+            raise MediaProblem("unreadable video", f"cannot read video {path}: model.media.video.decoder: torchcodec "
+                                                   "is not installed (pip install torchcodec), or use decoder: decord") from None
 
         self.decoder = VideoDecoder(path, dimension_order="NHWC", seek_mode="exact")
         self.meta = self.decoder.metadata
