@@ -259,16 +259,20 @@ def test_held_out_sets_are_refused_for_training_and_read_for_evaluation(tmp_path
     assert all(Path(c[0]["media"][0]["ref"]).is_file() for _, c in data.conversations)
 
 
-def test_a_shipped_card_without_its_file_is_one_line_naming_card_and_path(tmp_path, tokenizer):
-    expected = DATASETS / "vqav2" / "vqa_train.json"
-    if expected.exists():
-        pytest.skip("the VQAv2 file is installed here")
+def test_a_shipped_card_without_its_file_is_one_line_naming_card_and_path(tmp_path, tokenizer, monkeypatch):
+    # The shipped card, found by name in ./datasets (searched before the repository's), whose file is absent
+    # there whether or not VQAv2 is installed next to the repository.
+    local = (tmp_path / "datasets").resolve()
+    local.mkdir()
+    shutil.copy(DATASETS / "vqav2.yaml", local / "vqav2.yaml")
+    monkeypatch.chdir(tmp_path)
+    expected = local / "vqav2" / "vqa_train.json"
     src = resolve_source(DatasetSpec(card="vqav2"))
     with pytest.raises(DataError) as exc:
         list(conversations_of(src, SourceReport(src.name), "error"))
     message = str(exc.value)
     assert "\n" not in message and str(expected) in message and "dataset card 'vqav2'" in message
-    assert str(DATASETS / "vqav2.yaml") in message
+    assert str(local / "vqav2.yaml") in message
     cfg = DataConfig(datasets=[{"card": "vqav2"}], cache_dir=str(tmp_path / "cache"))
     with pytest.raises(DataError, match="vqa_train.json: data file not found \\(dataset card 'vqav2'"):
         build_conversation_data(tokenizer, cfg, seed=0)
