@@ -235,14 +235,19 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedRow
             yield where, row
 
 
-def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedRow]]:
+def _read_utf8(path: Path, kind: str, encoding: str = "utf-8") -> str:
+    """The file's text; bytes that are not UTF-8 are one line naming the file's line and byte."""
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        return raw.decode(encoding)
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {exc.start + 1} of the file); a JSON file must be "
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {exc.start + 1} of the file); a {kind} file must be "
                         "UTF-8", reason="invalid UTF-8") from None
+
+
+def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedRow]]:
+    text = _read_utf8(path, "JSON")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -272,13 +277,7 @@ def _iter_json(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedRow]
 def _iter_csv(path: Path) -> Iterator[tuple[str, dict[str, Any] | MalformedRow]]:
     """Rows of a CSV file with a header row, located as ``file:line`` (the line a row starts on); an empty
     cell is absent (None), a row with more cells than the header is malformed."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {exc.start + 1} of the file); a CSV file must be "
-                        "UTF-8", reason="invalid UTF-8") from None
+    text = _read_utf8(path, "CSV", encoding="utf-8-sig")
     reader = csv.DictReader(io.StringIO(text, newline=""), restkey=_EXTRA_CELLS)
     try:
         header = reader.fieldnames
