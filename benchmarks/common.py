@@ -96,6 +96,18 @@ def untrained_model(recipe: dict):
     return open_multimodal(cfg.model.branches(), llm).eval(), tokenizer
 
 
+def held_out_accuracy(model, tokenizer, data_dir: Path, group_by: str | None = None) -> dict:
+    """Exact match on ``data_dir/heldout.yaml`` (a ``mmtune data synth`` folder), greedy, 4 new tokens:
+    ``{"overall": ..., <group>: ...}``."""
+    from mmtune.evaluation import evaluate
+    from mmtune.generation.options import GenerationOptions
+
+    report = evaluate(model, tokenizer, str(data_dir / "heldout.yaml"), metrics=["exact"], group_by=group_by,
+                      opts=GenerationOptions(max_new_tokens=4), records=False, progress=False)
+    exact = report.metrics["exact"]
+    return {"overall": exact["accuracy"], **{k: v["accuracy"] for k, v in exact.get("by_group", {}).items()}}
+
+
 def pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q))
 

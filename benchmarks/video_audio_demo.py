@@ -33,7 +33,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from common import untrained_model  # noqa: E402
+from common import held_out_accuracy, untrained_model  # noqa: E402
 
 TASKS = {  # task -> (synth task, recipe, modality the blank removes)
     "motion": ("motion", "video_llama_tiny.yaml"),
@@ -106,15 +106,6 @@ def recipe_for(name: str, out: Path, args) -> dict:
     return recipe
 
 
-def held_out_accuracy(model, tokenizer, data_dir: Path) -> float:
-    from mmtune.evaluation import evaluate
-    from mmtune.generation.options import GenerationOptions
-
-    report = evaluate(model, tokenizer, str(data_dir / "heldout.yaml"), metrics=["exact"],
-                      opts=GenerationOptions(max_new_tokens=4), records=False, progress=False)
-    return report.metrics["exact"]["accuracy"]
-
-
 def run_one(name: str, out: Path, args) -> dict:
     import mmtune
     from mmtune.models.run_outputs import load_for_inference
@@ -123,13 +114,13 @@ def run_one(name: str, out: Path, args) -> dict:
     recipe = recipe_for(name, out, args)
     data_dir = out / (f"{task}-blank" if blank else task)
     model, tok = untrained_model(recipe)
-    before = held_out_accuracy(model, tok, data_dir)
+    before = held_out_accuracy(model, tok, data_dir)["overall"]
     del model
     start = time.time()
     result = mmtune.train(recipe)
     seconds = time.time() - start
     model, tok = load_for_inference(str(result.run_dir))
-    after = held_out_accuracy(model, tok, data_dir)
+    after = held_out_accuracy(model, tok, data_dir)["overall"]
     summary = json.loads((result.run_dir / "summary.json").read_text())
     return {"before": before, "after": after, "train_seconds": round(seconds, 1), "steps": args.steps,
             "final_loss": summary.get("final_loss"), "llm": recipe["model"]["name"], "task": task}
