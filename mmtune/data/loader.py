@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -41,7 +42,17 @@ class MicroBatches(Dataset):
         self.collate = collate
 
     def __getitem__(self, key: MicroBatchKey):
-        return key, self.collate([self.rows[r] for r in key.rows])
+        # Random augmentation in a collate (crops, flips) draws from torch's generator, seeded here by the
+        # micro-batch's place in the run: the same crops in a worker or inline, before and after a resume.
+        # fork_rng leaves the caller's generator as it was (inline, that is the training process's).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(micro_batch_seed(key))
+            return key, self.collate([self.rows[r] for r in key.rows])
+
+
+def micro_batch_seed(key: MicroBatchKey) -> int:
+    """A seed that is a pure function of the micro-batch (its epoch, position and rows, which the run's seed orders)."""
+    return int(np.random.SeedSequence([key.epoch, key.index, *key.rows]).generate_state(1)[0])
 
 
 def _as_is(item):

@@ -1,0 +1,76 @@
+"""A tiny random Stable Diffusion in diffusers' layout: for tests, benchmarks and CPU recipes without weights.
+
+It is saved and opened like a real one (``unet/``, ``vae/``, ``text_encoder/``,
+``tokenizer/``, ``scheduler/``, ``model_index.json``), only small. The
+tokenizer is CLIP's own byte-level BPE, read from the vocabulary file that
+``open_clip`` ships, cut to its first ``merges`` merges: real prompts
+tokenize the way Stable Diffusion's tokenizer splits them, into a smaller
+vocabulary.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import torch
+
+
+def write_clip_tokenizer(out: Path, *, merges: int = 2048, max_length: int = 77) -> Path:
+    """A ``CLIPTokenizer`` directory from open_clip's BPE vocabulary (its first ``merges`` merges)."""
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode
+    from transformers import CLIPTokenizer
+
+    source = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    pairs = gzip.open(source).read().decode("utf-8").split("\n")[1 : merges + 1]
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(p.split()) for p in pairs]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    tokenizer = CLIPTokenizer(vocab={token: i for i, token in enumerate(vocab)},
+                              merges=[tuple(p.split()) for p in pairs], model_max_length=max_length)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_tiny_stable_diffusion(out: Path, *, seed: int = 0, width: int = 32, latent_channels: int = 4,
+                                text_width: int = 32, merges: int = 2048) -> Path:
+    """Write a random tiny Stable Diffusion to ``out`` (a UNet of 4 input channels, as SD 1.5 has).
+
+    Shapes follow diffusers' own pipeline tests: a 2-level UNet of width
+    ``width`` / ``2 * width`` with cross-attention on its lower level, a
+    2-level VAE (latents at half the image size), a 2-layer CLIP text encoder.
+    The noise schedule is SD 1.5's (scaled linear betas 0.00085 -> 0.012 over
+    1000 steps, epsilon prediction); inference uses Euler ancestral, as the
+    published InstructPix2Pix pipeline does.
+    """
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    out = Path(out)
+    write_clip_tokenizer(out / "tokenizer", merges=merges)
+    tokenizer = CLIPTokenizer.from_pretrained(out / "tokenizer")
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=latent_channels, out_channels=latent_channels, layers_per_block=1,
+        block_out_channels=(width, 2 * width), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=text_width,
+        attention_head_dim=8, norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(width, 2 * width),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        layers_per_block=1, norm_num_groups=8, sample_size=32,
+    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length, projection_dim=text_width,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                num_train_timesteps=1000, prediction_type="epsilon", steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(out)
+    return out
