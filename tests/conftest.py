@@ -137,3 +137,11 @@ def hf_greedy(model, tokenizer, conv, n: int = 10) -> list[int]:
                          pad_token_id=tokenizer.pad_token_id)
     toks = out[0, ids.shape[1]:].tolist()
     return toks[: next((i for i, t in enumerate(toks) if t in set(stops)), len(toks))]
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> Path:
+    """A random tiny Stable Diffusion in diffusers' layout (UNet 4 -> widened by the edit task, VAE, CLIP)."""
+    from mmtune.models.diffusion.tiny import build_tiny_stable_diffusion
+
+    return build_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd") / "sd")

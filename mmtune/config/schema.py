@@ -358,7 +358,8 @@ class DiffusionModelConfig(Strict):
     widened to 8 input channels (the new ones zero)."""
 
     name: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    """Hub name or local directory (``mmtune.models.diffusion.tiny`` writes a random tiny one for tests)."""
+    """Hub name, local directory, or ``tiny-stable-diffusion``: a random tiny one built once in the cache
+    (``mmtune.models.diffusion.tiny``), for CPU recipes and tests."""
     revision: str | None = None
     variant: str | None = None
     """diffusers weight variant (``fp16``, ``ema``...), when the directory has several."""

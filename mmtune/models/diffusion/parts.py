@@ -19,6 +19,7 @@ from torch import nn
 
 from mmtune.config.schema import DiffusionModelConfig
 from mmtune.errors import ModelError
+from mmtune.models.diffusion.tiny import TINY_SD_ALIAS, resolve_tiny_alias
 
 log = logging.getLogger("mmtune")
 
@@ -41,6 +42,8 @@ class EditParts:
 
 
 def _source(cfg: DiffusionModelConfig) -> str:
+    if cfg.name == TINY_SD_ALIAS:
+        return str(resolve_tiny_alias())
     path = Path(cfg.name).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file() and not (path / "unet").is_dir():

@@ -74,3 +74,24 @@ def build_tiny_stable_diffusion(out: Path, *, seed: int = 0, width: int = 32, la
                                    requires_safety_checker=False)
     pipe.save_pretrained(out)
     return out
+
+
+TINY_SD_ALIAS = "tiny-stable-diffusion"
+"""``model.name`` of the edit task's CPU recipes: :func:`build_tiny_stable_diffusion` (seed 0), written once
+into ``$MMTUNE_CACHE/models`` (random weights: it learns from scratch what a recipe trains)."""
+
+
+def resolve_tiny_alias() -> Path:
+    """The cached tiny Stable Diffusion directory, built once (several processes of a run may start together)."""
+    from mmtune.models.aliases import cache_root
+    from mmtune.utils.atomic import atomic_directory, exclusive_lock
+
+    target = cache_root() / "models" / TINY_SD_ALIAS
+    if (target / "model_index.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(target.with_name(f".{target.name}.lock")):
+        if not (target / "model_index.json").is_file():
+            with atomic_directory(target) as tmp:
+                build_tiny_stable_diffusion(tmp)
+    return target
