@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mmtune.config.schema import EditDataConfig
 from mmtune.data.packing import BatchProblem
-from mmtune.errors import DataError
 from mmtune.modalities.base import MediaProblem
 from mmtune.modalities.image import load_rgb
 
@@ -39,6 +37,11 @@ class Triplet:
     """Absolute path of the image after the edit."""
     origin: str
     """``file, row N`` (or the sample's folder): where the triplet came from, for error lines."""
+    more_pairs: tuple[tuple[str, str], ...] = ()
+    """Further ``(input, edited)`` image pairs of the same sample and instruction: the other seeds of an
+    ``ip2p_folders`` sample. Training draws one of all its pairs each time the sample is read, as the
+    original repository does (a sample weighs the same however many seeds it kept, and its seeds never
+    straddle the train / val split); evaluation always reads the first pair."""
 
 
 @dataclass
@@ -103,8 +106,13 @@ class TripletCollate:
         originals, editeds, kept, problems = [], [], [], []
         for index in (i for row in rows for i in row):
             sample = self.samples[index]
+            first, second = sample.input_image, sample.edited_image
+            if sample.more_pairs and self.train:  # no draw for one-pair samples: their stream is unchanged
+                k = int(torch.randint(0, len(sample.more_pairs) + 1, ()).item())
+                if k:
+                    first, second = sample.more_pairs[k - 1]
             try:
-                a, b = load_rgb(sample.input_image), load_rgb(sample.edited_image)
+                a, b = load_rgb(first), load_rgb(second)
             except MediaProblem as problem:
                 problems.append(BatchProblem(sample.origin, problem.reason, f"{sample.origin}: {problem.detail}"))
                 continue
@@ -122,35 +130,3 @@ class TripletCollate:
             torch.from_numpy(self.ids[kept]) if kept else torch.zeros(0, self.ids.shape[1], dtype=torch.long),
             problems,
         )
-
-
-@dataclass
-class EditData:
-    train: list[Triplet]
-    val: list[Triplet]
-    reports: list[str]
-    """One line per dataset: what was read, skipped (and why), resized."""
-
-
-def load_edit_data(cfg: EditDataConfig, *, seed: int) -> EditData:
-    """Read every dataset of ``cfg`` into triplets and split off the validation samples (seeded)."""
-    from mmtune.data.edit_formats import read_triplets
-    from mmtune.data.sources import resolve_source
-
-    if not cfg.datasets:
-        raise DataError("data.datasets is empty: give at least one triplet dataset (a card or a path)",
-                        reason="no data")
-    samples, reports = [], []
-    for spec in cfg.datasets:
-        source = resolve_source(spec)
-        read = read_triplets(source, on_bad_sample=cfg.on_bad_sample)
-        triplets = read.triplets[: spec.max_samples] if spec.max_samples else read.triplets
-        samples.extend(triplets)
-        reports.append(read.report_line(len(triplets)))
-    if not samples:
-        raise DataError("no usable triplet in data.datasets (" + "; ".join(reports) + ")", reason="empty dataset")
-    order = np.random.default_rng(seed).permutation(len(samples))
-    n_val = min(int(round(cfg.val_fraction * len(samples))), cfg.val_max_samples) if cfg.val_fraction else 0
-    val = [samples[i] for i in sorted(order[:n_val])]
-    train = [samples[i] for i in sorted(order[n_val:])]
-    return EditData(train, val, reports)

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from mmtune.config.schema import EditRecipe
-from mmtune.data.edit_triplets import TripletCollate, load_edit_data, tokenize_prompts
+from mmtune.data.edit_data import load_edit_data
+from mmtune.data.edit_triplets import TripletCollate, tokenize_prompts
 from mmtune.models.diffusion.objective import EditObjective
 from mmtune.models.diffusion.parts import inference_scheduler_of, open_edit_parts
 from mmtune.models.families import edit_diffusion
