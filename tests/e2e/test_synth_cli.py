@@ -52,7 +52,7 @@ def test_synth_writes_both_splits_cards_summary_readme_and_the_blank_control(tmp
 def test_synth_bad_arguments_are_one_line(tmp_path):
     for args, message in [(["shapes", "--train", "0"], "--train must be a whole number of at least 1, got 0"),
                           (["spheres"], "unknown task 'spheres' (valid: shapes, shapes-pick, motion, event-order, "
-                                        "av-sync, pitch, loudness)")]:
+                                        "av-sync, pitch, loudness, edits)")]:
         proc = run("data", "synth", *args, "--out", str(tmp_path / "x"))
         assert proc.returncode == 2
         assert proc.stderr.strip().splitlines() == [f"mmtune: error: synth{' shapes' if args[0] == 'shapes' else ''}: "

@@ -19,6 +19,11 @@ Tasks: ``shapes``, ``shapes-pick`` (PNG images, :mod:`.shapes`); ``motion``, ``e
 ``<audio>``) in :mod:`.tones` (``--duration``). Their answers are dealt balanced (chance 1/k); their blanked
 control has grey frames (same count and rate) and digital silence (same length), or for ``av-sync`` one of the
 two (``blank_only="frames"`` / ``"sound"``). Writing and reading clips and sounds: :mod:`.media` (PyAV).
+
+``edits`` (:mod:`.edits`) writes editing triplets for ``task: edit`` instead of questions: a shapes image, an
+instruction ("make the circle red", "move the square left") and the image with exactly that edit, in
+diffusers' layout (``OUT/train/metadata.jsonl``); its control (``--blank``) keeps the images and blanks the
+instruction, and :func:`score_edit` scores a model's edited image against a row.
 """
 
 from __future__ import annotations
@@ -40,6 +45,13 @@ from mmtune.datagen.synth.common import (
     generate_split_sets,
     write_blank_copy,
 )
+from mmtune.datagen.synth.edits import LAYOUT as EDIT_LAYOUT
+from mmtune.datagen.synth.edits import (
+    build_edits,
+    generate_edit_sets,
+    score_edit,
+    write_instruction_blank_copy,
+)
 from mmtune.datagen.synth.shapes import build_shapes, build_shapes_pick
 from mmtune.datagen.synth.tones import build_loudness, build_pitch
 from mmtune.errors import ConfigError
@@ -52,6 +64,7 @@ SYNTH_TASKS: dict[str, Callable[..., SynthSource]] = {
     "av-sync": build_av_sync,
     "pitch": build_pitch,
     "loudness": build_loudness,
+    "edits": build_edits,
 }
 
 
@@ -86,17 +99,20 @@ def generate_synth(task: str, out_dir: str | Path, *, train: int = 2000, heldout
         "--seed", str(seed), "--questions-per-item", str(questions_per_item), "--question-types", ",".join(types),
         *[arg for name, value in source.parameters.items() for arg in (f"--{name.replace('_', '-')}", str(value))],
     ])
-    summary = generate_split_sets(source, out_dir, train=train, heldout=heldout, seed=seed,
-                                  questions_per_item=questions_per_item, question_types=question_types,
-                                  command=command, blank_copy=None if blank is None else str(blank),
-                                  overwrite=overwrite, progress=progress)
-    if blank is not None:
+    triplets = source.layout == EDIT_LAYOUT  # rows of (input, instruction, edited image): its own writer
+    summary = (generate_edit_sets if triplets else generate_split_sets)(
+        source, out_dir, train=train, heldout=heldout, seed=seed, questions_per_item=questions_per_item,
+        question_types=question_types, command=command, blank_copy=None if blank is None else str(blank),
+        overwrite=overwrite, progress=progress)
+    if blank is not None and triplets:
+        write_instruction_blank_copy(out_dir, blank, overwrite=overwrite, progress=progress)
+    elif blank is not None:
         write_blank_copy(out_dir, blank, only=blank_only, overwrite=overwrite, progress=progress)
     return summary
 
 
 __all__ = [
-    "MEDIA_KINDS", "SYNTH_TASKS", "SynthItem", "SynthQuestion", "SynthSource", "build_av_sync", "build_event_order",
-    "build_loudness", "build_motion", "build_pitch", "build_shapes", "build_shapes_pick", "generate_synth",
-    "write_blank_copy",
+    "MEDIA_KINDS", "SYNTH_TASKS", "SynthItem", "SynthQuestion", "SynthSource", "build_av_sync", "build_edits",
+    "build_event_order", "build_loudness", "build_motion", "build_pitch", "build_shapes", "build_shapes_pick",
+    "generate_synth", "score_edit", "write_blank_copy", "write_instruction_blank_copy",
 ]

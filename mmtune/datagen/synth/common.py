@@ -26,7 +26,7 @@ import os
 import random
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,9 @@ class SynthQuestion:
     answer: str
     fields: dict[str, Any] = field(default_factory=dict)
     """More row fields (e.g. ``target``: the index of the object asked about)."""
+    media: Any = None
+    """The question's own output media, for a task whose rows are triplets (``layout: edit_triplets``): the
+    edited image an instruction asks for. None for a question answered in words."""
 
 
 @dataclass
@@ -102,6 +105,9 @@ class SynthSource:
     called ``draw(rng, question_types, answers)`` and must give question k the answer ``answers[k]``."""
     balanced: bool = False
     """Deal each question's answer from a shuffled deck per question type (equal shares: chance 1/k)."""
+    layout: str = "llava"
+    """How the rows are written: ``llava`` (a question and its one-word answer, here) or ``edit_triplets``
+    (an instruction, the item's media and the question's own edited ``media``: :mod:`.edits`)."""
 
 
 # --------------------------------------------------------------------------- how media are written
@@ -190,8 +196,10 @@ def generate_split_sets(source: SynthSource, out_dir: Path, *, train: int, heldo
     ``blank_copy`` only names the control folder in the summary and README (:func:`write_blank_copy` writes it).
     Nothing written depends on where the folder is: paths in it are relative (the control's to this folder).
     """
-    types = _check_common(source, out_dir, train=train, heldout=heldout, questions_per_item=questions_per_item,
-                          question_types=question_types, overwrite=overwrite)
+    assert source.layout == "llava", source.layout  # triplet tasks are written by .edits
+    types = check_split_arguments(source, out_dir, train=train, heldout=heldout,
+                                  questions_per_item=questions_per_item, question_types=question_types,
+                                  overwrite=overwrite)
     rows: dict[str, list[dict]] = {}
     with atomic_directory(Path(out_dir)) as tmp:
         held_keys: set = set()
@@ -211,8 +219,9 @@ def generate_split_sets(source: SynthSource, out_dir: Path, *, train: int, heldo
     return summary
 
 
-def _check_common(source: SynthSource, out_dir: Path, *, train: int, heldout: int, questions_per_item: int,
-                  question_types: Sequence[str] | None, overwrite: bool) -> list[str]:
+def check_split_arguments(source: SynthSource, out_dir: Path, *, train: int, heldout: int, questions_per_item: int,
+                          question_types: Sequence[str] | None, overwrite: bool) -> list[str]:
+    """The question types to write, after one-line checks of the counts, the types and the output folder."""
     for flag, value in (("--train", train), ("--heldout", heldout), ("--questions-per-item", questions_per_item)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"synth {source.task}: {flag} must be a whole number of at least 1, got {value!r}")
@@ -244,12 +253,43 @@ def check_writable(out: Path, overwrite: bool) -> None:
 def _write_split(source: SynthSource, root: Path, split: str, count: int, *, seed: int, per_item: int,
                  types: list[str], exclude: set, progress: bool) -> tuple[list[dict], set]:
     kind = MEDIA_KINDS[source.modality]
-    rng = random.Random(f"mmtune-synth/{source.task}/{seed}/{split}")
-    deal = _answer_dealer(source, seed, split)
     folder = root / kind.folder / split
     folder.mkdir(parents=True)
-    width = max(5, len(str(count - 1)))
+    width = item_width(count)
     rows: list[dict] = []
+    keys: set = set()
+    for index, item in draw_split(source, split, count, seed=seed, per_item=per_item, types=types, exclude=exclude,
+                                  progress=progress):
+        keys.add(item.key)
+        name = f"{index:0{width}d}{kind.suffix}"
+        kind.save(item.media, folder / name)
+        for k, q in enumerate(item.questions):
+            rows.append({
+                "id": f"{source.task}-{split}-{index:0{width}d}-q{k}",
+                kind.field: f"{split}/{name}",
+                "conversations": [{"from": "human", "value": f"{kind.tag}\n{q.question}"},
+                                  {"from": "gpt", "value": q.answer}],
+                "question_type": q.question_type,
+                "question": q.question,
+                "answer": q.answer,
+                **q.fields,
+                "scene": item.scene,
+            })
+    return rows, keys
+
+
+def item_width(count: int) -> int:
+    """Digits of a split's item numbers (file names sort in drawing order)."""
+    return max(5, len(str(count - 1)))
+
+
+def draw_split(source: SynthSource, split: str, count: int, *, seed: int, per_item: int, types: Sequence[str],
+               exclude: set, progress: bool) -> Iterator[tuple[int, SynthItem]]:
+    """``(index, item)`` for the ``count`` distinct items of a split, in drawing order: what every row layout
+    shares. Seeded per task, seed and split; an item whose key is drawn again, or is in ``exclude`` (the
+    held-out keys, when train is drawn), is redrawn (a balanced source's redraw keeps its slot's answers)."""
+    rng = random.Random(f"mmtune-synth/{source.task}/{seed}/{split}")
+    deal = _answer_dealer(source, seed, split)
     keys: set = set()
     draws, limit, retry, answers = 0, 50 * count + 1000, False, []
     with tqdm(total=count, desc=f"{source.task} {split}", unit=" items", disable=not progress or None) as bar:
@@ -269,24 +309,9 @@ def _write_split(source: SynthSource, root: Path, split: str, count: int, *, see
                                       f"draws; ask for fewer or widen the parameters")
                 continue
             retry = False
-            index = len(keys)
             keys.add(item.key)
-            name = f"{index:0{width}d}{kind.suffix}"
-            kind.save(item.media, folder / name)
-            for k, q in enumerate(item.questions):
-                rows.append({
-                    "id": f"{source.task}-{split}-{index:0{width}d}-q{k}",
-                    kind.field: f"{split}/{name}",
-                    "conversations": [{"from": "human", "value": f"{kind.tag}\n{q.question}"},
-                                      {"from": "gpt", "value": q.answer}],
-                    "question_type": q.question_type,
-                    "question": q.question,
-                    "answer": q.answer,
-                    **q.fields,
-                    "scene": item.scene,
-                })
+            yield len(keys) - 1, item
             bar.update()
-    return rows, keys
 
 
 def _answer_dealer(source: SynthSource, seed: int, split: str) -> Callable[[str], str]:
@@ -491,6 +516,9 @@ def write_blank_copy(src_dir: str | Path, dst_dir: str | Path, *, only: str | No
     if src.resolve() == dst.resolve():
         raise ConfigError(f"{dst}: the blanked copy needs a folder of its own")
     summary = json.loads((src / SUMMARY_FILE).read_text())
+    if summary.get("layout", "llava") != "llava":
+        raise ConfigError(f"{src}: an {summary['layout']} set: its control blanks the instruction, not the media; "
+                          "write it with mmtune.datagen.synth.write_instruction_blank_copy (or --blank DIR)")
     kind = MEDIA_KINDS[summary["modality"]]
     check_blank_only(summary["modality"], only)
     check_writable(dst, overwrite)

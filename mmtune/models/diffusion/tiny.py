@@ -40,7 +40,8 @@ def build_tiny_stable_diffusion(out: Path, *, seed: int = 0, width: int = 32, la
     Shapes follow diffusers' own pipeline tests: a 2-level UNet of width
     ``width`` / ``2 * width`` with cross-attention on its lower level, a
     2-level VAE (latents at half the image size), a 2-layer CLIP text encoder.
-    The noise schedule is SD 1.5's (scaled linear betas 0.00085 -> 0.012 over
+    The random VAE is made to behave like a trained one in the two ways training
+    relies on (:func:`_settle_random_vae`). The noise schedule is SD 1.5's (scaled linear betas 0.00085 -> 0.012 over
     1000 steps, epsilon prediction); inference uses Euler ancestral, as the
     published InstructPix2Pix pipeline does.
     """
@@ -62,6 +63,7 @@ def build_tiny_stable_diffusion(out: Path, *, seed: int = 0, width: int = 32, la
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         layers_per_block=1, norm_num_groups=8, sample_size=32,
     )
+    _settle_random_vae(vae, latent_channels)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=2 * text_width, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length, projection_dim=text_width,
@@ -74,6 +76,31 @@ def build_tiny_stable_diffusion(out: Path, *, seed: int = 0, width: int = 32, la
                                    requires_safety_checker=False)
     pipe.save_pretrained(out)
     return out
+
+
+def _settle_random_vae(vae, latent_channels: int) -> None:
+    """Make a random VAE's latents what a trained VAE's are: nearly deterministic and of unit scale.
+
+    At initialisation the posterior's log-variance is about 0, so a sampled
+    latent (``latent_dist.sample()``, what the edit task denoises) would be
+    noise of std 1 around a mean of std ~0.25: the image would be buried.
+    A trained VAE's posterior is narrow, so the log-variance half of
+    ``quant_conv`` is set to a constant -20 (std 5e-5). ``scaling_factor`` is
+    then chosen as Stable Diffusion's was, 1 / std of the latents, measured on
+    scikit-image's photos.
+    """
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    with torch.no_grad():
+        vae.quant_conv.weight[latent_channels:] = 0
+        vae.quant_conv.bias[latent_channels:] = -20.0
+        photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.hubble_deep_field()]
+        pixels = np.stack([np.asarray(Image.fromarray(p).convert("RGB").resize((64, 64))) for p in photos])
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+        std = vae.encode(x).latent_dist.mode().std().item()
+    vae.register_to_config(scaling_factor=round(1.0 / std, 5))
 
 
 TINY_SD_ALIAS = "tiny-stable-diffusion"
