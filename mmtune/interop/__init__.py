@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mmtune.errors import ModelError
+from mmtune.interop.diffusers_ip2p import export_diffusers
 from mmtune.interop.hf_causal_lm import export_hf
 from mmtune.interop.hf_instructblip import BLIP_READER, InstructBlipReader, export_blip2, export_instructblip
 from mmtune.interop.hf_instructblipvideo import export_instructblipvideo
@@ -23,8 +24,10 @@ READERS: tuple[LlavaReader | InstructBlipReader, ...] = (LLAVA, BLIP_READER)
 
 EXPORTERS: dict[str, Callable[..., Path]] = {"hf": export_hf, "hf-llava": export_llava,
                                              "hf-instructblip": export_instructblip, "hf-blip2": export_blip2,
-                                             "hf-instructblipvideo": export_instructblipvideo}
-"""``mmtune export --format NAME``: ``exporter(model, tokenizer, out_dir)`` with adapters merged."""
+                                             "hf-instructblipvideo": export_instructblipvideo,
+                                             "diffusers": export_diffusers}
+"""``mmtune export --format NAME``: ``exporter(model, tokenizer, out_dir)`` with adapters merged (``diffusers``:
+an image-editing run's pipeline, whose LoRA may be kept as diffusers LoRA weights)."""
 
 
 def reader_for(source: str | Path | None):
@@ -35,7 +38,8 @@ def reader_for(source: str | Path | None):
 
 
 def default_format(model) -> str:
-    """The export format of a model's family: a causal LM for a text model; for a multimodal model an
+    """The export format of a model's family: ``diffusers`` for an image-editing (InstructPix2Pix) pipeline; a
+    causal LM for a text model; for a multimodal model an
     InstructBLIP checkpoint when its one image branch has a Q-Former (BLIP-2 when the Q-Former reads no text),
     an InstructBLIP-Video checkpoint for a model with a video or audio branch, else a Llava checkpoint.
 
@@ -43,11 +47,15 @@ def default_format(model) -> str:
     Q-Former) has no Hugging Face format: :class:`~mmtune.errors.ModelError` says why in one line, and that
     the run stays in mmtune's format (``final/`` reloads exactly with ``load_for_inference``).
     """
+    from mmtune.interop.diffusers_ip2p import FORMAT as DIFFUSERS_FORMAT
+    from mmtune.interop.diffusers_ip2p import is_edit_pipeline
     from mmtune.interop.hf_instructblipvideo import FORMAT as VIDEO_FORMAT
     from mmtune.interop.hf_instructblipvideo import STAYS, check_exportable, mmtune_only
     from mmtune.models.multimodal.connectors import QFormerConnector
     from mmtune.models.multimodal.model import MultimodalLM
 
+    if is_edit_pipeline(model):
+        return DIFFUSERS_FORMAT
     if not isinstance(model, MultimodalLM):
         return "hf"
     if mmtune_only(model):

@@ -16,8 +16,9 @@ from pathlib import Path
 from torch import nn
 
 from mmtune.config.schema import MethodConfig, ModelConfig
-from mmtune.errors import ModelError
+from mmtune.errors import ConfigError, ModelError
 from mmtune.interop import reader_for
+from mmtune.models.edit_models import is_editing_model, open_edit_pipeline
 from mmtune.models.families import FAMILIES, causal_lm, multimodal_lm
 from mmtune.models.loading import load_tokenizer
 from mmtune.models.multimodal.model import MultimodalLM
@@ -65,12 +66,34 @@ def model_dir_of(path: Path) -> Path:
     return path
 
 
+def load_for_export(name: str, *, fmt: str | None = None, keep_lora: bool = False):
+    """What ``mmtune export`` writes: ``(model, tokenizer)`` of a chat model with its adapters merged, or
+    ``(pipeline, tokenizer)`` of an image-editing model, its LoRA fused unless ``keep_lora``. A format that
+    cannot hold the model is refused before it loads."""
+    from mmtune.interop.diffusers_ip2p import check_fits
+
+    path = Path(name).expanduser()
+    editing = path.exists() and is_editing_model(model_dir_of(path))
+    if fmt is not None:
+        check_fits(editing, fmt)
+    if editing:
+        pipe = open_edit_pipeline(model_dir_of(path), fuse_lora=not keep_lora)
+        return pipe, pipe.tokenizer
+    if keep_lora:
+        raise ConfigError("export --keep-lora: only an image-editing run (task: edit) keeps its LoRA, as diffusers "
+                          "LoRA weights; the adapters of other runs are merged")
+    return load_for_inference(name, merge=True)
+
+
 def load_for_inference(name: str, *, device_type: str = "cpu", dtype: str = "auto", merge: bool = False):
     """(model, tokenizer) ready for generation; peft adapters are applied (and merged if asked)."""
     path = Path(name).expanduser()
     if path.exists():
         path = model_dir_of(path)
         name = str(path)
+        if is_editing_model(path):
+            raise ModelError(f"{path}: an image-editing model (InstructPix2Pix), not a chat model; use "
+                             f"mmtune edit --model {path} --image IMAGE INSTRUCTION")
     meta = read_meta(path)
     if meta:
         base = ModelConfig(**meta["base_model"])

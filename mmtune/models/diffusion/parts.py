@@ -8,7 +8,6 @@ UNet also reads the input image's latents, concatenated on the channel axis.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,12 +105,14 @@ def widen_conv_in(unet: nn.Module, in_channels: int) -> None:
 
 
 def inference_scheduler_of(source: str | Path, **kwargs):
-    """The scheduler class and settings saved in ``source/scheduler`` (what its pipeline samples with)."""
-    import diffusers
-    from huggingface_hub import hf_hub_download
+    """The sampler saved with a trained editing model: Euler ancestral on ``source``'s noise schedule.
 
-    path = Path(source) / "scheduler" / "scheduler_config.json"
-    if not path.is_file():
-        path = Path(hf_hub_download(str(source), "scheduler_config.json", subfolder="scheduler", **kwargs))
-    name = json.loads(path.read_text())["_class_name"]
-    return getattr(diffusers, name).from_pretrained(source, subfolder="scheduler", **kwargs)
+    InstructPix2Pix samples with Euler ancestral (k-diffusion's in the paper's
+    ``edit_cli.py``, diffusers' ``EulerAncestralDiscreteScheduler`` in the
+    published pipeline), whatever sampler the base Stable Diffusion directory
+    names (SD 1.5's is PNDM); the noise schedule (betas, timesteps, prediction
+    type) is the base model's, which the UNet was trained on.
+    """
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    return EulerAncestralDiscreteScheduler.from_pretrained(source, subfolder="scheduler", **kwargs)

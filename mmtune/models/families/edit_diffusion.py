@@ -3,7 +3,7 @@
 ``final/`` is what ``StableDiffusionInstructPix2PixPipeline.from_pretrained``
 opens: ``unet/`` (8 input channels; the EMA weights when the run kept an EMA,
 as the published model is), ``vae/``, ``text_encoder/``, ``tokenizer/``,
-``scheduler/`` (the base model's inference scheduler) and ``model_index.json``.
+``scheduler/`` (Euler ancestral on the base model's noise schedule, as the published pipeline samples) and ``model_index.json``.
 A LoRA run keeps its UNet LoRA beside them as diffusers LoRA weights
 (``pytorch_lora_weights.safetensors``, which ``load_lora_weights`` reads), and
 ``unet/`` holds the base UNet with its trained ``conv_in``. ``mmtune.json``
@@ -45,8 +45,11 @@ def save(target: Path, *, unet: nn.Module, vae: nn.Module, text_encoder: nn.Modu
         from peft.utils import get_peft_model_state_dict
 
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-        StableDiffusionInstructPix2PixPipeline.save_lora_weights(target, unet_lora_layers=layers,
-                                                                 safe_serialization=True)
+        # The adapter's config (alpha above all) travels in the file: without it diffusers reloads the
+        # LoRA with alpha = rank, at another strength than it trained with.
+        StableDiffusionInstructPix2PixPipeline.save_lora_weights(
+            target, unet_lora_layers=layers, unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+            safe_serialization=True)
     return {"lora_weights": LORA_WEIGHTS if lora else None}
 
 
