@@ -1,4 +1,4 @@
-"""The ``mmtune`` command: train, chat, generate, eval, export, data inspect / generate / selfcorrect.
+"""The ``mmtune`` command: train, chat, generate, eval, edit, export, data inspect / generate / selfcorrect.
 
 Expected failures (bad recipe, bad data, missing model) print one line and
 exit 2; anything else is a bug and keeps its traceback. Flags left unset are
@@ -50,17 +50,21 @@ class _Defaults(dict):
             generate_synth,
         )
         from mmtune.evaluation import evaluate
+        from mmtune.generation.edit import EditOptions
         from mmtune.generation.options import GenerationOptions
         from mmtune.generation.proxy import ProxyTuned
 
         def signature(fn):
             return SimpleNamespace(**{k: p.default for k, p in inspect.signature(fn).parameters.items()})
 
+        from mmtune.datagen.edits.options import EditGenOptions
+
         owners = {"SelfInstructOptions": datagen.SelfInstructOptions(), "EvolInstructOptions": datagen.EvolInstructOptions(),
+                  "EditGenOptions": EditGenOptions(),
                   "QuestionFields": QuestionFields(), "build_self_correction": signature(build_self_correction),
                   "evaluate": signature(evaluate), "inspect_data": signature(inspect_data),
                   "load_sampler": signature(datagen.load_sampler), "ProxyTuned": ProxyTuned,
-                  "evaluation": evaluation, "GenerationOptions": GenerationOptions()}
+                  "evaluation": evaluation, "GenerationOptions": GenerationOptions(), "EditOptions": EditOptions()}
         owners.update({"generate_synth": signature(generate_synth), "build_shapes": signature(build_shapes),
                        "build_shapes_pick": signature(build_shapes_pick), "build_motion": signature(build_motion),
                        "build_event_order": signature(build_event_order), "build_av_sync": signature(build_av_sync),
@@ -148,6 +152,27 @@ def _parser() -> argparse.ArgumentParser:
         "else {GenerationOptions.max_new_tokens})")
     add_proxy_flags(v)
 
+    ed = sub.add_parser(
+        "edit", help="edit an image by an instruction with an InstructPix2Pix model (a task: edit run)",
+        description="Runs diffusers' StableDiffusionInstructPix2PixPipeline with the paper's two-scale guidance: "
+                    "eps_u + s_I (eps_img - eps_u) + s_T (eps_full - eps_img), s_T = --text-guidance, "
+                    "s_I = --image-guidance. The output has the input's size, each side rounded down to the VAE's "
+                    "factor (8 for Stable Diffusion), unless --resolution is given.",
+        argument_default=SUPPRESS)
+    ed.add_argument("--model", required=True,
+                    help="an edit run directory, its final/, or a diffusers InstructPix2Pix directory "
+                         "(mmtune export --format diffusers)")
+    ed.add_argument("--image", required=True, metavar="PATH", help="the image to edit")
+    ed.add_argument("instruction", help='the edit, e.g. "make it snowy"')
+    ed.add_argument("--out", required=True, metavar="PATH", help="where the edited image is written (.png, .jpg ...)")
+    ed.add_argument("--text-guidance", type=float, help="s_T (default {EditOptions.text_guidance})")
+    ed.add_argument("--image-guidance", type=float, help="s_I (default {EditOptions.image_guidance})")
+    ed.add_argument("--steps", type=int, help="denoising steps (default {EditOptions.steps})")
+    ed.add_argument("--seed", type=int, help="same seed, same image (default {EditOptions.seed})")
+    ed.add_argument("--resolution", type=int, metavar="PX",
+                    help="scale the image so its longer side is PX first (default: its own size)")
+    ed.add_argument("--device", help="auto, cpu or cuda (default {EditOptions.device})")
+
     e = sub.add_parser("export", help="merge adapters and write a standard Hugging Face model directory")
     e.add_argument("run_dir")
     e.add_argument("out_dir")
@@ -159,7 +184,13 @@ def _parser() -> argparse.ArgumentParser:
                         "/ Blip2ForConditionalGeneration for image models with an hf InstructBLIP/BLIP-2 vision "
                         "model and a qformer connector, instruction-aware or not; hf-instructblipvideo: an "
                         "InstructBlipVideoForConditionalGeneration for a video model of that kind whose Q-Former runs "
-                        "per frame; any other video or audio model has no Hugging Face format and stays in mmtune's)")
+                        "per frame; any other video or audio model has no Hugging Face format and stays in mmtune's; "
+                        "diffusers: a StableDiffusionInstructPix2PixPipeline directory, the one format of an "
+                        "image-editing run)")
+    e.add_argument("--keep-lora", action="store_true",
+                   help="image-editing LoRA runs: keep the UNet's LoRA as diffusers LoRA weights "
+                        "(pytorch_lora_weights.safetensors beside the base unet/, for load_lora_weights) instead "
+                        "of merging it")
 
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -190,13 +221,19 @@ def _with_formatter(add_parser):
 
 def _add_generate_parser(dsub) -> None:
     g = dsub.add_parser(
-        "generate", help="synthesize instruction data with a local LM (Self-Instruct or Evol-Instruct)",
+        "generate", help="synthesize instruction data with a local LM (Self-Instruct or Evol-Instruct), or "
+                         "InstructPix2Pix editing triplets (edits)",
         description="Write alpaca JSONL (OUT_DIR/data.jsonl) generated by a local causal LM. Resumable: run the "
                     "same command again to continue; OUT_DIR/state.json keeps progress and filter counters, "
-                    "OUT_DIR/report.json the final counts.", argument_default=SUPPRESS)
-    g.add_argument("method", choices=["self-instruct", "evol-instruct"])
-    g.add_argument("out_dir", help="output folder (created; an existing run in it is resumed)")
-    g.add_argument("--model", help=f"run directory, model directory, hub name or alias (default: {DEFAULT_MODEL})")
+                    "OUT_DIR/report.json the final counts. edits: InstructPix2Pix's pipeline with local models: the "
+                    "LLM writes (edit, edited caption) for each caption, Stable Diffusion with Prompt-to-Prompt draws "
+                    "--samples image pairs per caption pair, the CLIP filter keeps the best --keep; written in "
+                    "diffusers' triplet layout (OUT/metadata.jsonl, OUT/images/, card OUT/triplets.yaml), resumable "
+                    "the same way.", argument_default=SUPPRESS)
+    g.add_argument("method", choices=["self-instruct", "evol-instruct", "edits"])
+    g.add_argument("out_dir", nargs="?", help="output folder (created; an existing run in it is resumed)")
+    g.add_argument("--model", "--llm", help=f"run directory, model directory, hub name or alias (default: "
+                                            f"{DEFAULT_MODEL}); edits: the LLM that writes the edit text")
     g.add_argument("--seeds", help="self-instruct: seed task JSONL {{instruction, instances, is_classification}} "
                                    "(default: {SelfInstructOptions.seeds})")
     g.add_argument("--count", type=int, help="self-instruct: tasks to accept (default {SelfInstructOptions.count})")
@@ -208,7 +245,8 @@ def _add_generate_parser(dsub) -> None:
                         "(default {EvolInstructOptions.input_format})")
     g.add_argument("--rounds", type=int,
                    help="evol-instruct: evolution rounds (default {EvolInstructOptions.rounds}; WizardLM used 4)")
-    g.add_argument("--limit", type=int, help="evol-instruct: evolve only the first N instructions")
+    g.add_argument("--limit", type=int, help="evol-instruct: evolve only the first N instructions; edits: use only "
+                                             "the first N captions")
     g.add_argument("--batch-size", type=int, help="prompts per model call (default {SelfInstructOptions.batch_size})")
     g.add_argument("--max-new-tokens", type=int,
                    help="tokens for new instructions: the continued task list / the rewrite (default "
@@ -219,6 +257,55 @@ def _add_generate_parser(dsub) -> None:
     g.add_argument("--temperature", type=float, help="sampling temperature (default {load_sampler.temperature})")
     g.add_argument("--top-p", type=float, help="nucleus sampling (default {load_sampler.top_p})")
     g.add_argument("--seed", type=int, help="run seed; every batch is seeded from it (default {SelfInstructOptions.seed})")
+    _add_edits_flags(g)
+
+
+def _add_edits_flags(g) -> None:
+    """``data generate edits``: its own flags, in a group of their own (defaults: ``EditGenOptions``)."""
+    e = g.add_argument_group("edits (InstructPix2Pix data; --model/--llm, --batch-size, --max-new-tokens, "
+                             "--temperature, --top-p and --seed apply to its edit-text stage)")
+    e.add_argument("--captions", metavar="FILE",
+                   help="captions to edit: one per line, or JSONL rows with caption (or input) and optionally both "
+                        "edit and output (then the LLM is not asked). The edit-text defaults: --batch-size "
+                        "{EditGenOptions.batch_size}, --max-new-tokens {EditGenOptions.max_new_tokens}, --temperature "
+                        "{EditGenOptions.temperature}, --top-p {EditGenOptions.top_p}, --seed {EditGenOptions.seed}")
+    e.add_argument("--out", dest="out_dir", metavar="DIR", help="output folder (same as OUT_DIR)")
+    e.add_argument("--sd", metavar="MODEL", help="Stable Diffusion: a diffusers directory, a cached hub name or "
+                                                 "tiny-stable-diffusion (default {EditGenOptions.sd})")
+    e.add_argument("--scheduler", choices=["euler_ancestral", "model"],
+                   help="sampler: Euler ancestral, as the paper, or the model's own "
+                        "(default {EditGenOptions.scheduler})")
+    e.add_argument("--steps", type=int, help="denoising steps per image (default {EditGenOptions.steps})")
+    e.add_argument("--resolution", type=int, metavar="PX", help="image side (default {EditGenOptions.resolution})")
+    e.add_argument("--samples", type=int, metavar="N",
+                   help="image pairs drawn per caption pair before filtering (default {EditGenOptions.samples})")
+    e.add_argument("--keep", type=int, metavar="K",
+                   help="most pairs kept per caption pair, best directional similarity first "
+                        "(default {EditGenOptions.keep})")
+    e.add_argument("--p2p", type=float, nargs=2, metavar=("LOW", "HIGH"), dest="p2p_range",
+                   help="p ~ U[LOW, HIGH]: fraction of the first denoising steps that share attention maps "
+                        "(default {EditGenOptions.p2p_range})")
+    e.add_argument("--guidance", type=float, nargs=2, metavar=("LOW", "HIGH"), dest="guidance_range",
+                   help="classifier-free guidance scale ~ U[LOW, HIGH] (default {EditGenOptions.guidance_range})")
+    e.add_argument("--share", choices=["self", "cross", "both"],
+                   help="attention maps shared: Prompt-to-Prompt's word-aligned cross-attention, the self-attention "
+                        "InstructPix2Pix's generator copies, or both (default {EditGenOptions.share})")
+    e.add_argument("--clip", metavar="MODEL", help="open_clip model name, local open_clip directory, "
+                                                   "local-dir: / hf-hub: name, or tiny-open-clip "
+                                                   "(default {EditGenOptions.clip})")
+    e.add_argument("--clip-pretrained", metavar="TAG|FILE",
+                   help="pretrained tag or checkpoint of a named --clip model, none for random weights "
+                        "(default {EditGenOptions.clip_pretrained})")
+    e.add_argument("--min-caption-sim", type=float, metavar="T",
+                   help="keep a pair only if both images have CLIP similarity >= T to their caption "
+                        "(default {EditGenOptions.min_caption_sim})")
+    e.add_argument("--min-direction-sim", type=float, metavar="T",
+                   help="... and cos(image change, caption change) >= T (default {EditGenOptions.min_direction_sim})")
+    e.add_argument("--min-image-sim", type=float, metavar="T",
+                   help="... and the two images' similarity >= T (default {EditGenOptions.min_image_sim})")
+    e.add_argument("--device", help="cuda, cpu ... (default: cuda when available)")
+    e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                   help="Stable Diffusion's dtype (default {EditGenOptions.dtype})")
 
 
 def _add_selfcorrect_parser(dsub) -> None:
@@ -343,6 +430,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             args.command](args)
     if args.command == "export":
         return _export(args)
+    if args.command == "edit":
+        return _edit(args)
     if args.command == "data" and args.data_command == "inspect":
         from mmtune.data.inspect import inspect_data
 
@@ -368,14 +457,27 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from mmtune.errors import ConfigError
     from mmtune.interop import EXPORTERS, default_format
-    from mmtune.models.run_outputs import load_for_inference
+    from mmtune.models.run_outputs import load_for_export
 
     fmt = getattr(args, "format", None)
     if fmt is not None and fmt not in EXPORTERS:
         raise ConfigError(f"export --format: unknown format '{fmt}' (valid: {', '.join(EXPORTERS)})")
-    model, tokenizer = load_for_inference(args.run_dir, merge=True)
+    model, tokenizer = load_for_export(args.run_dir, fmt=fmt, keep_lora=args.keep_lora)
     out = EXPORTERS[fmt or default_format(model)](model, tokenizer, args.out_dir)
     print(f"exported to {out}")
+    return 0
+
+
+def _edit(args: argparse.Namespace) -> int:
+    from mmtune.generation import edit
+
+    options = edit.EditOptions(**given(args, "text_guidance", "image_guidance", "steps", "seed", "resolution",
+                                       "device"))
+    out = edit.check_output_path(args.out)
+    edited = edit.edit_image(args.model, args.image, args.instruction, options)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    edited.save(out)
+    print(f"edited {args.image} -> {out} ({edited.width}x{edited.height}, {edit.describe(options)})")
     return 0
 
 
@@ -403,7 +505,12 @@ def _generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mmtune import datagen
+    from mmtune.errors import ConfigError
 
+    if args.method == "edits":
+        return _generate_edits(args)
+    if not hasattr(args, "out_dir"):
+        raise ConfigError(f"data generate {args.method}: give the output folder (OUT_DIR)")
     sampler = datagen.load_sampler(getattr(args, "model", DEFAULT_MODEL), **given(args, "temperature", "top_p"))
     common = given(args, "batch_size", "seed", "max_new_tokens")
     outputs = given(args, "output_max_new_tokens").get("output_max_new_tokens")
@@ -421,6 +528,27 @@ def _generate(args: argparse.Namespace) -> int:
         if outputs is not None:
             own["response_max_new_tokens"] = outputs
         report = datagen.evol_instruct(Path(args.out_dir), sampler, datagen.EvolInstructOptions(**common, **own))
+    print(report.format())
+    return 0
+
+
+def _generate_edits(args: argparse.Namespace) -> int:
+    """``data generate edits``: flags left out keep ``EditGenOptions``'s defaults."""
+    from mmtune.datagen.edits import EditGenOptions, generate_edits
+    from mmtune.errors import ConfigError
+
+    missing = [flag for flag, dest in (("--captions", "captions"), ("--out", "out_dir")) if not hasattr(args, dest)]
+    if missing:
+        raise ConfigError(f"data generate edits: {' and '.join(missing)} required")
+    options = given(args, "batch_size", "max_new_tokens", "temperature", "top_p", "seed", "limit", "sd", "scheduler",
+                    "steps", "resolution", "samples", "keep", "share", "clip", "min_caption_sim",
+                    "min_direction_sim", "min_image_sim", "device", "dtype")
+    options.update({k: tuple(v) for k, v in given(args, "p2p_range", "guidance_range").items()})
+    if hasattr(args, "model"):
+        options["llm"] = args.model
+    if hasattr(args, "clip_pretrained"):
+        options["clip_pretrained"] = None if args.clip_pretrained.lower() in ("", "none") else args.clip_pretrained
+    report = generate_edits(args.captions, args.out_dir, EditGenOptions(**options))
     print(report.format())
     return 0
 
