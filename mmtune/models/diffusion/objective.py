@@ -46,21 +46,30 @@ class EditObjective(nn.Module):
         return self.noise_scheduler.config.prediction_type
 
     def unet_inputs(self, batch, draws: StepDraws | None = None):
-        """``(unet input, timesteps, text embeddings, target)`` of a batch: everything but the UNet's forward."""
+        """``(unet input, timesteps, text embeddings, target)`` of a batch: everything but the UNet's forward.
+
+        In training mode the draws come from torch's global generator. In eval
+        mode (the loop's validation) they come from a generator seeded the same
+        for every batch and there is no conditioning dropout, so the eval loss
+        of one step compares with another's instead of moving with the draws.
+        """
         draws = draws or StepDraws()
+        device = batch.edited.device
+        generator = None if self.training else torch.Generator(device=device).manual_seed(0)
         vae_dtype = next(self.vae.parameters()).dtype
         with torch.no_grad():
-            latents = self.vae.encode(batch.edited.to(vae_dtype)).latent_dist.sample()
+            latents = self.vae.encode(batch.edited.to(vae_dtype)).latent_dist.sample(generator=generator)
             latents = latents * self.vae.config.scaling_factor
-            noise = draws.noise if draws.noise is not None else torch.randn_like(latents)
+            noise = draws.noise if draws.noise is not None else torch.randn(
+                latents.shape, generator=generator, device=device, dtype=latents.dtype)
             bsz = latents.shape[0]
             timesteps = draws.timesteps if draws.timesteps is not None else torch.randint(
-                0, self.noise_scheduler.config.num_train_timesteps, (bsz,), device=latents.device)
-            timesteps = timesteps.long().to(latents.device)
+                0, self.noise_scheduler.config.num_train_timesteps, (bsz,), device=device, generator=generator)
+            timesteps = timesteps.long().to(device)
             noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
             text = self.text_encoder(batch.input_ids)[0]
             image = self.vae.encode(batch.original.to(vae_dtype)).latent_dist.mode()
-            p = self.conditioning_dropout
+            p = self.conditioning_dropout if self.training or draws.dropout is not None else 0.0
             if p > 0:
                 r = draws.dropout if draws.dropout is not None else torch.rand(bsz, device=latents.device)
                 r = r.to(latents.device)

@@ -106,6 +106,9 @@ def _settle_random_vae(vae, latent_channels: int) -> None:
 TINY_SD_ALIAS = "tiny-stable-diffusion"
 """``model.name`` of the edit task's CPU recipes: :func:`build_tiny_stable_diffusion` (seed 0), written once
 into ``$MMTUNE_CACHE/models`` (random weights: it learns from scratch what a recipe trains)."""
+TINY_SD_BUILD = 2
+"""Bumped whenever :func:`build_tiny_stable_diffusion` changes what it writes: the cache entry is per build, so
+an older cached model is never used in its place."""
 
 
 def resolve_tiny_alias() -> Path:
@@ -113,7 +116,7 @@ def resolve_tiny_alias() -> Path:
     from mmtune.models.aliases import cache_root
     from mmtune.utils.atomic import atomic_directory, exclusive_lock
 
-    target = cache_root() / "models" / TINY_SD_ALIAS
+    target = cache_root() / "models" / f"{TINY_SD_ALIAS}-build{TINY_SD_BUILD}"
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
