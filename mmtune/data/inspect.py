@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmtune.config.schema import SftRecipe
+from mmtune.config.schema import EditRecipe, SftRecipe
 from mmtune.data.erasure import ERASED_KEY
 from mmtune.data.instruction_templates import TEMPLATE_KEY
 from mmtune.data.packing import make_rows, packing_utilisation
@@ -44,9 +44,11 @@ def mark_trained(tokenizer, ids: np.ndarray, trained: np.ndarray, *, color: bool
     return "".join(out)
 
 
-def inspect_data(recipe: SftRecipe, *, samples: int = 3, color: bool = False) -> str:
+def inspect_data(recipe: SftRecipe | EditRecipe, *, samples: int = 3, color: bool = False) -> str:
+    if isinstance(recipe, EditRecipe):
+        return inspect_edit_data(recipe, samples=samples)
     if not isinstance(recipe, SftRecipe):
-        raise ConfigError(f"data inspect shows conversation data (task: sft); this recipe's task is {recipe.task}")
+        raise ConfigError(f"data inspect shows conversation or triplet data; this recipe's task is {recipe.task}")
     from mmtune.models.open import open_media_specs
 
     tokenizer = load_tokenizer(recipe.model)
@@ -82,4 +84,29 @@ def inspect_data(recipe: SftRecipe, *, samples: int = 3, color: bool = False) ->
         rows = make_rows(lengths, recipe.data.max_length, True)
         lines.append(f"  packed into {len(rows)} rows, utilisation "
                      f"{packing_utilisation(rows, lengths, recipe.data.max_length):.1%}")
+    return "\n".join(lines)
+
+
+def inspect_edit_data(recipe: EditRecipe, *, samples: int = 3) -> str:
+    """An edit recipe's triplets: what each dataset gave (and skipped), a few samples, the split, the crops."""
+    from PIL import Image
+
+    from mmtune.data.edit_data import load_edit_data
+
+    data = load_edit_data(recipe.data, seed=recipe.train.seed)
+    lines = ["== datasets"] + [f"  {line}" for line in data.reports]
+    for k, triplet in enumerate(data.train[:samples]):
+        sizes = []
+        for path in (triplet.input_image, triplet.edited_image):
+            with Image.open(path) as im:
+                sizes.append("x".join(map(str, im.size)))
+        lines += [f"== sample {k} ({triplet.origin})", f"  instruction: {triplet.edit_prompt}",
+                  f"  input:  {triplet.input_image} ({sizes[0]})", f"  edited: {triplet.edited_image} ({sizes[1]})"]
+    words = np.array([len(t.edit_prompt.split()) for t in data.train])
+    low, high = recipe.data.crop_sizes()
+    lines += ["== triplets", f"  train {len(data.train)}  validation {len(data.val)}",
+              f"  instruction words: min {words.min()}  mean {words.mean():.1f}  max {words.max()} "
+              "(the CLIP tokenizer keeps 77 tokens)",
+              f"  training crops: {recipe.data.resolution} px of a {low}-{high} px square resize"
+              f"{', flipped with p 0.5' if recipe.data.random_flip else ''} (the same for both images)"]
     return "\n".join(lines)

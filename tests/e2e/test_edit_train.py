@@ -128,3 +128,17 @@ def test_the_published_edit_recipes_without_weights_stop_in_one_line_naming_the_
                           cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_data_inspect_shows_an_edit_recipes_triplets_and_crops(triplets):
+    from mmtune.config.loader import load_recipe
+    from mmtune.data.inspect import inspect_data
+
+    recipe = load_recipe(REPO / "configs" / "instruct_pix2pix_tiny.yaml",
+                         [f"data.datasets.0.path={triplets}", "data.datasets.0.format=edit_triplets",
+                          "data.datasets.0.card=null"])
+    text = inspect_data(recipe, samples=2)
+    assert f"{triplets}: 12 triplet(s)" in text
+    assert text.count("== sample") == 2 and "instruction: " in text and "(40x40)" in text
+    assert "train 10  validation 2" in text  # val_fraction 0.2 of the recipe
+    assert "training crops: 32 px of a 32-36 px square resize, flipped" in text
