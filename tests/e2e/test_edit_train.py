@@ -142,3 +142,12 @@ def test_data_inspect_shows_an_edit_recipes_triplets_and_crops(triplets):
     assert text.count("== sample") == 2 and "instruction: " in text and "(40x40)" in text
     assert "train 10  validation 2" in text  # val_fraction 0.2 of the recipe
     assert "training crops: 32 px of a 32-36 px square resize, flipped" in text
+
+
+def test_gradient_checkpointing_changes_memory_not_the_result(tiny_sd_dir, triplets, tmp_path):
+    plain = records(mmtune.train(recipe(tmp_path, tiny_sd_dir, triplets, "plain", max_steps=2)).run_dir)
+    checkpointed = records(mmtune.train(recipe(tmp_path, tiny_sd_dir, triplets, "ckpt", max_steps=2,
+                                               gradient_checkpointing=True)).run_dir)
+    for step in (1, 2):
+        assert checkpointed[step]["loss"] == pytest.approx(plain[step]["loss"], abs=1e-5)
+        assert checkpointed[step]["grad_norm"] == pytest.approx(plain[step]["grad_norm"], rel=1e-4)
