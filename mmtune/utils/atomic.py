@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,3 +60,18 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def built_once(target: Path, marker: str, build: Callable[[Path], object]) -> Path:
+    """``target``, built by ``build(tmp)`` into a temporary directory and renamed into place, unless it already
+    holds ``marker`` (a file the build writes). Several processes of one run may ask at once: one builds, under
+    a lock, and the others find it built."""
+    target = Path(target)
+    if (target / marker).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(target.with_name(f".{target.name}.lock")):
+        if not (target / marker).is_file():
+            with atomic_directory(target) as tmp:
+                build(tmp)
+    return target

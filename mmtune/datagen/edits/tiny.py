@@ -51,14 +51,6 @@ def write_tiny_open_clip(out: Path, *, seed: int = 0, image_size: int = 32, merg
 def resolve_tiny_open_clip() -> Path:
     """The cached ``tiny-open-clip`` directory (seed 0), built once."""
     from mmtune.models.aliases import cache_root
-    from mmtune.utils.atomic import atomic_directory, exclusive_lock
+    from mmtune.utils.atomic import built_once
 
-    target = cache_root() / "models" / TINY_CLIP_ALIAS
-    if (target / "open_clip_config.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(target.with_name(f".{target.name}.lock")):
-        if not (target / "open_clip_config.json").is_file():
-            with atomic_directory(target) as tmp:
-                write_tiny_open_clip(tmp)
-    return target
+    return built_once(cache_root() / "models" / TINY_CLIP_ALIAS, "open_clip_config.json", write_tiny_open_clip)

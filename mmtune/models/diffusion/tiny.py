@@ -111,14 +111,7 @@ an older cached model is never used in its place."""
 def resolve_tiny_alias() -> Path:
     """The cached tiny Stable Diffusion directory, built once (several processes of a run may start together)."""
     from mmtune.models.aliases import cache_root
-    from mmtune.utils.atomic import atomic_directory, exclusive_lock
+    from mmtune.utils.atomic import built_once
 
-    target = cache_root() / "models" / f"{TINY_SD_ALIAS}-build{TINY_SD_BUILD}"
-    if (target / "model_index.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(target.with_name(f".{target.name}.lock")):
-        if not (target / "model_index.json").is_file():
-            with atomic_directory(target) as tmp:
-                build_tiny_stable_diffusion(tmp)
-    return target
+    return built_once(cache_root() / "models" / f"{TINY_SD_ALIAS}-build{TINY_SD_BUILD}", "model_index.json",
+                      build_tiny_stable_diffusion)
