@@ -182,8 +182,11 @@ class DataConfig(Strict):
     max_length: int = Field(default=1024, gt=8)
     packing: bool = True
     train_on_prompt: bool = False
-    mixture: Literal["concat", "weighted", "sqrt"] = "concat"
-    """concat: every sample once; weighted: resample by ``weight``; sqrt: p ~ sqrt(size)."""
+    mixture: Literal["concat", "weighted", "sqrt", "temperature"] = "concat"
+    """concat: every sample once; weighted: resample by ``weight``; sqrt: p ~ sqrt(size); temperature:
+    p ~ size ** (1 / mixture_temperature) (T5 / mT5's temperature sampling; T = 2 is sqrt)."""
+    mixture_temperature: float = Field(default=2.0, gt=0)
+    """T of ``mixture: temperature``: 1 draws in proportion to size, larger T flattens towards uniform."""
     mixture_size: int | None = None
     """Samples drawn per epoch for weighted/sqrt mixtures (default: total size)."""
     val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)

@@ -423,15 +423,19 @@ def load_or_tokenize(tokenizer, src: ResolvedSource, cfg: DataConfig, tok_fp: st
 # --------------------------------------------------------------------------- mixing
 
 
-def mixture_counts(sizes: list[int], weights: list[float], mode: str, total: int | None) -> list[int]:
+def mixture_counts(sizes: list[int], weights: list[float], mode: str, total: int | None, *,
+                   temperature: float = 2.0) -> list[int]:
     """Samples to draw from each dataset per epoch.
 
     ``concat``: each dataset once. ``weighted``: p_d ~ weight_d. ``sqrt``:
-    p_d ~ weight_d * sqrt(size_d), InstructBLIP's balancing of large and small sets.
+    p_d ~ weight_d * sqrt(size_d), InstructBLIP's balancing of large and small sets. ``temperature``:
+    p_d ~ weight_d * size_d ** (1 / T), the multi-task sampling of T5 and mT5 (T = 2 is ``sqrt``; large T
+    approaches uniform, so small tasks are not drowned by large ones).
     """
     if mode == "concat":
         return list(sizes)
-    scores = np.array(weights, dtype=float) * (np.sqrt(sizes) if mode == "sqrt" else 1.0)
+    exponent = {"weighted": 0.0, "sqrt": 0.5, "temperature": 1.0 / temperature}[mode]
+    scores = np.array(weights, dtype=float) * np.power(np.array(sizes, dtype=float), exponent)
     probs = scores / scores.sum()
     n = total if total is not None else int(sum(sizes))
     counts = np.floor(probs * n).astype(int)
@@ -483,7 +487,8 @@ def build_conversation_data(tokenizer, cfg: DataConfig, *, seed: int,
         perm = rng.permutation(len(src))
         val_refs.append(np.stack([np.full(n_val[d], d), np.sort(perm[: n_val[d]])], axis=1))
         train_pools.append(np.sort(perm[n_val[d]:]))
-    counts = mixture_counts([len(p) for p in train_pools], [r.weight for r in resolved], cfg.mixture, cfg.mixture_size)
+    counts = mixture_counts([len(p) for p in train_pools], [r.weight for r in resolved], cfg.mixture, cfg.mixture_size,
+                            temperature=cfg.mixture_temperature)
     train_refs = []
     for d, pool in enumerate(train_pools):
         chosen = pool if cfg.mixture == "concat" else np.sort(_draw(rng, pool, counts[d]))

@@ -391,6 +391,22 @@ def test_mixture_counts_sqrt(sizes, weights, total):
         assert counts == [round(e) for e in exact]
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0, 50.0])
+def test_mixture_counts_temperature(temperature):
+    """p_d ~ size_d ** (1/T): T = 1 keeps sizes' proportions, T = 2 equals sqrt, large T nears uniform."""
+    sizes = [100, 400, 1600]
+    counts = mixture_counts(sizes, [1.0] * 3, "temperature", 2100, temperature=temperature)
+    exact = [s ** (1 / temperature) for s in sizes]
+    exact = [e / sum(exact) * 2100 for e in exact]
+    assert sum(counts) == 2100 and all(abs(c - e) <= 1 for c, e in zip(counts, exact))
+    if temperature == 1.0:
+        assert counts == sizes
+    if temperature == 2.0:
+        assert counts == mixture_counts(sizes, [1.0] * 3, "sqrt", 2100)
+    if temperature == 50.0:
+        assert max(counts) - min(counts) < 0.1 * 700
+
+
 def test_mixture_counts_sqrt_100_400():
     # sqrt(100) : sqrt(400) = 1 : 2; 500 * 1/3 = 166.67, 500 * 2/3 = 333.33
     assert mixture_counts([100, 400], [1.0, 1.0], "sqrt", None) == [167, 333]
@@ -426,6 +442,16 @@ def test_sqrt_mixture_through_pipeline(tmp_path, tokenizer):
         DatasetSpec(path=str(a), format="sharegpt"), DatasetSpec(path=str(b), format="sharegpt"),
     ], mixture="sqrt", mixture_size=30)
     # p ~ sqrt(4) : sqrt(16) = 2 : 4 -> 10 and 20 of 30
+    assert np.bincount(data.train.refs[:, 0], minlength=2).tolist() == [10, 20]
+
+
+def test_temperature_mixture_through_pipeline(tmp_path, tokenizer):
+    a = write_jsonl(tmp_path / "a.jsonl", qa_rows("alpha", 4))
+    b = write_jsonl(tmp_path / "b.jsonl", qa_rows("beta", 64))
+    data = build(tokenizer, tmp_path, [
+        DatasetSpec(path=str(a), format="sharegpt"), DatasetSpec(path=str(b), format="sharegpt"),
+    ], mixture="temperature", mixture_temperature=4.0, mixture_size=30)
+    # p ~ 4 ** (1/4) : 64 ** (1/4) = 1 : 2 -> 10 and 20 of 30
     assert np.bincount(data.train.refs[:, 0], minlength=2).tolist() == [10, 20]
 
 
