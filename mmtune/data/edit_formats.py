@@ -40,7 +40,7 @@ from mmtune.data.edit_triplets import Triplet
 from mmtune.data.sources import MalformedRow, ResolvedSource, iter_rows
 from mmtune.errors import DataError
 from mmtune.modalities.base import MediaProblem
-from mmtune.modalities.image import IMAGE
+from mmtune.modalities.image import IMAGE, check_image
 
 log = logging.getLogger("mmtune")
 
@@ -198,7 +198,7 @@ def _cell_image(value: Any, part: ResolvedSource, label: str) -> tuple[Path, tup
 def _checked(path: Path, what: str, label: str) -> tuple[Path, tuple[int, int]]:
     """``(path, size)`` after a header check; a problem's line starts with ``label`` (the field or file)."""
     try:
-        return path, _image_size(path)
+        return path, check_image(path)
     except MediaProblem as problem:
         raise MediaProblem(problem.reason, f"{label}: {problem.detail}{f' ({what})' if what else ''}") from None
 
@@ -210,18 +210,6 @@ def _add(read: TripletRead, pairs: list, prompt: str, origin: str) -> None:
     (a, _), (b, _) = pairs[0]
     more = tuple((str(x), str(y)) for (x, _), (y, _) in pairs[1:])
     read.triplets.append(Triplet(str(a), prompt.strip(), str(b), origin, more))
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise MediaProblem("missing image", f"image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise MediaProblem("unreadable image", f"cannot read image {path}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- the original repository's layout

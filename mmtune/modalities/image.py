@@ -38,8 +38,8 @@ class ImageBranchConfig(BranchConfig):
     while training). Flips swap left and right: not for data that asks about positions."""
 
 
-def check_image(path: Path) -> None:
-    """The file exists and has a readable image header (the body is decoded later, in workers)."""
+def check_image(path: Path) -> tuple[int, int]:
+    """The file exists and has a readable image header (the body is decoded later, in workers); its size."""
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
@@ -51,6 +51,7 @@ def check_image(path: Path) -> None:
         raise MediaProblem("unreadable image", f"cannot read image {path}: {exc}") from None
     if width == 0 or height == 0:
         raise MediaProblem("unreadable image", f"image {path} is empty ({width}x{height})")
+    return width, height
 
 
 def load_rgb(path: str | Path):
