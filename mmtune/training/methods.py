@@ -1,6 +1,6 @@
 """Fine-tuning methods: which parameters train, and with which optimizer settings.
 
-For the LLM: ``full`` trains everything; ``freeze`` trains parameters whose
+For the LLM: ``full`` and ``lomo`` train everything; ``freeze`` trains parameters whose
 names match ``method.trainable``; ``lora`` (with DoRA / rsLoRA options) and
 ``qlora`` go through peft. Every other component (a branch's encoder, pieces
 and connector) is ``frozen``, ``full`` or ``lora``. What trains is decided
@@ -41,7 +41,7 @@ def qlora_quantization_config(device_type: str):
 
 def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     """Return the model to train, with ``requires_grad`` set per the method."""
-    if cfg.name == "full":
+    if cfg.name in ("full", "lomo"):  # lomo: full tuning, its update fused into backward (training.lomo)
         model.requires_grad_(True)
         return model
     if cfg.name == "frozen":

@@ -108,4 +108,5 @@ class SftTask:
             num_workers=cfg.data.num_workers, shuffle=cfg.data.shuffle,
             summary={"packing_utilisation": utilisation, "data": [r.__dict__ for r in data.reports]},
             flops_per_target=6 * sum(p.numel() for p in objective.parameters()),
+            lomo=cfg.method.lomo if cfg.method.name == "lomo" else None,
         )
