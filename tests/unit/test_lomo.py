@@ -163,3 +163,19 @@ def test_settings_lomo_cannot_run_are_one_line_naming_the_key(raw, key):
     assert "\n" not in msg and f"recipe: {key}: " in msg and "lomo" in msg
     raw["method"]["name"] = "full"  # the control: the same settings with AdamW are fine
     validate_recipe(raw)
+
+
+def test_lomo_matches_the_authors_lomo_optim_on_the_same_model():
+    """The reference implementation (``lomo_optim.Lomo``: its grad_norm pass, then fused_backward) agrees."""
+    from lomo_optim import Lomo
+
+    ours, theirs = mlp(), mlp()
+    opt = FusedLomo(groups(ours, 0.0), LomoConfig(), lr=0.05, max_grad_norm=0.5, scale_loss=False)
+    reference = Lomo(theirs, lr=0.05, clip_grad_norm=0.5)
+    for seed in (1, 2):
+        opt.fused_backward(loss_of(ours, seed))
+        opt.step()
+        loss = loss_of(theirs, seed)
+        reference.grad_norm(loss)  # its first pass (the graph retained), then its update pass
+        reference.fused_backward(loss, 0.05)
+        assert max_diff(ours, theirs) < 1e-6, seed
