@@ -68,6 +68,22 @@ def test_lomo_step_is_the_sgd_step_computed_by_hand(max_norm):
     assert all(p.grad is None for p in fused.parameters())  # no gradient outlives its update
 
 
+def test_the_schedule_sets_the_learning_rate_of_each_fused_step():
+    fused, ref = mlp(), mlp()
+    opt = FusedLomo(groups(fused, 0.0), LomoConfig(), lr=0.05, max_grad_norm=None, scale_loss=False)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.1**step)  # 0.05, then 0.005
+    for step, lr in enumerate((0.05, 0.005)):
+        opt.fused_backward(loss_of(fused, step))
+        opt.step()
+        schedule.step()
+        loss_of(ref, step).backward()
+        with torch.no_grad():
+            for p in ref.parameters():
+                p.sub_(lr * p.grad)
+                p.grad = None
+        assert max_diff(fused, ref) < 1e-6, step
+
+
 def adalomo_by_hand(p: torch.Tensor, g: torch.Tensor, moments: dict, t: int, lr: float, decay: float) -> None:
     """AdaLomo's step (lomo_optim.AdaLomo.fuse_update), written out: V = R C^T / mean(R) for a matrix."""
     beta = 1 - t ** -0.8
