@@ -74,6 +74,8 @@ class FusedLomo(torch.optim.Optimizer):
         self.cfg = cfg
         self.max_grad_norm = max_grad_norm
         self.loss_scale = DynamicLossScale(cfg.loss_scale, cfg.loss_scale_window) if scale_loss else None
+        self.two_passes = max_grad_norm is not None or scale_loss
+        """The norm (and an fp16 overflow) must be known before any weight moves: a first pass measures it."""
         self._pass: str | None = None  # "norm" or "update" while fused_backward runs
         self._sq_norm = torch.zeros(())
         self._clip = 1.0
@@ -99,9 +101,10 @@ class FusedLomo(torch.optim.Optimizer):
         if not torch.isfinite(loss.detach()):
             self._norm = torch.full((), math.nan)
             return
-        scale = self.loss_scale.scale if self.loss_scale else 1.0
-        if self.max_grad_norm is not None or self.loss_scale is not None:
-            self._backward("norm", loss * scale, retain_graph=True)
+        if self.loss_scale is not None:
+            loss = loss * self.loss_scale.scale
+        if self.two_passes:
+            self._backward("norm", loss, retain_graph=True)
             self._norm = self._sq_norm.sqrt()
             if not torch.isfinite(self._norm):
                 if self.loss_scale is None:
@@ -113,7 +116,7 @@ class FusedLomo(torch.optim.Optimizer):
                             self.loss_scale.scale)
                 return
             self._clip = min(1.0, self.max_grad_norm / (float(self._norm) + 1e-6)) if self.max_grad_norm else 1.0
-            self._backward("update", loss * scale)
+            self._backward("update", loss)
         else:  # one pass: the norm is measured while the weights move (for the log)
             self._clip = 1.0
             self._backward("update", loss)
@@ -141,7 +144,7 @@ class FusedLomo(torch.optim.Optimizer):
         p.grad = None  # the point of LOMO: no gradient outlives its use
         if self.loss_scale is not None:
             grad = grad / self.loss_scale.scale
-        if self._pass == "norm" or self.max_grad_norm is None:
+        if self._pass == "norm" or not self.two_passes:
             self._sq_norm += grad.pow(2).sum()
         if self._pass == "norm":
             return
