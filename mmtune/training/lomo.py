@@ -140,16 +140,18 @@ class FusedLomo(torch.optim.Optimizer):
     def _on_gradient(self, p: torch.Tensor, index: int) -> None:
         if self._pass is None:
             return
+        # In place from here: the gradient is this hook's alone (a float32 one is p.grad's own buffer, which
+        # autograd hands over), and no copy of the largest tensor (the embedding's) is made.
         grad = p.grad.float()
         p.grad = None  # the point of LOMO: no gradient outlives its use
         if self.loss_scale is not None:
-            grad = grad / self.loss_scale.scale
+            grad.div_(self.loss_scale.scale)
         if self._pass == "norm" or not self.two_passes:
-            self._sq_norm += grad.pow(2).sum()
+            self._sq_norm += torch.linalg.vector_norm(grad).square()
         if self._pass == "norm":
             return
         if self._clip < 1.0:
-            grad = grad * self._clip
+            grad.mul_(self._clip)
         group = self.param_groups[index]  # looked up now: load_state_dict replaces the group dicts
         lr, decay = group["lr"], group["weight_decay"]
         weights = p.float()  # p itself when float32
