@@ -180,16 +180,16 @@ class FusedLomo(torch.optim.Optimizer):
                 state["sq"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
         state["step"] += 1
         beta = 1.0 - state["step"] ** self.cfg.decay_rate
-        sq = grad.pow(2).add_(self.cfg.eps[0])
-        if p.ndim >= 2:
+        eps = self.cfg.eps[0]
+        if p.ndim >= 2:  # mean(g^2 + eps) along rows and columns, without a squared copy of the gradient
             row, col = state["row"], state["col"]
-            row.mul_(beta).add_(sq.mean(dim=-1), alpha=1 - beta)
-            col.mul_(beta).add_(sq.mean(dim=-2), alpha=1 - beta)
-            r = (row / row.mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1)
-            update = r * col.unsqueeze(-2).rsqrt() * grad
+            row.mul_(beta).add_(_mean_square(grad, -1).add_(eps), alpha=1 - beta)
+            col.mul_(beta).add_(_mean_square(grad, -2).add_(eps), alpha=1 - beta)
+            update = grad * (row / row.mean(dim=-1, keepdim=True)).rsqrt().unsqueeze(-1)
+            update.mul_(col.unsqueeze(-2).rsqrt())
         else:
-            state["sq"].mul_(beta).add_(sq, alpha=1 - beta)
-            update = state["sq"].rsqrt() * grad
+            state["sq"].mul_(beta).add_(grad.square().add_(eps), alpha=1 - beta)
+            update = grad * state["sq"].rsqrt()
         return update.div_((_rms(update) / self.cfg.clip_threshold).clamp(min=1.0))
 
     # ---- checkpoints --------------------------------------------------------------------------------------
@@ -213,4 +213,8 @@ class FusedLomo(torch.optim.Optimizer):
 
 
 def _rms(t: torch.Tensor) -> torch.Tensor:
-    return t.norm(2) / math.sqrt(t.numel())
+    return torch.linalg.vector_norm(t) / math.sqrt(t.numel())
+
+
+def _mean_square(t: torch.Tensor, dim: int) -> torch.Tensor:
+    return torch.linalg.vector_norm(t, dim=dim).square_().div_(t.shape[dim])
