@@ -74,8 +74,8 @@ def recipe_for(plan: dict, name: str) -> dict:
         "method": side["method"],
         "train": {"seed": 42, "max_steps": plan["steps"], "micro_batch_size": plan["micro_batch_size"],
                   "grad_accum_steps": 1, "lr": plan["lr"][name], "scheduler": "constant", "warmup_steps": 0,
-                  "max_grad_norm": 1.0, "mixed_precision": "no", "log_every": 1, "tensorboard": False,
-                  "progress": False},
+                  "max_grad_norm": 1.0, "mixed_precision": "no", "gradient_checkpointing": plan["checkpointing"],
+                  "log_every": 1, "tensorboard": False, "progress": False},
     }
 
 
@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256, help="packed row length in tokens")
     p.add_argument("--micro-batch-size", type=int, default=2, help="rows per step")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute activations in backward on every side (as configs/smollm2_full.yaml does)")
     p.add_argument("--lr", action="append", default=[], metavar="NAME=VALUE", help="a side's learning rate")
     p.add_argument("--plot", type=Path, default=None, help="also draw the loss curves into this PNG")
     p.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
@@ -212,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         lrs[name] = float(value)
     t_start = time.perf_counter()
     print(f"LOMO memory benchmark: {args.model}, {args.steps} steps of {args.micro_batch_size} x {args.max_length}-token "
-          f"rows, fp32 on CPU; load average at start {loadavg()} (busy machines skew steps/s, not memory)")
+          f"rows, fp32 on CPU, gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}; load average at start {loadavg()} (busy machines skew steps/s, not memory)")
     with tempfile.TemporaryDirectory(prefix="mmtune-lomo-bench-") as tmp:
         work = (args.keep or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
         plan = {"model": args.model, "model_dir": str(llm_dir(args.model, work)), "work": str(work),
                 "steps": args.steps, "max_length": args.max_length, "micro_batch_size": args.micro_batch_size,
-                "lr": lrs}
+                "checkpointing": args.gradient_checkpointing, "lr": lrs}
         (work / "plan.json").write_text(json.dumps(plan))
         results = {}
         for name in methods:

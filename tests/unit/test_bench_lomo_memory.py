@@ -29,7 +29,7 @@ def bench():
 
 def test_every_side_validates_and_the_sides_differ_only_in_method_and_lr(bench, tmp_path):
     plan = {"model": "tiny", "model_dir": str(tmp_path / "llm"), "work": str(tmp_path), "steps": 3,
-            "max_length": 128, "micro_batch_size": 2, "lr": {name: side["lr"] for name, side in bench.METHODS.items()}}
+            "max_length": 128, "micro_batch_size": 2, "checkpointing": True, "lr": {name: side["lr"] for name, side in bench.METHODS.items()}}
     recipes = {name: bench.recipe_for(plan, name) for name in bench.METHODS}
     methods = {name: validate_recipe(r).method.name for name, r in recipes.items()}
     assert methods == {"adamw": "full", "lomo": "lomo", "adalomo": "lomo", "lora": "lora"}
@@ -42,4 +42,5 @@ def test_every_side_validates_and_the_sides_differ_only_in_method_and_lr(bench, 
     first = common(recipes["adamw"])
     assert all(common(r) == first for r in recipes.values())
     assert first["train"]["max_steps"] == 3 and first["train"]["mixed_precision"] == "no"
+    assert first["train"]["gradient_checkpointing"] is True
     assert len({r["output_dir"] for r in recipes.values()}) == len(recipes)
