@@ -4,9 +4,13 @@ interrupted AdaLomo run (which has state) resumes exactly."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from safetensors.torch import load_file
 
 import mmtune
@@ -64,3 +68,20 @@ def test_an_interrupted_adalomo_run_resumes_exactly(tiny_recipe, chats, tmp_path
     for step in (4, 5):
         assert resumed[step]["loss"] == pytest.approx(reference[step]["loss"], abs=1e-6), step
         assert resumed[step]["grad_norm"] == pytest.approx(reference[step]["grad_norm"], rel=1e-5), step
+
+
+def test_two_processes_are_refused_in_one_line_naming_the_key(tiny_recipe, chats, tmp_path):
+    """Each weight moves inside backward, before DDP could average its gradient: torchrun with 2 processes stops."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(chats, method={"name": "lomo"}, data={"num_workers": 0},
+                                               train={"max_steps": 1})))
+    repo = str(Path(__file__).resolve().parents[2])  # this checkout's mmtune in the child processes
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "mmtune.cli", "train", str(path)], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=600)
+    assert proc.returncode != 0
+    refusals = [line for line in proc.stderr.splitlines() if "method.name: lomo runs in one process" in line]
+    assert refusals, proc.stderr[-3000:]  # from each process that got there before torchrun stopped the other
+    assert all(line.startswith("mmtune: error: ") and "this run has 2 processes" in line for line in refusals)
