@@ -45,7 +45,7 @@ font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace;max-height:320px;ove
 .media figcaption{font-size:11px;color:#67707a}
 .media img{border:1px solid #dde1e5;max-width:100%;min-height:96px;image-rendering:pixelated}
 .problem{color:#a33}.note{background:#fff7e0;border:1px solid #ecd9a0;border-radius:6px;padding:8px 12px}
-.edit img{width:100%;border:1px solid #dde1e5}
+.edit img{width:100%;max-width:320px;border:1px solid #dde1e5;image-rendering:pixelated}
 """
 
 

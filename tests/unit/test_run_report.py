@@ -127,3 +127,42 @@ def test_samples_spread_over_the_split_and_the_reference_is_the_first_trained_sp
     trained = np.array([0, 0, 0, 1, 1, 0, 0, 1], dtype=bool)
     assert first_trained_span(trained) == (3, 5)
     assert first_trained_span(np.array([1, 0, 1, 1], dtype=bool)) == (2, 4)  # token 0 is never a target
+
+
+def _decoded(url: str, prefix: str) -> bytes:
+    assert url.startswith(prefix)
+    return base64.b64decode(url[len(prefix):])
+
+
+def test_media_views_thumbnail_strip_play_and_name_what_they_cannot_read(tmp_path):
+    """An image shrinks to a thumbnail, a video becomes a strip of its clip window's frames (each frame its own
+    colour), an audio item a WAV of its window, and an unreadable file one line naming it."""
+    import io
+    import wave
+
+    from media_helpers import write_video, write_wav
+    from PIL import Image
+
+    from mmtune.modalities.base import MediaItem
+    from mmtune.reporting.media import STRIP_FRAME_PX, THUMBNAIL_PX, media_view
+
+    Image.new("RGB", (640, 320), (200, 30, 30)).save(tmp_path / "big.png")
+    view = media_view(MediaItem("image", str(tmp_path / "big.png")))
+    with Image.open(io.BytesIO(_decoded(view.url, "data:image/png;base64,"))) as thumb:
+        assert view.kind == "image" and thumb.size == (THUMBNAIL_PX, THUMBNAIL_PX // 2)
+
+    video = write_video(tmp_path / "v.mp4", frames=16, size=32, fps=8)
+    strip = media_view(MediaItem("video", str(video), options={"start": 1.0}))  # frames 8..15
+    with Image.open(io.BytesIO(_decoded(strip.url, "data:image/png;base64,"))) as shown:
+        assert strip.kind == "strip" and shown.size == (8 * STRIP_FRAME_PX + 7 * 2, STRIP_FRAME_PX)
+        centres = [shown.getpixel((k * (STRIP_FRAME_PX + 2) + STRIP_FRAME_PX // 2, STRIP_FRAME_PX // 2))
+                   for k in range(8)]
+    assert len(set(centres)) == 8  # eight different frames, not one repeated
+
+    audio = media_view(MediaItem("audio", str(write_wav(tmp_path / "a.wav", seconds=2.0)), options={"end": 0.5}))
+    with wave.open(io.BytesIO(_decoded(audio.url, "data:audio/wav;base64,"))) as clip:
+        assert audio.kind == "audio" and clip.getframerate() == 16000 and clip.getnframes() == 8000
+
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    broken = media_view(MediaItem("image", str(tmp_path / "broken.png")))
+    assert broken.kind == "problem" and "broken.png" in broken.caption and "\n" not in broken.caption

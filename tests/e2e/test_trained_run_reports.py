@@ -1,6 +1,6 @@
-"""``mmtune report`` on runs that really trained: a text run (written by ``train.report: true``, then again by the
-CLI) and an image run. The pages are checked for what a reader needs: the curves as embedded PNGs, the trainable
-table and data counts the run recorded, and the validation samples with the answers final/ really gives."""
+"""``mmtune report`` on runs that really trained: a text run (written by ``train.report: true``, then again by
+the CLI), an image run and an edit run. The pages are checked for what a reader needs: the curves as embedded
+PNGs, the trainable table and data counts the run recorded, and the samples with the answers final/ really gives."""
 
 from __future__ import annotations
 
@@ -111,3 +111,38 @@ def test_an_image_run_shows_thumbnails_beside_the_answers(tmp_path, tiny_recipe,
             asked = attach_media(asked, [("image", str(photos / f"p{i % 4}.png"))])
         assert [answer] == generate_texts(model, tok, [asked], GenerationOptions(max_new_tokens=6), progress=False)
         assert answer
+
+
+def test_an_edit_run_shows_input_reference_and_the_models_edit(tmp_path, tiny_sd_dir, one_torch_thread):
+    import numpy as np
+    from PIL import Image
+
+    from mmtune.generation.edit import EditOptions, edit_image, open_editor
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):
+        pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        Image.fromarray(np.ascontiguousarray(pixels[:, ::-1])).save(tmp_path / f"{i}_flipped.png")
+        rows.append({"input_image": f"{i}.png", "edit_prompt": "flip it <left>", "edited_image": f"{i}_flipped.png"})
+    write_jsonl(tmp_path / "metadata.jsonl", rows)
+    run = mmtune.train({
+        "task": "edit", "output_dir": str(tmp_path / "run"), "model": {"name": str(tiny_sd_dir)},
+        "data": {"datasets": [{"path": str(tmp_path / "metadata.jsonl"), "format": "edit_triplets"}],
+                 "resolution": 32, "resize_range": [32, 40], "val_fraction": 0.25},
+        "method": {"name": "lora"},
+        "train": {"max_steps": 1, "micro_batch_size": 3, "progress": False, "tensorboard": False}}).run_dir
+    page = write_report(run, options=ReportOptions(samples=4, edit_steps=2)).read_text()
+
+    assert "flip it &lt;left&gt;" in page and "<left>" not in page
+    assert re.search(r"<td>unet</td><td>lora</td><td class=num>[1-9]", page)  # the trainable table
+    shown = re.findall(r'<div><h4>([^<]+)</h4><img alt="[^"]*" src="data:image/png;base64,([^"]+)"></div>', page)
+    assert [title for title, _ in shown] == ["Input", "Reference edit", "Model (final/)"]  # one validation triplet
+    images = {title: Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB") for title, data in shown}
+    inputs = {i: np.asarray(Image.open(tmp_path / f"{i}.png")) for i in range(4)}
+    source = next(i for i, pixels in inputs.items() if np.array_equal(np.asarray(images["Input"]), pixels))
+    assert np.array_equal(np.asarray(images["Reference edit"]), np.asarray(Image.open(tmp_path / f"{source}_flipped.png")))
+    expected = edit_image(open_editor(run), tmp_path / f"{source}.png", "flip it <left>",
+                          EditOptions(steps=2, resolution=32, progress=False))
+    assert np.array_equal(np.asarray(images["Model (final/)"]), np.asarray(expected))
