@@ -25,7 +25,8 @@ _SHOWN = {"steps", "final_loss", "targets_seen", "skipped_while_batching", "pack
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1d2329;margin:0;background:#f6f7f9}
 main{max-width:1180px;margin:0 auto;padding:24px 28px 60px}
-h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;margin:34px 0 10px;border-bottom:1px solid #d5d9de;padding-bottom:4px}
+h1{font-size:24px;margin:0 0 4px}
+h2{font-size:19px;margin:34px 0 10px;border-bottom:1px solid #d5d9de;padding-bottom:4px}
 h3{font-size:15px;margin:20px 0 8px}.muted{color:#67707a}
 table{border-collapse:collapse;background:#fff;margin:6px 0 12px}
 th,td{border:1px solid #dde1e5;padding:4px 10px;text-align:left;vertical-align:top}
@@ -93,10 +94,10 @@ def headline(run: RunFiles) -> list[tuple[str, str]]:
     if summary.get("targets_seen") is not None:
         figures.append(("targets seen", _number(summary["targets_seen"])))
     key = run.throughput_key()
-    for label, series, scale, unit in ((key.replace("_per_s", "/s") if key else "", run.series(key) if key else None, 1, ""),
-                                       ("data wait", run.series("data_wait"), 100, " %"),
-                                       ("MFU", run.series("mfu"), 100, " %")):
-        if series is not None and series.values:
+    medians = [(key.replace("_per_s", "/s"), run.series(key), 1, "")] if key else []
+    medians += [("data wait", run.series("data_wait"), 100, " %"), ("MFU", run.series("mfu"), 100, " %")]
+    for label, series, scale, unit in medians:
+        if series.values:
             figures.append((f"{label} (median)", f"{statistics.median(series.values) * scale:,.1f}{unit}"))
     if summary.get("packing_utilisation") is not None:
         figures.append(("packing utilisation", f"{100 * summary['packing_utilisation']:.1f} %"))
@@ -120,7 +121,7 @@ def _counts(counts: dict) -> str:
     return "<br>".join(f"{_number(n)} {esc(name)}" for name, n in counts.items()) or "0"
 
 
-def data_report(run: RunFiles) -> str:
+def data_section(run: RunFiles) -> str:
     """Per dataset what was read, kept, truncated and skipped (with the first place of each skip reason)."""
     reports = run.summary.get("data")
     out = ["<h3>Data</h3>"]
@@ -156,7 +157,7 @@ def data_report(run: RunFiles) -> str:
     return "".join(out)
 
 
-def trainable_table(run: RunFiles) -> str:
+def trainable_section(run: RunFiles) -> str:
     rows = run.summary.get("trainable")
     if not rows:
         return ('<h3>Trainable parameters</h3><p class="muted">summary.json records no trainable-parameter table '
@@ -185,7 +186,8 @@ def run_body(run: RunFiles) -> str:
             ("method", (config.get("method") or {}).get("name", "?"))]
     return "".join([
         '<p class="muted">' + " · ".join(f"{esc(k)} <b>{esc(v)}</b>" for k, v in what) + "</p>",
-        _figures(headline(run)), _charts(run_charts(run)), data_report(run), trainable_table(run), other_figures(run),
+        _figures(headline(run)), _charts(run_charts(run)), data_section(run), trainable_section(run),
+        other_figures(run),
     ])
 
 
@@ -193,8 +195,10 @@ def run_body(run: RunFiles) -> str:
 
 
 def forgetting_section(forgetting: Forgetting) -> str:
-    rows = [[esc(stage)] + [_number(forgetting.table.get(stage, {}).get(name)) if forgetting.table.get(stage, {}).get(name)
-                            is not None else '<span class="muted">–</span>' for name in forgetting.sets]
+    def cell(value) -> str:
+        return '<span class="muted">–</span>' if value is None else _number(value)
+
+    rows = [[esc(stage)] + [cell(forgetting.table.get(stage, {}).get(name)) for name in forgetting.sets]
             for stage in forgetting.stages]
     chart = forgetting_chart(forgetting)
     return (f"<h2>Forgetting: {esc(forgetting.metric)}</h2>"

@@ -12,7 +12,13 @@ import base64
 import io
 from dataclasses import dataclass
 
-from mmtune.reporting.run_files import TASK_EVAL_LOSS, TASK_LOSS, Forgetting, RunFiles, Series
+from mmtune.reporting.run_files import (
+    TASK_EVAL_LOSS,
+    TASK_LOSS,
+    Forgetting,
+    RunFiles,
+    Series,
+)
 
 _SIZE, _DPI = (5.6, 3.2), 110
 

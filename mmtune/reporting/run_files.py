@@ -57,7 +57,7 @@ class RunFiles:
     """``config.yaml`` as YAML (not validated: a report shows runs of any age)."""
     records: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
-    stages: list["RunFiles"] = field(default_factory=list)
+    stages: list[RunFiles] = field(default_factory=list)
     forgetting: Forgetting | None = None
 
     @property

@@ -50,6 +50,13 @@ class EditSample:
     output: str
 
 
+@dataclass
+class SampleSection:
+    samples: list[ConversationSample] | list[EditSample]
+    note: str = ""
+    """Why there are no samples, when there are none (no final/, no validation split, a task without a view)."""
+
+
 def spread(total: int, count: int) -> list[int]:
     """``count`` indices evenly spread over ``range(total)``, so every dataset of a mixture shows."""
     if total == 0 or count == 0:
@@ -131,13 +138,6 @@ def edit_samples(run_dir: Path, recipe: EditRecipe, options: ReportOptions) -> l
 
 SAMPLERS = {"sft": conversation_samples, "edit": edit_samples}
 """Task -> its validation samples answered by ``final/``."""
-
-
-@dataclass
-class SampleSection:
-    samples: list[ConversationSample] | list[EditSample]
-    note: str = ""
-    """Why there are no samples, when there are none (no final/, no validation split, a task without a view)."""
 
 
 def validation_samples(run_dir: Path, options: ReportOptions) -> SampleSection:

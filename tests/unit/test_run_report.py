@@ -34,7 +34,8 @@ def write_stage(path: Path, *, tasks: list[str] = (), steps: int = 4, dataset: s
             records.append({"step": step, "eval_loss": 2.5 / step, **{f"eval_loss/{t}": 2.2 / step for t in tasks}})
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (path / "summary.json").write_text(json.dumps({
-        "steps": steps, "final_loss": 3.0 / steps, "targets_seen": 999, "skipped_while_batching": {"unreadable image": 2},
+        "steps": steps, "final_loss": 3.0 / steps, "targets_seen": 999,
+        "skipped_while_batching": {"unreadable image": 2},
         "packing_utilisation": 0.875, "widened_conv_in": True,
         "data": [{"name": dataset, "rows": 41, "samples": 37, "truncated": 3, "media": {"image": 30},
                   "media_cut": {"image": 1}, "skipped": {"missing image": 4}, "examples": {"missing image": "row 9"},
@@ -112,8 +113,8 @@ def test_bad_run_directories_are_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2  # exists, but holds no run
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"mmtune: error: report: {tmp_path / 'missing'}: no such run directory",
-                   f"mmtune: error: report: {tmp_path}: not a run directory (no config.yaml, metrics.jsonl or "
-                   "summary.json, and no stage directory holding them)"]
+                   (f"mmtune: error: report: {tmp_path}: not a run directory (no config.yaml, metrics.jsonl or "
+                    "summary.json, and no stage directory holding them)")]
     run = write_stage(tmp_path / "run")
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n')
     with pytest.raises(DataError, match=r"metrics\.jsonl:2: malformed JSON"):
