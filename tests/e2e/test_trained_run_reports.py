@@ -1,6 +1,7 @@
 """``mmtune report`` on runs that really trained: a text run (written by ``train.report: true``, then again by
 the CLI), an image run and an edit run. The pages are checked for what a reader needs: the curves as embedded
-PNGs, the trainable table and data counts the run recorded, and the samples with the answers final/ really gives."""
+PNGs, the trainable table and data counts the run recorded, and the samples with the answers final/ really gives.
+With ``MMTUNE_TEST_ARTIFACTS=DIR`` the image run's page is kept as ``DIR/report-image-run.html``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import base64
 import html
 import io
 import json
+import os
 import re
+from pathlib import Path
 
+import yaml
 from conftest import sharegpt_rows, write_jsonl
 from media_helpers import llava_rows, open_clip_image_branch, write_json
 
@@ -43,8 +47,10 @@ def test_train_report_true_writes_the_page_and_the_cli_writes_it_again(tmp_path,
     data = write_jsonl(tmp_path / "d.jsonl", [*sharegpt_rows(CONVS), "{not json"])
     recipe = tiny_recipe(data, model={"name": str(varied_llama_dirs[0])},
                          data={"packing": True, "val_fraction": 0.25, "on_bad_sample": "skip"},
-                         train={"max_steps": 3, "eval_every": 2, "report": True})
-    run = mmtune.train(recipe).run_dir
+                         train={"max_steps": 3, "eval_every": 2})
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(tmp_path / "recipe.yaml"), "train.report=true"]) == 0
+    run = Path(recipe["output_dir"])
     page = (run / "report.html").read_text()
 
     charts = chart_pngs(page)
@@ -90,6 +96,9 @@ def test_an_image_run_shows_thumbnails_beside_the_answers(tmp_path, tiny_recipe,
     recipe["data"]["datasets"][0]["media_folder"] = str(photos)
     run = mmtune.train(recipe).run_dir
     page = write_report(run, options=ReportOptions(samples=2, max_new_tokens=6)).read_text()
+    if os.environ.get("MMTUNE_TEST_ARTIFACTS"):  # keep the page to look at (e.g. a headless-browser screenshot)
+        Path(os.environ["MMTUNE_TEST_ARTIFACTS"]).mkdir(parents=True, exist_ok=True)
+        (Path(os.environ["MMTUNE_TEST_ARTIFACTS"]) / "report-image-run.html").write_text(page)
 
     assert "Loss" in chart_pngs(page)
     kept = json.loads((run / "summary.json").read_text())["data"][0]["media"]["image"]
