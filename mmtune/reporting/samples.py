@@ -149,6 +149,9 @@ def validation_samples(run_dir: Path, options: ReportOptions) -> SampleSection:
     recipe: Recipe = load_recipe(run_dir / "config.yaml")
     if recipe.task not in SAMPLERS:
         return SampleSection([], f"the report shows no samples of task '{recipe.task}'")
+    if isinstance(recipe, SftRecipe) and recipe.data.train_on_prompt:
+        return SampleSection([], "data.train_on_prompt: every token was trained, so a sample's prompt cannot be told "
+                                 "from its answer: no samples answered")
     samples = SAMPLERS[recipe.task](run_dir, recipe, options)
     if not samples:
         return SampleSection([], "the run has no validation split (data.val_fraction is 0): no samples answered")

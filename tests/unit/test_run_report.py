@@ -86,11 +86,15 @@ def test_a_step_logged_twice_keeps_its_last_value_and_series_skip_other_records(
     assert read_run(run).throughput_key() == "tokens_per_s"
 
 
-def test_a_run_without_final_says_so_on_the_page_instead_of_samples(tmp_path):
+def test_a_run_without_final_or_without_a_prompt_to_ask_says_so_instead_of_samples(tmp_path):
     run = write_stage(tmp_path / "run")
     page = write_report(run, out=tmp_path / "r.html", options=ReportOptions(samples=3)).read_text()
     assert "has no final/ model (training did not finish)" in page
     assert not (run / "report.html").exists()
+    (run / "final").mkdir()
+    (run / "config.yaml").write_text("task: sft\nmodel:\n  name: tiny\ndata:\n  train_on_prompt: true\n")
+    page = write_report(run, options=ReportOptions(samples=3)).read_text()
+    assert "data.train_on_prompt: every token was trained" in page
 
 
 @pytest.mark.parametrize("change, message", [
