@@ -1,4 +1,4 @@
-"""The ``mmtune`` command: train, chat, generate, eval, edit, export, data inspect / generate / selfcorrect.
+"""The ``mmtune`` command: train, chat, generate, eval, edit, export, report, data inspect / generate / selfcorrect.
 
 Expected failures (bad recipe, bad data, missing model) print one line and
 exit 2; anything else is a bug and keeps its traceback. Flags left unset are
@@ -53,6 +53,7 @@ class _Defaults(dict):
         from mmtune.generation.edit import EditOptions
         from mmtune.generation.options import GenerationOptions
         from mmtune.generation.proxy import ProxyTuned
+        from mmtune.reporting.options import ReportOptions
 
         def signature(fn):
             return SimpleNamespace(**{k: p.default for k, p in inspect.signature(fn).parameters.items()})
@@ -64,7 +65,8 @@ class _Defaults(dict):
                   "QuestionFields": QuestionFields(), "build_self_correction": signature(build_self_correction),
                   "evaluate": signature(evaluate), "inspect_data": signature(inspect_data),
                   "load_sampler": signature(datagen.load_sampler), "ProxyTuned": ProxyTuned,
-                  "evaluation": evaluation, "GenerationOptions": GenerationOptions(), "EditOptions": EditOptions()}
+                  "evaluation": evaluation, "GenerationOptions": GenerationOptions(), "EditOptions": EditOptions(),
+                  "ReportOptions": ReportOptions()}
         owners.update({"generate_synth": signature(generate_synth), "build_shapes": signature(build_shapes),
                        "build_shapes_pick": signature(build_shapes_pick), "build_motion": signature(build_motion),
                        "build_event_order": signature(build_event_order), "build_av_sync": signature(build_av_sync),
@@ -172,6 +174,20 @@ def _parser() -> argparse.ArgumentParser:
     ed.add_argument("--resolution", type=int, metavar="PX",
                     help="scale the image so its longer side is PX first (default: its own size)")
     ed.add_argument("--device", help="auto, cpu or cuda (default {EditOptions.device})")
+
+    rp = sub.add_parser(
+        "report", help="one self-contained HTML page of a run: curves, data report, trainable parameters, "
+                       "validation samples answered by final/",
+        argument_default=SUPPRESS)
+    rp.add_argument("run_dir", help="a run directory (or a multi-stage run's directory)")
+    rp.add_argument("--out", metavar="FILE", help="where the page goes (default: RUN_DIR/report.html)")
+    rp.add_argument("--samples", type=int, metavar="N",
+                    help="validation samples answered greedily by final/ (default {ReportOptions.samples}; 0: none)")
+    rp.add_argument("--max-new-tokens", type=int, metavar="N",
+                    help="most tokens per answer (default {ReportOptions.max_new_tokens})")
+    rp.add_argument("--steps", type=int, dest="edit_steps", metavar="N",
+                    help="denoising steps of an edit run's outputs (default {EditOptions.steps})")
+    rp.add_argument("--device", help="auto, cpu or cuda (default {ReportOptions.device})")
 
     e = sub.add_parser("export", help="merge adapters and write a standard Hugging Face model directory")
     e.add_argument("run_dir")
@@ -417,11 +433,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     from mmtune.config.loader import load_recipe
 
     if args.command == "train":
-        from mmtune.training.loop import train
+        from mmtune import train  # the Python API's path: the report too, with train.report
 
         result = train(load_recipe(args.recipe, args.overrides))
         if result.is_main:
             print(f"trained {result.steps} steps; final loss {result.final_loss:.4f}; model in {result.final_dir}")
+        return 0
+    if args.command == "report":
+        from mmtune.reporting import ReportOptions, write_report
+
+        options = ReportOptions(**given(args, "samples", "max_new_tokens", "edit_steps", "device"))
+        print(f"wrote {write_report(args.run_dir, **given(args, 'out'), options=options)}")
         return 0
     if args.command in ("chat", "generate", "eval"):
         from mmtune.generation import commands

@@ -282,6 +282,9 @@ class TrainConfig(Strict):
     """``auto`` (latest checkpoint of output_dir, if any) or a checkpoint path."""
     tensorboard: bool = True
     progress: bool = True
+    report: bool = False
+    """Write ``output_dir/report.html`` when training ends (``mmtune report``: curves, data report, trainable
+    parameters, validation samples answered by ``final/``). Off by default: the samples load the model again."""
 
 
 # --------------------------------------------------------------------------- recipes, one per task

@@ -237,17 +237,28 @@ def generate_texts(
 ) -> list[str]:
     """Replies to many conversations, batched (longest-first for less padding), seeded, with a progress bar."""
     source = as_source(model_or_source)
-    encoded = encode_all(source, tokenizer, conversations, wheres)
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
+    return replies_to_prompts(source, tokenizer, encode_all(source, tokenizer, conversations, wheres), opts,
+                              batch_size=batch_size, progress=progress, desc=desc)
+
+
+def replies_to_prompts(model_or_source, tokenizer, prompts: Sequence[Prompt], opts: GenerationOptions, *,
+                       batch_size: int = BATCH_SIZE, progress: bool = True, desc: str = "generating") -> list[str]:
+    """Replies to prompts already encoded (ids with media placeholders expanded, and their media).
+
+    :func:`generate_texts` encodes conversations first; ``mmtune report`` hands the prompts of tokenized
+    validation samples, so the model is asked exactly what it was trained on.
+    """
+    source = as_source(model_or_source)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
     generator = torch.Generator(device=device_of(source)).manual_seed(opts.seed)
     stop, pad = source_stop_ids(source, tokenizer), pad_id_of(tokenizer)
-    replies: list[str] = [""] * len(encoded)
-    with tqdm(total=len(encoded), desc=desc, unit=" prompts", disable=not progress or None) as bar:
+    replies: list[str] = [""] * len(prompts)
+    with tqdm(total=len(prompts), desc=desc, unit=" prompts", disable=not progress or None) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            prompts = [encoded[i] for i in chunk]
-            tokens = decode_batch(source, [p.ids for p in prompts], opts, stop_ids=stop, pad_id=pad,
-                                  generator=generator, media=_media_of(source, tokenizer, prompts))
+            batch = [prompts[i] for i in chunk]
+            tokens = decode_batch(source, [p.ids for p in batch], opts, stop_ids=stop, pad_id=pad,
+                                  generator=generator, media=_media_of(source, tokenizer, batch))
             for i, toks in zip(chunk, tokens):
                 replies[i] = tokenizer.decode(toks, skip_special_tokens=True).strip()
             bar.update(len(chunk))

@@ -162,8 +162,9 @@ def param_groups(model: nn.Module, method: MethodConfig, train: TrainConfig,
     return groups, summary
 
 
-def trainable_table(model: nn.Module, components: list[Component]) -> list[str]:
-    """One line per component: how it trains, trainable / total parameters."""
+def trainable_counts(model: nn.Module, components: list[Component]) -> list[dict]:
+    """Per component (then ``other`` for parameters no component holds): how it trains, trainable / total
+    parameters. The run's ``summary.json`` keeps these rows, so a report shows the table the log printed."""
     owner = _owner(model, components)
     rows: dict[str, list[int]] = {c.name: [0, 0] for c in components}
     how = {c.name: c.trainable for c in components}
@@ -172,11 +173,18 @@ def trainable_table(model: nn.Module, components: list[Component]) -> list[str]:
         entry = rows.setdefault(comp, [0, 0])
         entry[1] += param.numel()
         entry[0] += param.numel() if param.requires_grad else 0
-    total_t = sum(v[0] for v in rows.values())
-    total = sum(v[1] for v in rows.values())
+    return [{"component": comp, "method": how.get(comp, ""), "trainable": t, "total": n}
+            for comp, (t, n) in rows.items()]
+
+
+def trainable_table(model: nn.Module, components: list[Component]) -> list[str]:
+    """One line per component: how it trains, trainable / total parameters."""
+    rows = trainable_counts(model, components)
+    total_t = sum(r["trainable"] for r in rows)
+    total = sum(r["total"] for r in rows)
     lines = [f"{'component':<24}{'method':>10}{'trainable':>14}{'total':>14}"]
-    for comp, (t, n) in rows.items():
-        lines.append(f"{comp:<24}{how.get(comp, ''):>10}{t:>14,}{n:>14,}")
+    for r in rows:
+        lines.append(f"{r['component']:<24}{r['method']:>10}{r['trainable']:>14,}{r['total']:>14,}")
     lines.append(f"{'all':<24}{'':>10}{total_t:>14,}{total:>14,}  ({100 * total_t / max(total, 1):.2f}% trainable)")
     return lines
 

@@ -25,7 +25,7 @@ from mmtune.data.edit_triplets import TripletCollate, tokenize_prompts
 from mmtune.models.diffusion.objective import EditObjective
 from mmtune.models.diffusion.parts import inference_scheduler_of, open_edit_parts
 from mmtune.models.families import edit_diffusion
-from mmtune.training.methods import Component, trainable_table
+from mmtune.training.methods import Component, trainable_counts, trainable_table
 from mmtune.training.setup import Runtime
 from mmtune.training.tasks.base import TaskRun
 from mmtune.utils.atomic import atomic_directory
@@ -132,7 +132,8 @@ class EditTask:
             objective=objective, param_groups=groups, rows=rows, val_rows=val_rows,
             collate=collate_of(data.train, True), val_collate=collate_of(data.val, False),
             save_final=write_final, on_bad_sample=cfg.data.on_bad_sample, num_workers=cfg.data.num_workers,
-            summary={"data": data.reports, "widened_conv_in": parts.widened},
+            summary={"data": data.reports, "widened_conv_in": parts.widened,
+                     "trainable": trainable_counts(objective, components)},
             throughput_key="samples_per_s",
             after_step=ema.update if ema is not None else None, extra_state=ema,
         )

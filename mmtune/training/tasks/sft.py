@@ -30,6 +30,7 @@ from mmtune.training.methods import (
     enable_activation_checkpointing,
     param_groups,
     qlora_quantization_config,
+    trainable_counts,
     trainable_table,
 )
 from mmtune.training.objective import CausalLMObjective
@@ -106,6 +107,7 @@ class SftTask:
             objective=objective, param_groups=groups, rows=rows, val_rows=val_rows,
             collate=collate, val_collate=val_collate, save_final=write_final, on_bad_sample=cfg.data.on_bad_sample,
             num_workers=cfg.data.num_workers, shuffle=cfg.data.shuffle,
-            summary={"packing_utilisation": utilisation, "data": [r.__dict__ for r in data.reports]},
+            summary={"packing_utilisation": utilisation, "data": [r.__dict__ for r in data.reports],
+                     "trainable": trainable_counts(objective, components)},
             flops_per_target=6 * sum(p.numel() for p in objective.parameters()),
         )
