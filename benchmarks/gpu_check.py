@@ -15,10 +15,11 @@ objective as a user would:
    (PaLM's convention) 6N + 12 L d S for full fine-tuning and 4N + 12 L d S for LoRA
    (frozen weights get no weight gradient), N the matmul parameters (decoder + head).
 3. ``qlora``: peak GPU memory of QLoRA on the 7B class (4-bit NF4, bitsandbytes).
-4. ``liger``: ``train.kernels: liger`` against none on the 1B LoRA run: tokens/s and peak memory.
-5. ``distributed``: the DeepSpeed ZeRO-2 / ZeRO-3 and FSDP configs of ``configs/accelerate/`` train a few
+4. ``distributed``: the DeepSpeed ZeRO-2 / ZeRO-3 and FSDP configs of ``configs/accelerate/`` train a few
    steps on 1 GPU, checkpoint, and resume (the launch commands: ``DISTRIBUTED_LAUNCH`` below).
-6. ``llava``: a LLaVA-style tiny vision branch + the 1B class: tokens/s packed vs padded.
+5. ``llava``: a LLaVA-style tiny vision branch + the 1B class: tokens/s packed vs padded.
+6. ``liger``: ``train.kernels: liger`` against none on the 1B LoRA run: tokens/s and peak memory (last: Liger's
+   RoPE patch is process-wide).
 
 ``--tiny`` runs every section at toy sizes on the CPU (a 2-layer Llama, short rows, few
 steps), skipping only what needs CUDA and saying so, so the script itself is proven.
@@ -261,14 +262,20 @@ def section_packing(ctx: Context) -> dict:
             "tolerance": tol, "equal": diff <= tol}
 
 
+def long_rows(ctx: Context) -> dict:
+    """The ``data`` section of the throughput runs: every sample longer than a row (truncated to it), every token
+    trained, so a row is one sample of exactly ``seq`` tokens and tokens/s and the attention FLOPs are exact."""
+    path = ctx.work / "long.jsonl"
+    if not path.is_file():
+        chat_jsonl(path, ctx.sizes.steps * ctx.sizes.micro_batch + 4, (ctx.sizes.seq, ctx.sizes.seq + 64))
+    return {"datasets": [{"path": str(path), "format": "sharegpt"}], "max_length": ctx.sizes.seq, "packing": True,
+            "train_on_prompt": True, "num_workers": 2}
+
+
 def section_throughput(ctx: Context) -> dict:
-    """The 1B class at seq ``S``: every sample fills a row (truncated), every token trained, so tokens/s and the
-    attention FLOPs are exact."""
+    """The 1B class at seq ``S``, LoRA and full: trained tokens/s, MFU, peak memory."""
     llm = build_llm(ctx, "1b", ctx.sizes.llm)
-    n = ctx.sizes.steps * ctx.sizes.micro_batch + 4
-    data = {"datasets": [{"path": str(chat_jsonl(ctx.work / "long.jsonl", n, (ctx.sizes.seq, ctx.sizes.seq + 64))),
-                          "format": "sharegpt"}],
-            "max_length": ctx.sizes.seq, "packing": True, "train_on_prompt": True, "num_workers": 2}
+    data = long_rows(ctx)
     out = {}
     for method in ("lora", "full"):
         figures = train_figures(ctx, recipe(ctx, llm, f"throughput-{method}", data=data, method={"name": method}))
@@ -276,7 +283,6 @@ def section_throughput(ctx: Context) -> dict:
         out[method] = figures
         print(f"   {method}: {figures['tok_s']:,.0f} trained tok/s, MFU {fmt(figures['mfu'], '.1%')}, "
               f"peak {fmt(figures['peak_gib'], '.1f')} GiB")
-    ctx.results["_throughput_data"] = data
     return out
 
 
@@ -307,9 +313,7 @@ def section_liger(ctx: Context) -> dict:
     except ConfigError as err:
         raise Skipped(str(err)) from None
     llm = build_llm(ctx, "1b", ctx.sizes.llm)
-    data = ctx.results.get("_throughput_data")
-    if data is None:
-        raise Skipped("needs the throughput section's data (run it with --sections throughput liger)")
+    data = long_rows(ctx)
     base = ctx.results.get("throughput", {}).get("lora") or train_figures(
         ctx, recipe(ctx, llm, "liger-none", data=data, method={"name": "lora"}))
     fused = train_figures(ctx, recipe(ctx, llm, "liger", data=data, method={"name": "lora"},
@@ -391,9 +395,9 @@ SECTIONS = {
     "packing": section_packing,
     "throughput": section_throughput,
     "qlora": section_qlora,
-    "liger": section_liger,
     "distributed": section_distributed,
     "llava": section_llava,
+    "liger": section_liger,  # last: Liger patches Llama's RoPE for the whole process
 }
 
 
@@ -415,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     p.add_argument("--work", type=Path, default=None, help="keep models, data and runs here (default: a temp dir)")
     p.add_argument("--out", type=Path, default=None, help="also write every figure to this JSON file")
+    p.add_argument("--budget-s", type=float, default=570,
+                   help="start no section after this many seconds (said, not failed), so the whole stays in 10 min")
     args = p.parse_args(argv)
 
     from mmtune.models.aliases import resolve_alias
@@ -436,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.sections:
             print(f"\n=== {name} ===", flush=True)
             t0 = time.perf_counter()
+            if t0 - t_start > args.budget_s:
+                status[name] = f"skipped: the time budget ({args.budget_s:.0f}s, --budget-s) is spent"
+                print(f"   {status[name]}")
+                continue
             try:
                 ctx.results[name] = SECTIONS[name](ctx)
                 status[name] = "ok"
