@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, create_model, model_validator
+from pydantic import AliasChoices, Field, create_model, field_validator, model_validator
 
 from mmtune.config.media import BranchConfig, BranchMethod, ComponentMethod, ConnectorConfig, EncoderConfig, Strict
 from mmtune.modalities import MODALITIES
@@ -297,6 +297,14 @@ class TrainConfig(Strict):
     """``liger``: Liger's Triton kernels (RMSNorm, RoPE, SwiGLU patched into the LLM; the loss through its fused
     linear cross-entropy). CUDA only; needs ``liger-kernel`` (``pip install mmtune[gpu]``)."""
     progress: bool = True
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_none(cls, value: Any) -> Any:
+        """``report_to: wandb`` and ``report_to: none`` read as transformers' ``TrainingArguments`` takes them."""
+        if value == "none":
+            return []
+        return [value] if isinstance(value, str) else value
 
     def trackers(self) -> list[str]:
         """``report_to`` without ``tensorboard`` when ``tensorboard: false``, in order, each once."""

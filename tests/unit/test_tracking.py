@@ -21,7 +21,8 @@ def test_tensorboard_false_drops_it_from_report_to_and_names_are_kept_once():
     assert TrainConfig().trackers() == ["tensorboard"]
     assert TrainConfig(tensorboard=False).trackers() == []
     assert TrainConfig(report_to=["wandb", "tensorboard", "wandb"], tensorboard=False).trackers() == ["wandb"]
-    assert TrainConfig(report_to=[]).trackers() == []
+    assert TrainConfig(report_to=[]).trackers() == [] and TrainConfig(report_to="none").trackers() == []
+    assert TrainConfig(report_to="wandb").trackers() == ["wandb"]  # as TrainingArguments takes it
     with pytest.raises(ConfigError, match="report_to"):
         validate_recipe({"train": {"report_to": ["wandbb"]}})
 
