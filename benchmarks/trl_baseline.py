@@ -49,7 +49,8 @@ def trl_config(out_dir: Path, variant: str, *, batch_size: int, max_length: int,
     )
 
 
-def _trl_model(model_dir: Path, lora: dict, seed: int):
+def lora_model(model_dir: Path, lora: dict, seed: int):
+    """The model both sides start from: fp32, SDPA, peft LoRA as the recipe gives it, seeded."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, set_seed
 
@@ -79,7 +80,7 @@ def trl_trainer(model_dir: Path, tokenizer, features: list[dict], out_dir: Path,
 
     dataset = Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
     args = trl_config(out_dir, variant, batch_size=batch_size, max_length=max_length, lr=lr, seed=seed)
-    trainer = CountingSFTTrainer(model=_trl_model(model_dir, lora, seed), args=args, train_dataset=dataset,
+    trainer = CountingSFTTrainer(model=lora_model(model_dir, lora, seed), args=args, train_dataset=dataset,
                                  processing_class=tokenizer)
     trainer.targets = []
     trainer.remove_callback(PrinterCallback)
@@ -156,7 +157,7 @@ def mmtune_packed_vs_unpacked(model_dir: Path, view, rows: list[list[int]], pad_
     from mmtune.data.packing import Collator
     from mmtune.training.objective import CausalLMObjective
 
-    objective = CausalLMObjective(_trl_model(model_dir, lora, seed)).eval()
+    objective = CausalLMObjective(lora_model(model_dir, lora, seed)).eval()
     collate = Collator(view, pad_id=pad_id, block_mask=True)
     loss, n = objective(collate(rows))
     alone = alone_n = 0
