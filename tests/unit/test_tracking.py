@@ -65,3 +65,30 @@ def test_liger_kernels_are_one_line_on_cpu_and_refused_by_the_edit_task():
             start_runtime(TrainConfig(kernels="liger", report_to=[]))  # said at start, before any model
     with pytest.raises(ConfigError, match="train.kernels"):
         validate_recipe({"task": "edit", "train": {"kernels": "liger"}})
+
+
+def test_a_fused_head_loss_gets_the_head_and_only_the_trained_positions(tiny_llama_dir):
+    """The hook ``train.kernels`` uses (Liger's fused linear cross-entropy on GPU), here with the same loss written
+    plainly: the objective must hand it the output head and the hidden states of trained positions only."""
+    import numpy as np
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from mmtune.data.packing import Collator
+    from mmtune.training.objective import CausalLMObjective
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), dtype=torch.float32).eval()
+    seen = []
+
+    def plain_fused(head, hidden, targets):
+        seen.append((head, hidden.shape[0]))
+        return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
+
+    rng = np.random.default_rng(0)
+    samples = [(rng.integers(5, 500, n), np.arange(n) >= n // 2) for n in (12, 20, 9)]
+    batch = Collator(samples, pad_id=0)([[0, 1], [2]])
+    with torch.no_grad():
+        reference, n = CausalLMObjective(model)(batch)
+        fused, n_fused = CausalLMObjective(model, plain_fused)(batch)
+    assert seen == [(model.get_output_embeddings(), int(n))] and int(n) == batch.num_targets < 41
+    assert int(n_fused) == int(n) and torch.allclose(fused, reference, rtol=1e-5)
