@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, create_model, model_validator
+from pydantic import AliasChoices, Field, create_model, field_validator, model_validator
 
 from mmtune.config.media import BranchConfig, BranchMethod, ComponentMethod, ConnectorConfig, EncoderConfig, Strict
 from mmtune.modalities import MODALITIES
@@ -249,6 +249,9 @@ class MethodConfig(Strict):
 
 # --------------------------------------------------------------------------- train
 
+TrackerName = Literal["tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab", "trackio"]
+"""accelerate's experiment trackers (``accelerate.tracking``), by the name ``Accelerator(log_with=...)`` takes."""
+
 
 class TrainConfig(Strict):
     seed: int = 42
@@ -281,10 +284,35 @@ class TrainConfig(Strict):
     resume: str | None = None
     """``auto`` (latest checkpoint of output_dir, if any) or a checkpoint path."""
     tensorboard: bool = True
+    """``false`` drops ``tensorboard`` from ``report_to`` (the switch before ``report_to`` existed, still read)."""
+    report_to: list[TrackerName] = Field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers (accelerate's) that get the recipe and every logged record, from the main process
+    only; ``[]``: none (``metrics.jsonl`` is always written). TensorBoard writes to ``output_dir/tensorboard``."""
+    tracker_project: str | None = None
+    """Project (wandb, comet_ml, trackio, swanlab) or experiment (mlflow, aim) name; default: ``output_dir``'s name."""
+    tracker_offline: bool = False
+    """Log without a network: wandb in offline mode under ``output_dir/wandb``, mlflow to a file store in
+    ``output_dir/mlruns``. The other trackers keep their own settings (environment variables)."""
+    kernels: Literal["none", "liger"] = "none"
+    """``liger``: Liger's Triton kernels (RMSNorm, RoPE, SwiGLU patched into the LLM; the loss through its fused
+    linear cross-entropy). CUDA only; needs ``liger-kernel`` (``pip install mmtune[gpu]``)."""
     progress: bool = True
     report: bool = False
     """Write ``output_dir/report.html`` when training ends (``mmtune report``: curves, data report, trainable
     parameters, validation samples answered by ``final/``). Off by default: the samples load the model again."""
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_none(cls, value: Any) -> Any:
+        """``report_to: wandb`` and ``report_to: none`` read as transformers' ``TrainingArguments`` takes them."""
+        if value == "none":
+            return []
+        return [value] if isinstance(value, str) else value
+
+    def trackers(self) -> list[str]:
+        """``report_to`` without ``tensorboard`` when ``tensorboard: false``, in order, each once."""
+        return [t for i, t in enumerate(self.report_to)
+                if t not in self.report_to[:i] and (t != "tensorboard" or self.tensorboard)]
 
 
 # --------------------------------------------------------------------------- recipes, one per task
@@ -438,6 +466,12 @@ class EditRecipe(Recipe):
     data: EditDataConfig = Field(default_factory=EditDataConfig)
     method: EditMethodConfig = Field(default_factory=EditMethodConfig)
 
+    @model_validator(mode="after")
+    def _no_llm_kernels(self) -> "EditRecipe":
+        if self.train.kernels != "none":
+            raise ValueError(f"train.kernels: '{self.train.kernels}' patches a causal LM; the edit task trains a UNet")
+        return self
+
 
 TASK_RECIPES: dict[str, type[Recipe]] = {"sft": SftRecipe, "edit": EditRecipe}
 """The recipe class of each task; the ``task`` key of a recipe selects one (default ``sft``)."""
@@ -446,5 +480,5 @@ __all__ = [
     "BranchConfig", "BranchMethod", "ComponentMethod", "DiffusionModelConfig", "EditDataConfig", "EditMethodConfig",
     "EditRecipe", "EmaConfig", "EDIT_FORMATS", "ConnectorConfig", "DataConfig", "DataSource", "DatasetCard", "DatasetSpec",
     "EncoderConfig", "LoraConfig", "MediaConfig", "MethodConfig", "ModelConfig", "ParamGroup", "PromptErasure", "Recipe",
-    "SftRecipe", "TASK_RECIPES", "TrainConfig",
+    "SftRecipe", "TASK_RECIPES", "TrackerName", "TrainConfig",
 ]

@@ -174,7 +174,7 @@ def train(recipe: Recipe) -> RunResult:
         return path
 
     # ---- loop ---------------------------------------------------------------------------
-    metrics = MetricsLogger(run_dir if rt.is_main else None, tensorboard=tc.tensorboard)
+    metrics = MetricsLogger.open(recipe, run_dir if rt.is_main else None)  # trackers on the main process only
     flops_peak = peak_flops(rt.device)
     stream = micro_batch_stream(micro_batch_keys(), rows, task.collate, num_workers=task.num_workers)
     bar = tqdm(total=max_steps, initial=state.step, desc="train", unit="step",
@@ -263,6 +263,7 @@ def train(recipe: Recipe) -> RunResult:
             if tc.save_every and state.step % tc.save_every == 0 and state.step < max_steps:
                 last_checkpoint = save(state, rng_after_step)
                 window_start = time.perf_counter()
+        metrics.log_final(state.step, {"loss": last_loss, "targets_seen": state.targets_seen})
     except KeyboardInterrupt:
         bar.close()
         if state.step > 0 and (last_checkpoint is None or not last_checkpoint.name.endswith(f"-{state.step}")):

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmtune.data.packing import IGNORE_INDEX, Batch
+from mmtune.models.kernels import HeadLoss
 from mmtune.models.multimodal.model import MultimodalLM
 
 _HEAD_CHUNK = 4096  # targets per output-head chunk: bounds the [chunk, vocab] logits memory
@@ -41,9 +42,12 @@ def hf_model_of(model: nn.Module) -> nn.Module:
 
 
 class CausalLMObjective(nn.Module):
-    def __init__(self, lm: nn.Module) -> None:
+    def __init__(self, lm: nn.Module, fused_loss: HeadLoss | None = None) -> None:
+        """``fused_loss``: a fused output-head + cross-entropy kernel (``train.kernels``,
+        :func:`mmtune.models.kernels.apply_kernels`), used where the head is a plain ``nn.Linear``."""
         super().__init__()
         self.lm = lm
+        self.fused_loss = fused_loss
         hf = hf_model_of(lm)
         self._no_split_modules = getattr(hf, "_no_split_modules", None)  # FSDP auto-wrap reads this
         self.softcap = getattr(hf.config, "final_logit_softcapping", None)
@@ -89,6 +93,10 @@ class CausalLMObjective(nn.Module):
             use_cache=False,
         )
         hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        head = hf.get_output_embeddings()
+        if self.fused_loss is not None and type(head) is nn.Linear:
+            targets = batch.targets[selected]
+            return self.fused_loss(head, hidden[selected], targets), torch.tensor(len(targets), device=hidden.device)
         return head_loss_sum(lambda h: self._logits(hf, h), hidden[selected], batch.targets[selected])
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from mmtune.config.schema import TrainConfig
+from mmtune.models.kernels import check_kernels
+from mmtune.training.tracking import check_trackers
 
 log = logging.getLogger("mmtune")
 
@@ -71,12 +73,14 @@ def start_runtime(train: TrainConfig) -> Runtime:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    check_trackers(train)  # a missing tracker package is said before any model loads
     mixed = resolve_mixed_precision(train.mixed_precision)
     # accelerate keeps one process-wide state and refuses a second Accelerator with another
     # precision; a notebook or script may train several recipes in one process, so start each
     # run from a clean accelerator state (the distributed process state is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    check_kernels(train.kernels, accelerator.device.type)  # said before any model loads
     if not accelerator.is_main_process:  # one process reports: transformers' bars and notes only on the main one
         from transformers.utils import logging as hf_logging
 

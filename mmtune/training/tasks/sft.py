@@ -20,6 +20,7 @@ from mmtune.config.schema import SftRecipe
 from mmtune.data.packing import Collator, make_rows, packing_utilisation
 from mmtune.data.pipeline import build_conversation_data, format_reports
 from mmtune.data.templates import install_template
+from mmtune.models.kernels import apply_kernels
 from mmtune.models.loading import load_tokenizer, resolve_attn
 from mmtune.models.open import open_language_model, open_multimodal
 from mmtune.models.run_outputs import save_final
@@ -49,6 +50,7 @@ class SftTask:
         install_template(tokenizer, cfg.data.template)
         quant = qlora_quantization_config(runtime.device_type) if cfg.method.name == "qlora" else None
         llm = open_language_model(cfg.model, device_type=runtime.device_type, quantization_config=quant)
+        fused_loss = apply_kernels(llm, tc.kernels, runtime.device_type)  # before peft wraps the model
         if tc.gradient_checkpointing:
             enable_activation_checkpointing(llm)
         llm.config.use_cache = False
@@ -67,7 +69,7 @@ class SftTask:
                     apply_component_method(module, method, cfg.method.lora, f"{name}.{component}")
                     components.append(Component(f"{name}.{component}", module, method.trainable,
                                                 method.lr if method.trainable != "frozen" else None))
-        objective = CausalLMObjective(model)
+        objective = CausalLMObjective(model, fused_loss)
         media = model.media_specs(tokenizer) if branches else {}
 
         # ---- data -------------------------------------------------------------------------
