@@ -18,6 +18,10 @@ every trained token weighs the same however the tokens fall into batches.
 A :class:`~mmtune.models.multimodal.model.MultimodalLM` trains the same way:
 its input embeddings (text embeddings with every branch's output spliced in)
 go to the same decoder and head.
+
+A prompt-learning peft model (prompt / P- / prefix tuning) gets its virtual
+tokens placed before every sequence (``mmtune.models.virtual_tokens``); their
+output positions carry no target and are dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mmtune.data.packing import IGNORE_INDEX, Batch
 from mmtune.models.multimodal.model import MultimodalLM
+from mmtune.models.virtual_tokens import place_virtual_tokens, prompt_learning_type
 
 _HEAD_CHUNK = 4096  # targets per output-head chunk: bounds the [chunk, vocab] logits memory
 
@@ -48,6 +53,7 @@ class CausalLMObjective(nn.Module):
         self._no_split_modules = getattr(hf, "_no_split_modules", None)  # FSDP auto-wrap reads this
         self.softcap = getattr(hf.config, "final_logit_softcapping", None)
         self.selective_head = True
+        self.virtual_tokens = prompt_learning_type(lm) is not None
 
     @torch.no_grad()
     def check_selective_head(self, input_ids: torch.Tensor) -> bool:
@@ -73,22 +79,24 @@ class CausalLMObjective(nn.Module):
             return {"inputs_embeds": self.lm.input_embeddings(batch.input_ids, batch.media)}
         return {"input_ids": batch.input_ids}
 
+    def _decoder_inputs(self, batch: Batch) -> tuple[dict[str, torch.Tensor], int]:
+        """The decoder's arguments, and how many leading output positions are virtual tokens."""
+        inputs = dict(self._inputs(batch), attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+        if self.virtual_tokens:
+            return place_virtual_tokens(self.lm, **inputs)
+        return inputs, 0
+
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         hf = hf_model_of(self.lm)
         selected = batch.targets != IGNORE_INDEX
+        inputs, virtual = self._decoder_inputs(batch)
         if not self.selective_head:  # the model's own forward, full logits
-            logits = hf(**self._inputs(batch), attention_mask=batch.attention_mask,
-                        position_ids=batch.position_ids, use_cache=False).logits
+            logits = hf(**inputs, use_cache=False).logits[:, virtual:]
             targets = batch.targets[selected]
             return F.cross_entropy(logits[selected].float(), targets, reduction="sum"), torch.tensor(
                 len(targets), device=logits.device)
-        out = hf.get_decoder()(
-            **self._inputs(batch),
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        )
-        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        out = hf.get_decoder()(**inputs, use_cache=False)
+        hidden = (out[0] if isinstance(out, tuple) else out.last_hidden_state)[:, virtual:]
         return head_loss_sum(lambda h: self._logits(hf, h), hidden[selected], batch.targets[selected])
 
 

@@ -33,6 +33,7 @@ from mmtune.training.methods import (
     trainable_table,
 )
 from mmtune.training.objective import CausalLMObjective
+from mmtune.training.peft_methods import check_virtual_tokens, save_initial_adapter, step_hook
 from mmtune.training.setup import Runtime
 from mmtune.training.tasks.base import TaskRun
 
@@ -53,6 +54,11 @@ class SftTask:
         llm.config.use_cache = False
         llm = apply_method(llm, cfg.method)
         log.info("llm: %s", cfg.method.name)
+        initial_adapter = None
+        if cfg.method.name in ("lora", "qlora") and cfg.method.lora.init in ("pissa", "olora"):
+            initial_adapter = Path(cfg.output_dir) / "initial-adapter"  # final/ is converted against it
+            if runtime.is_main:
+                save_initial_adapter(llm, initial_adapter)
         components = [Component("llm", llm, cfg.method.name, cfg.method.llm_lr if cfg.method.name != "frozen" else None)]
 
         # ---- media branches and what trains in each ------------------------------------
@@ -66,6 +72,8 @@ class SftTask:
                     apply_component_method(module, method, cfg.method.lora, f"{name}.{component}")
                     components.append(Component(f"{name}.{component}", module, method.trainable,
                                                 method.lr if method.trainable != "frozen" else None))
+        block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
+        check_virtual_tokens(llm, multimodal=bool(branches), block_mask=block_mask)
         objective = CausalLMObjective(model)
         media = model.media_specs(tokenizer) if branches else {}
 
@@ -77,7 +85,6 @@ class SftTask:
         lengths = data.train.lengths()
         rows = make_rows(lengths, cfg.data.max_length, cfg.data.packing)
         val_rows = make_rows(data.val.lengths(), cfg.data.max_length, cfg.data.packing)
-        block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
         train_media = model.media_specs(tokenizer, train=True) if branches else {}
         collate = Collator(data.train, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=train_media)
         val_collate = Collator(data.val, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=media)
@@ -100,7 +107,8 @@ class SftTask:
                      g.weight_decay)
 
         def write_final(target: Path, trained: CausalLMObjective) -> None:
-            save_final(target, trained.lm, tokenizer, base=cfg.model, method=cfg.method)
+            save_final(target, trained.lm, tokenizer, base=cfg.model, method=cfg.method,
+                       initial_adapter=initial_adapter)
 
         return TaskRun(
             objective=objective, param_groups=groups, rows=rows, val_rows=val_rows,
@@ -108,4 +116,5 @@ class SftTask:
             num_workers=cfg.data.num_workers, shuffle=cfg.data.shuffle,
             summary={"packing_utilisation": utilisation, "data": [r.__dict__ for r in data.reports]},
             flops_per_target=6 * sum(p.numel() for p in objective.parameters()),
+            with_gradients=step_hook(llm),
         )

@@ -1,0 +1,141 @@
+"""``method.name: peft`` and ``trainable: peft``: any peft method, and what some of them need beyond ``get_peft_model``.
+
+The recipe names a peft config class and its options (checked when the recipe
+is validated, ``mmtune.config.peft_options``); here the config is built with
+``task_type`` filled in and put on the LLM (``get_peft_model``) or on one
+component of a multimodal model (``inject_adapter_in_model``). What a few
+methods need from the rest of a run lives here too, so the loop stays
+method-agnostic:
+
+- AdaLoRA reallocates ranks from the gradients' importance after every
+  optimizer step (``update_and_allocate``), so its schedule needs the run's
+  step count: :func:`step_hook` returns the callable the loop calls after
+  ``optimizer.step()`` and before ``zero_grad``.
+- PiSSA / OLoRA initialise LoRA from the base weights and subtract that part
+  from them; :func:`save_initial_adapter` keeps the starting adapter so
+  ``final/`` can hold the adapter converted back onto the original base.
+- Virtual-token methods (prompt tuning, P-tuning, prefix tuning) are placed
+  by ``mmtune.models.virtual_tokens``; :func:`check_virtual_tokens` refuses
+  what they cannot do.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from mmtune.config.peft_options import peft_config_classes
+from mmtune.errors import ConfigError
+from mmtune.models.virtual_tokens import PLACED, prompt_learning_type
+
+log = logging.getLogger(__name__)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def build_peft_config(section: dict[str, Any], *, task_type: str | None, key: str):
+    """The peft config a ``peft`` section names (``key`` is its place in the recipe, for errors)."""
+    name = section["type"]
+    cls = peft_config_classes()[name]
+    options = {k: v for k, v in section.items() if k != "type"}
+    if name == "AdaLoraConfig":
+        # Replaced by the run's step count before the first allocation (step_hook); AdaLoraConfig needs a valid one now.
+        options["total_step"] = options.get("tinit", 0) + options.get("tfinal", 0) + 1
+    if task_type is not None:
+        options["task_type"] = task_type
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {name}: {_first_line(exc)}") from None
+
+
+def apply_peft_method(model: nn.Module, section: dict[str, Any]) -> nn.Module:
+    """``method.name: peft``: the LLM wrapped by peft with the method ``section`` names."""
+    from peft import get_peft_model
+
+    config = build_peft_config(section, task_type="CAUSAL_LM", key="method.peft")
+    if config.is_prompt_learning and config.peft_type.value not in PLACED:
+        raise ConfigError(f"method.peft: {section['type']} is not supported (it needs task ids or its own forward); "
+                          "supported virtual-token methods: PromptTuningConfig, PromptEncoderConfig, PrefixTuningConfig")
+    try:
+        return get_peft_model(model, config)
+    except (TypeError, ValueError, KeyError, NotImplementedError) as exc:
+        raise ConfigError(f"method.peft: {section['type']}: {_first_line(exc)}") from None
+
+
+def inject_component_peft(module: nn.Module, section: dict[str, Any], name: str) -> None:
+    """``trainable: peft`` on one component: the method's layers injected in place (no wrapper), the rest frozen.
+
+    ``target_modules`` defaults to every Linear layer of the component.
+    """
+    from peft import inject_adapter_in_model
+
+    key = f"method.media.{name}.peft"
+    config = build_peft_config(section, task_type=None, key=key)
+    if config.is_prompt_learning or config.peft_type.value == "ADALORA":
+        raise ConfigError(f"{key}: {section['type']} works on the LLM only (method.name: peft); on a component use "
+                          "a method that adapts its layers (LoRA, LoHa, LoKr, IA3, OFT, VeRA ...)")
+    if getattr(config, "target_modules", "absent") is None:  # a method with targets, none given
+        config.target_modules = sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules()
+                                        if isinstance(m, nn.Linear) and n})
+        if not config.target_modules:
+            raise ConfigError(f"{key}: this component has no Linear layer; name its target_modules")
+    module.requires_grad_(False)
+    try:
+        inject_adapter_in_model(config, module)
+    except (TypeError, ValueError, KeyError, NotImplementedError) as exc:
+        raise ConfigError(f"{key}: {section['type']}: {_first_line(exc)}") from None
+
+
+def check_virtual_tokens(model: nn.Module, *, multimodal: bool, block_mask: bool) -> None:
+    """Refuse, in one line, what virtual tokens cannot do in this run (packing with a block mask is fine)."""
+    method = prompt_learning_type(model)
+    if method is None:
+        return
+    if multimodal:
+        raise ConfigError(f"method.peft: {method} adds virtual tokens before the text; a multimodal model is not "
+                          "supported with it (use a method that adapts layers: LoRA, IA3, LoHa ...)")
+    if not block_mask:
+        raise ConfigError(f"method.peft: {method} needs the explicit attention mask (the virtual tokens join every "
+                          "packed sample); set model.attn_implementation to sdpa or eager")
+
+
+class AdaLoraAllocation:
+    """AdaLoRA's per-step rank allocation, called by the loop while the step's gradients are still there."""
+
+    def __init__(self, peft_model: nn.Module) -> None:
+        self.peft_model = peft_model
+        self.config = peft_model.active_peft_config
+
+    def __call__(self, step: int, total_steps: int) -> None:
+        """``step``: the optimizer step just taken, counted from 0; ``total_steps``: the run's step count."""
+        if self.config.total_step != total_steps:
+            if self.config.tinit >= total_steps - self.config.tfinal:
+                raise ConfigError(f"method.peft: AdaLoRA's tinit ({self.config.tinit}) and tfinal "
+                                  f"({self.config.tfinal}) leave no step of this run's {total_steps} to reallocate "
+                                  "ranks in; lower them or train longer")
+            self.config.total_step = total_steps
+        self.peft_model.base_model.update_and_allocate(step)
+
+
+def step_hook(model: nn.Module):
+    """What the loop calls after each optimizer step for this model's method (None: nothing)."""
+    config = getattr(model, "active_peft_config", None)
+    if config is not None and config.peft_type.value == "ADALORA":
+        return AdaLoraAllocation(model)
+    return None
+
+
+def save_initial_adapter(model: nn.Module, directory: Path) -> None:
+    """Keep the adapter as initialised (PiSSA / OLoRA), the reference peft converts the trained adapter against.
+
+    Its config says ``init_lora_weights: true`` as peft asks: loaded again it must not re-run the SVD / QR.
+    """
+    model.active_peft_config.init_lora_weights = True
+    model.save_pretrained(str(directory), safe_serialization=True)

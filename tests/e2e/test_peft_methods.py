@@ -1,0 +1,149 @@
+"""Every kind of peft method end to end on the tiny Llama: train (its parameters move), save ``final/``, reload
+through ``load_for_inference`` (same logits as the trained model), generate, export; AdaLoRA's rank allocation
+inside the loop; a peft method on one component of a multimodal model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mmtune
+from mmtune.generation.chat import generate_reply
+from mmtune.generation.options import GenerationOptions
+from mmtune.interop.hf_causal_lm import export_hf
+from mmtune.models.run_outputs import load_for_export, load_for_inference
+from mmtune.models.virtual_tokens import VirtualTokenLM, prompt_learning_type
+from mmtune.training.tasks import sft
+
+IDS = torch.tensor([[1, 57, 300, 2001, 45, 9, 812, 4000, 77, 5]])
+
+METHODS = {
+    "prompt_tuning": {"name": "peft", "peft": {"type": "PromptTuningConfig", "num_virtual_tokens": 4}},
+    "p_tuning": {"name": "peft", "peft": {"type": "PromptEncoderConfig", "num_virtual_tokens": 4,
+                                          "encoder_hidden_size": 32}},
+    "prefix_tuning": {"name": "peft", "peft": {"type": "PrefixTuningConfig", "num_virtual_tokens": 4}},
+    "ia3": {"name": "peft", "peft": {"type": "IA3Config"}},
+    "loha": {"name": "peft", "peft": {"type": "LoHaConfig", "r": 4}},
+    "oft": {"name": "peft", "peft": {"type": "OFTConfig", "r": 0, "oft_block_size": 16}},
+    "vera": {"name": "peft", "peft": {"type": "VeraConfig", "r": 8}},
+    "lora_pissa": {"name": "lora", "lora": {"rank": 4, "init": "pissa", "dropout": 0.0}},
+    "lora_olora": {"name": "lora", "lora": {"rank": 4, "init": "olora", "dropout": 0.0}},
+}
+
+
+def _inference_view(model):
+    return VirtualTokenLM(model) if prompt_learning_type(model) is not None else model
+
+
+@pytest.fixture()
+def watched(monkeypatch):
+    """Record the trainable parameters as the method left them, and the trained model's logits before saving."""
+    seen = {}
+    apply_method, save_final = sft.apply_method, sft.save_final
+
+    def recording_apply(model, cfg):
+        model = apply_method(model, cfg)
+        seen["start"] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return model
+
+    def recording_save(target, model, *args, **kwargs):
+        model.eval()
+        with torch.no_grad():
+            seen["logits"] = _inference_view(model)(IDS).logits
+        seen["end"] = {n: p.detach().clone() for n, p in model.named_parameters() if n in seen["start"]}
+        return save_final(target, model, *args, **kwargs)
+
+    monkeypatch.setattr(sft, "apply_method", recording_apply)
+    monkeypatch.setattr(sft, "save_final", recording_save)
+    return seen
+
+
+def _recipe(tiny_recipe, method: dict, steps: int = 3) -> dict:
+    return tiny_recipe(method=method, data={"datasets": [{"card": "mmtune-instruct", "max_samples": 8}]},
+                       train={"max_steps": steps, "lr": 3e-2, "warmup_steps": 0, "scheduler": "constant"})
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_peft_method_trains_saves_reloads_generates_and_exports(tiny_recipe, watched, tmp_path, name,
+                                                                one_torch_thread):
+    run = mmtune.train(_recipe(tiny_recipe, METHODS[name])).run_dir
+    moved = [n for n in watched["start"] if not torch.equal(watched["start"][n], watched["end"][n])]
+    assert moved, "no trainable parameter changed"
+    config = json.loads((run / "final" / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM"
+
+    model, tok = load_for_inference(str(run))
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS).logits, watched["logits"], atol=1e-5, rtol=1e-4)
+    assert isinstance(generate_reply(model, tok, [{"role": "user", "content": "Hi"}],
+                                     GenerationOptions(max_new_tokens=3)), str)
+
+    out = export_hf(*load_for_export(str(run)), tmp_path / "export")
+    if isinstance(model, VirtualTokenLM):  # nothing to merge: the base model and the adapter beside it
+        assert (out / "adapter" / "adapter_config.json").is_file() and (out / "model.safetensors").is_file()
+        return
+    from transformers import AutoModelForCausalLM
+
+    assert not (out / "adapter_config.json").exists()
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(exported(IDS).logits, watched["logits"], atol=1e-4, rtol=1e-4)
+
+
+def test_adalora_reallocates_ranks_inside_the_loop(tiny_recipe, watched, one_torch_thread):
+    """6 steps: warm-up 1, budgeting down to target_r, 2 final steps; the saved adapter holds the allocated ranks."""
+    method = {"name": "peft", "peft": {"type": "AdaLoraConfig", "init_r": 6, "target_r": 2, "tinit": 1, "tfinal": 2,
+                                       "deltaT": 1, "target_modules": ["q_proj", "v_proj"]}}
+    run = mmtune.train(_recipe(tiny_recipe, method, steps=6)).run_dir
+    config = json.loads((run / "final" / "adapter_config.json").read_text())
+    assert config["total_step"] == 6  # the run's step count, not a recipe value
+    ranks = {name: sum(kept) for name, kept in config["rank_pattern"].items()}
+    assert len(ranks) == 4 and all(len(kept) == 6 for kept in config["rank_pattern"].values())
+    assert sum(ranks.values()) == 2 * 4  # the budget: target_r per adapted layer, spread by importance
+    saved = load_file(str(run / "final" / "adapter_model.safetensors"))
+    assert sorted(v.shape[0] for k, v in saved.items() if "lora_E" in k) == sorted(ranks.values())
+    model, _ = load_for_inference(str(run))
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS).logits, watched["logits"], atol=1e-5, rtol=1e-4)
+
+
+def test_a_peft_method_on_one_component_trains_saves_and_reloads(tiny_recipe, photos, tmp_path, monkeypatch,
+                                                                one_torch_thread):
+    from media_helpers import llava_rows, open_clip_image_branch, write_json
+
+    from mmtune.data.media import attach_media
+
+    before = {}
+    apply_component_method = sft.apply_component_method
+
+    def recording(module, method, lora, name):
+        before[name] = {k: v.clone() for k, v in module.state_dict().items()}
+        return apply_component_method(module, method, lora, name)
+
+    monkeypatch.setattr(sft, "apply_component_method", recording)
+
+    data = write_json(tmp_path / "d.json", llava_rows(4))
+    recipe = tiny_recipe()
+    recipe["model"]["media"] = {"image": open_clip_image_branch().model_dump(mode="json")}
+    recipe["data"]["datasets"] = [{"path": str(data), "format": "llava", "media_folder": str(photos)}]
+    recipe["method"] = {"name": "frozen", "media": {"image": {
+        "connector": {"trainable": "peft", "peft": {"type": "LoHaConfig", "r": 2, "alpha": 4}}}}}
+    recipe["train"].update(max_steps=3, lr=3e-2, warmup_steps=0)
+    result = mmtune.train(recipe)
+    log = (result.run_dir / "train.log").read_text()
+    assert "image.connector: peft" in log
+    saved = load_file(str(result.final_dir / "media.safetensors"))
+    connector_keys = {k.removeprefix("image.connector.") for k in saved if k.startswith("image.connector.")}
+    assert connector_keys == set(before["image.connector"])  # merged into the plain layout: no adapter keys
+    assert not torch.equal(saved["image.connector.layers.0.weight"], before["image.connector"]["layers.0.weight"])
+
+    model, tok = load_for_inference(str(result.run_dir))
+    for key, value in model.branches["image"].connector.state_dict().items():
+        torch.testing.assert_close(value, saved[f"image.connector.{key}"])
+    reply = generate_reply(model, tok, attach_media([{"role": "user", "content": "What is it?"}],
+                                                    [("image", str(photos / "p0.png"))]),
+                           GenerationOptions(max_new_tokens=2))
+    assert isinstance(reply, str)
