@@ -21,10 +21,14 @@ go to the same decoder and head.
 
 A prompt-learning peft model (prompt / P- / prefix tuning) gets its virtual
 tokens placed before every sequence (``mmtune.models.virtual_tokens``); their
-output positions carry no target and are dropped.
+output positions carry no target and are dropped. A method's own loss term
+(``penalty``: AdaLoRA's orthogonality) is added once per batch, weighted by its
+targets, so it counts once per optimizer step however the window is split.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +50,11 @@ def hf_model_of(model: nn.Module) -> nn.Module:
 
 
 class CausalLMObjective(nn.Module):
-    def __init__(self, lm: nn.Module) -> None:
+    def __init__(self, lm: nn.Module, penalty: Callable[[], torch.Tensor] | None = None) -> None:
         super().__init__()
         self.lm = lm
+        self.penalty = penalty
+        """A method's loss term, added in training (AdaLoRA's orthogonality regulariser)."""
         hf = hf_model_of(lm)
         self._no_split_modules = getattr(hf, "_no_split_modules", None)  # FSDP auto-wrap reads this
         self.softcap = getattr(hf.config, "final_logit_softcapping", None)
@@ -87,6 +93,12 @@ class CausalLMObjective(nn.Module):
         return inputs, 0
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        loss_sum, n = self._loss_sum(batch)
+        if self.penalty is not None and self.training:
+            loss_sum = loss_sum + self.penalty() * n
+        return loss_sum, n
+
+    def _loss_sum(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         hf = hf_model_of(self.lm)
         selected = batch.targets != IGNORE_INDEX
         inputs, virtual = self._decoder_inputs(batch)

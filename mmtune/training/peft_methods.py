@@ -11,6 +11,10 @@ method-agnostic:
   optimizer step (``update_and_allocate``), so its schedule needs the run's
   step count: :func:`step_hook` returns the callable the loop calls after
   ``optimizer.step()`` and before ``zero_grad``.
+- AdaLoRA also keeps each adapter's P and Q orthogonal with a loss term
+  (``orth_reg_weight``) that peft adds only when its own forward computes the
+  loss; mmtune computes the loss itself, so :func:`loss_penalty` hands the
+  objective that term.
 - PiSSA / OLoRA initialise LoRA from the base weights and subtract that part
   from them; :func:`save_initial_adapter` keeps the starting adapter so
   ``final/`` can hold the adapter converted back onto the original base.
@@ -25,6 +29,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from mmtune.config.peft_options import peft_config_classes
@@ -122,6 +127,33 @@ class AdaLoraAllocation:
                                   "ranks in; lower them or train longer")
             self.config.total_step = total_steps
         self.peft_model.base_model.update_and_allocate(step)
+
+
+class OrthogonalPenalty:
+    """AdaLoRA's regulariser, as peft's ``AdaLoraModel.forward`` adds it: ``orth_reg_weight`` times the mean of
+    ``||P Pᵀ - I||_F`` over the ``lora_A`` matrices and ``||Qᵀ Q - I||_F`` over the ``lora_B`` ones."""
+
+    def __init__(self, peft_model: nn.Module) -> None:
+        self.weight = peft_model.active_peft_config.orth_reg_weight
+        self.params = [(".lora_A." in n, p) for n, p in peft_model.named_parameters()
+                       if p.requires_grad and (".lora_A." in n or ".lora_B." in n)]
+
+    def __call__(self) -> torch.Tensor:
+        terms = []
+        for is_a, p in self.params:
+            if p.numel() == 0:  # a layer whose every rank was pruned
+                continue
+            cov = p @ p.T if is_a else p.T @ p
+            terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)))
+        return self.weight * torch.stack(terms).mean()
+
+
+def loss_penalty(model: nn.Module):
+    """A term the method adds to the loss of every training batch (None: none)."""
+    config = getattr(model, "active_peft_config", None)
+    if config is not None and config.peft_type.value == "ADALORA" and config.orth_reg_weight > 0:
+        return OrthogonalPenalty(model)
+    return None
 
 
 def step_hook(model: nn.Module):

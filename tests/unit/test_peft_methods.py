@@ -154,3 +154,22 @@ def test_adalora_schedule_must_fit_the_run(tiny, tiny_llama_dir):
     with pytest.raises(ConfigError, match=r"tinit \(3\) and tfinal \(3\) leave no step of this run's 5"):
         hook(0, 5)
     assert step_hook(apply_method(load_causal_lm(ModelConfig(name=str(tiny_llama_dir))), MethodConfig())) is None
+
+
+def test_adalora_loss_has_peft_orthogonality_term(tiny):
+    """The objective's loss is peft's own AdaLoRA loss: cross-entropy plus orth_reg_weight * ||P Pᵀ - I||."""
+    from mmtune.training.peft_methods import loss_penalty
+
+    model = _peft(tiny, {"type": "AdaLoraConfig", "init_r": 4, "target_r": 2, "orth_reg_weight": 0.5})
+    with torch.no_grad():  # peft starts Q at zero; make the term and the predictions non-trivial
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    ids = np.arange(3, 19, dtype=np.int32) * 7  # 16 tokens: one row, no padding, every position trained
+    batch = Collator([(ids, np.ones(16, bool))], pad_id=0)([[0]])
+    model.train()
+    objective = CausalLMObjective(model, penalty=loss_penalty(model))
+    loss_sum, n = objective(batch)
+    reference = model(input_ids=batch.input_ids, labels=batch.input_ids).loss
+    torch.testing.assert_close(loss_sum / n, reference, atol=1e-5, rtol=1e-5)
+    assert float(loss_penalty(model)()) > 0.01

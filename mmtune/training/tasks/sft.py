@@ -33,7 +33,7 @@ from mmtune.training.methods import (
     trainable_table,
 )
 from mmtune.training.objective import CausalLMObjective
-from mmtune.training.peft_methods import check_virtual_tokens, save_initial_adapter, step_hook
+from mmtune.training.peft_methods import check_virtual_tokens, loss_penalty, save_initial_adapter, step_hook
 from mmtune.training.setup import Runtime
 from mmtune.training.tasks.base import TaskRun
 
@@ -74,7 +74,7 @@ class SftTask:
                                                 method.lr if method.trainable != "frozen" else None))
         block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
         check_virtual_tokens(llm, multimodal=bool(branches), block_mask=block_mask)
-        objective = CausalLMObjective(model)
+        objective = CausalLMObjective(model, penalty=loss_penalty(llm))
         media = model.media_specs(tokenizer) if branches else {}
 
         # ---- data -------------------------------------------------------------------------
