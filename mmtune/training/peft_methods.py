@@ -112,7 +112,11 @@ def check_virtual_tokens(model: nn.Module, *, multimodal: bool, block_mask: bool
 
 
 class AdaLoraAllocation:
-    """AdaLoRA's per-step rank allocation, called by the loop while the step's gradients are still there."""
+    """AdaLoRA's per-step rank allocation, called by the loop while the step's gradients are still there.
+
+    It is also checkpointed state (``TaskRun.extra_state``): a resumed run goes on from the same importance
+    averages and allocated ranks.
+    """
 
     def __init__(self, peft_model: nn.Module) -> None:
         self.peft_model = peft_model
@@ -127,6 +131,17 @@ class AdaLoraAllocation:
                                   "ranks in; lower them or train longer")
             self.config.total_step = total_steps
         self.peft_model.base_model.update_and_allocate(step)
+
+    def state_dict(self) -> dict:
+        """What resuming needs: the importance averages, the allocated ranks and the schedule's length."""
+        allocator = self.peft_model.base_model.rankallocator
+        return {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt, "exp_avg_unc": allocator.exp_avg_unc,
+                "rank_pattern": self.config.rank_pattern, "total_step": self.config.total_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        allocator = self.peft_model.base_model.rankallocator
+        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
+        self.config.rank_pattern, self.config.total_step = state["rank_pattern"], state["total_step"]
 
 
 class OrthogonalPenalty:

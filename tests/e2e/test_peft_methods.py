@@ -110,6 +110,49 @@ def test_adalora_reallocates_ranks_inside_the_loop(tiny_recipe, watched, one_tor
         torch.testing.assert_close(model(IDS).logits, watched["logits"], atol=1e-5, rtol=1e-4)
 
 
+def test_an_adalora_run_resumed_after_a_crash_allocates_as_an_uninterrupted_one(tiny_recipe, tmp_path, monkeypatch,
+                                                                                one_torch_thread):
+    """The importance averages and allocated ranks are checkpointed: resumed at step 4 of 6 (ranks are final after
+    step 4, later steps mask by them), the run ends with the same ranks and the same losses."""
+    from mmtune.training import loop
+
+    method = {"name": "peft", "peft": {"type": "AdaLoraConfig", "init_r": 6, "target_r": 2, "tinit": 1, "tfinal": 3,
+                                       "deltaT": 1, "target_modules": ["q_proj", "v_proj"]}}
+
+    def run(out, **train):
+        recipe = _recipe(tiny_recipe, method, steps=6)
+        recipe["output_dir"] = str(tmp_path / out)
+        recipe["train"].update(train)
+        return recipe
+
+    reference = mmtune.train(run("ref")).run_dir
+    recipe = run("cut", save_every=4)
+    original = loop.MetricsLogger.log
+
+    def crash_after_step_5(self, record):
+        original(self, record)
+        if record.get("step") == 5:
+            raise RuntimeError("crash")
+
+    with monkeypatch.context() as m:
+        m.setattr(loop.MetricsLogger, "log", crash_after_step_5)
+        with pytest.raises(RuntimeError):
+            mmtune.train(recipe)
+    recipe["train"]["resume"] = "auto"
+    resumed = mmtune.train(recipe).run_dir
+
+    def ranks_and_losses(run_dir):
+        config = json.loads((run_dir / "final" / "adapter_config.json").read_text())
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return config["rank_pattern"], {r["step"]: r["loss"] for r in records if "loss" in r}
+
+    (ref_ranks, ref_losses), (ranks, losses) = ranks_and_losses(reference), ranks_and_losses(resumed)
+    assert ranks == ref_ranks
+    assert sum(map(sum, ranks.values())) == 2 * 4
+    for step in (5, 6):
+        assert losses[step] == pytest.approx(ref_losses[step], abs=1e-6)
+
+
 def test_a_peft_method_on_one_component_trains_saves_and_reloads(tiny_recipe, photos, tmp_path, monkeypatch,
                                                                 one_torch_thread):
     from media_helpers import llava_rows, open_clip_image_branch, write_json

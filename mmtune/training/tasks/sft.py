@@ -106,6 +106,8 @@ class SftTask:
             log.info("optimizer group %s: %s params, lr %g, weight decay %g", g.name, f"{g.params:,}", g.lr,
                      g.weight_decay)
 
+        allocation = step_hook(llm)  # AdaLoRA's rank allocation: the loop calls it, checkpoints keep its state
+
         def write_final(target: Path, trained: CausalLMObjective) -> None:
             save_final(target, trained.lm, tokenizer, base=cfg.model, method=cfg.method,
                        initial_adapter=initial_adapter)
@@ -116,5 +118,5 @@ class SftTask:
             num_workers=cfg.data.num_workers, shuffle=cfg.data.shuffle,
             summary={"packing_utilisation": utilisation, "data": [r.__dict__ for r in data.reports]},
             flops_per_target=6 * sum(p.numel() for p in objective.parameters()),
-            with_gradients=step_hook(llm),
+            with_gradients=allocation, extra_state=allocation,
         )
