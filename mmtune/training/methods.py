@@ -41,6 +41,14 @@ def qlora_quantization_config(device_type: str):
     )
 
 
+def lora_init(lora: LoraConfig) -> bool | str:
+    """peft's ``init_lora_weights`` for ``method.lora.init`` (LoftQ refused: it needs a 4-bit base on a GPU)."""
+    if lora.init == "loftq":
+        raise ConfigError("method.lora.init: loftq needs the base model quantized to 4 bits through bitsandbytes, "
+                          "which runs on a CUDA GPU only and is not wired into mmtune yet; use pissa or olora")
+    return True if lora.init == "default" else lora.init
+
+
 def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     """Return the model to train, with ``requires_grad`` set per the method."""
     if cfg.name == "full":
@@ -65,9 +73,6 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     if cfg.name == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = cfg.lora
-    if lora.init == "loftq":
-        raise ConfigError("method.lora.init: loftq needs the base model quantized to 4 bits through bitsandbytes, "
-                          "which runs on a CUDA GPU only and is not wired into mmtune yet; use pissa or olora")
     peft_cfg = LoraConfig(
         r=lora.rank,
         lora_alpha=lora.alpha,
@@ -75,7 +80,7 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
         target_modules=lora.target_modules,
         use_dora=lora.use_dora,
         use_rslora=lora.use_rslora,
-        init_lora_weights=True if lora.init == "default" else lora.init,
+        init_lora_weights=lora_init(lora),
         task_type="CAUSAL_LM",
     )
     try:
@@ -122,7 +127,8 @@ def apply_component_method(module: nn.Module, method: ComponentMethod, lora: Lor
         module.requires_grad_(False)
         inject_adapter_in_model(PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                target_modules=targets, use_dora=lora.use_dora,
-                                               use_rslora=lora.use_rslora), module)
+                                               use_rslora=lora.use_rslora, init_lora_weights=lora_init(lora)),
+                                module)
     trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
     log.info("%s: %s (%s trainable parameters)", name, method.trainable, f"{trained:,}")
 
