@@ -13,7 +13,9 @@ text's; prefix tuning: V key/values already in the cache, no positions of
 their own). In a packed row every sample sees the same V virtual tokens and
 counts its positions from V, so a packed sample computes exactly what it
 computes alone; in a left-padded batch every row counts from V at its first
-real token, so a padded prompt decodes like the same prompt alone.
+real token, so a padded prompt decodes like the same prompt alone. A
+multimodal model's embeddings (media spliced in) get the same virtual tokens
+in front.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ class VirtualTokenLM(nn.Module):
         """The transformers model under the virtual tokens."""
         return self.peft_model.get_base_model()
 
+    def get_base_model(self) -> nn.Module:
+        """As a peft model answers (a multimodal model takes its embedding table from there)."""
+        return self.base_model
+
     @property
     def config(self):
         return self.base_model.config
@@ -108,18 +114,23 @@ class VirtualTokenLM(nn.Module):
     def generation_config(self):
         return self.base_model.generation_config
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, use_cache: bool = False, **kwargs):
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, use_cache: bool = False,
+                inputs_embeds: torch.Tensor | None = None, **kwargs):
+        """``input_ids`` or ``inputs_embeds`` (a multimodal model's, media spliced in), as a transformers model."""
         cache = kwargs.pop(self._cache, None)
+        text = {"input_ids": input_ids} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+        B, T = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
+        device = (input_ids if inputs_embeds is None else inputs_embeds).device
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = torch.ones(B, T, dtype=torch.long, device=device)
         if position_ids is None:
-            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+            position_ids = torch.arange(T, device=device).expand(B, T)
         if cache is None:
-            inputs, skip = place_virtual_tokens(self.peft_model, input_ids=input_ids, attention_mask=attention_mask,
+            inputs, skip = place_virtual_tokens(self.peft_model, **text, attention_mask=attention_mask,
                                                 position_ids=position_ids)
         else:
-            inputs, skip = {"input_ids": input_ids, self._cache: cache, "position_ids": position_ids + self.count,
+            inputs, skip = {**text, self._cache: cache, "position_ids": position_ids + self.count,
                             "attention_mask": _extended_mask(attention_mask, self.count, prefix=True)}, 0
         out = self.base_model(**inputs, use_cache=use_cache, **kwargs)
         out.logits = out.logits[:, skip:]

@@ -59,7 +59,9 @@ class CausalLMObjective(nn.Module):
         self._no_split_modules = getattr(hf, "_no_split_modules", None)  # FSDP auto-wrap reads this
         self.softcap = getattr(hf.config, "final_logit_softcapping", None)
         self.selective_head = True
-        self.virtual_tokens = prompt_learning_type(lm) is not None
+        llm = lm.llm if isinstance(lm, MultimodalLM) else lm
+        self.prompt_learner = llm if prompt_learning_type(llm) is not None else None
+        """The peft model whose virtual tokens go before every sequence (None: no virtual tokens)."""
 
     @torch.no_grad()
     def check_selective_head(self, input_ids: torch.Tensor) -> bool:
@@ -88,8 +90,8 @@ class CausalLMObjective(nn.Module):
     def _decoder_inputs(self, batch: Batch) -> tuple[dict[str, torch.Tensor], int]:
         """The decoder's arguments, and how many leading output positions are virtual tokens."""
         inputs = dict(self._inputs(batch), attention_mask=batch.attention_mask, position_ids=batch.position_ids)
-        if self.virtual_tokens:
-            return place_virtual_tokens(self.lm, **inputs)
+        if self.prompt_learner is not None:
+            return place_virtual_tokens(self.prompt_learner, **inputs)
         return inputs, 0
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

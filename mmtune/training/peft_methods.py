@@ -98,14 +98,11 @@ def inject_component_peft(module: nn.Module, section: dict[str, Any], name: str)
         raise ConfigError(f"{key}: {section['type']}: {_first_line(exc)}") from None
 
 
-def check_virtual_tokens(model: nn.Module, *, multimodal: bool, block_mask: bool) -> None:
+def check_virtual_tokens(model: nn.Module, *, block_mask: bool) -> None:
     """Refuse, in one line, what virtual tokens cannot do in this run (packing with a block mask is fine)."""
     method = prompt_learning_type(model)
     if method is None:
         return
-    if multimodal:
-        raise ConfigError(f"method.peft: {method} adds virtual tokens before the text; a multimodal model is not "
-                          "supported with it (use a method that adapts layers: LoRA, IA3, LoHa ...)")
     if not block_mask:
         raise ConfigError(f"method.peft: {method} needs the explicit attention mask (the virtual tokens join every "
                           "packed sample); set model.attn_implementation to sdpa or eager")

@@ -73,7 +73,7 @@ class SftTask:
                     components.append(Component(f"{name}.{component}", module, method.trainable,
                                                 method.lr if method.trainable != "frozen" else None))
         block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
-        check_virtual_tokens(llm, multimodal=bool(branches), block_mask=block_mask)
+        check_virtual_tokens(llm, block_mask=block_mask)
         objective = CausalLMObjective(model, penalty=loss_penalty(llm))
         media = model.media_specs(tokenizer) if branches else {}
 

@@ -124,13 +124,11 @@ def test_packed_rows_with_virtual_tokens_train_like_unpacked_ones(tiny, name):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_virtual_tokens_are_refused_with_media_or_without_an_explicit_mask(tiny):
+def test_virtual_tokens_are_refused_without_an_explicit_mask(tiny):
     model = _peft(tiny, VIRTUAL["prefix"])
-    with pytest.raises(ConfigError, match="multimodal model is not supported"):
-        check_virtual_tokens(model, multimodal=True, block_mask=True)
     with pytest.raises(ConfigError, match="needs the explicit attention mask"):
-        check_virtual_tokens(model, multimodal=False, block_mask=False)
-    check_virtual_tokens(model, multimodal=False, block_mask=True)  # packing with the block mask is fine
+        check_virtual_tokens(model, block_mask=False)
+    check_virtual_tokens(model, block_mask=True)  # packing with the block mask is fine
 
 
 def test_loraplus_puts_the_b_matrices_in_a_faster_group(tiny, tiny_llama_dir):
