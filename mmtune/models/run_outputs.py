@@ -23,6 +23,7 @@ from mmtune.models.families import FAMILIES, causal_lm, multimodal_lm
 from mmtune.models.loading import load_tokenizer
 from mmtune.models.multimodal.model import MultimodalLM
 from mmtune.models.open import open_language_model
+from mmtune.models.virtual_tokens import VirtualTokenLM
 from mmtune.utils.atomic import atomic_directory
 
 MMTUNE_META = "mmtune.json"
@@ -87,7 +88,11 @@ def load_for_export(name: str, *, fmt: str | None = None, keep_lora: bool = Fals
     if keep_lora:
         raise ConfigError("export --keep-lora: only an image-editing run (task: edit) keeps its LoRA, as diffusers "
                           "LoRA weights; the adapters of other runs are merged")
-    return load_for_inference(name, merge=True)
+    model, tokenizer = load_for_inference(name, merge=True)
+    if isinstance(model, MultimodalLM) and isinstance(model.llm, VirtualTokenLM):
+        raise ModelError(f"export: the LLM's {model.llm.method} adds virtual tokens, which no multimodal Hugging Face "
+                         "checkpoint holds; the run stays in mmtune's format (final/ reloads with mmtune chat)")
+    return model, tokenizer
 
 
 def load_for_inference(name: str, *, device_type: str = "cpu", dtype: str = "auto", merge: bool = False):

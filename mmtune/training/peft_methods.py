@@ -25,7 +25,6 @@ method-agnostic:
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,6 @@ from torch import nn
 from mmtune.config.peft_options import peft_config_classes
 from mmtune.errors import ConfigError
 from mmtune.models.virtual_tokens import PLACED, prompt_learning_type
-
-log = logging.getLogger(__name__)
 
 
 def _first_line(exc: Exception) -> str:
@@ -86,7 +83,7 @@ def inject_component_peft(module: nn.Module, section: dict[str, Any], name: str)
     if config.is_prompt_learning or config.peft_type.value == "ADALORA":
         raise ConfigError(f"{key}: {section['type']} works on the LLM only (method.name: peft); on a component use "
                           "a method that adapts its layers (LoRA, LoHa, LoKr, IA3, OFT, VeRA ...)")
-    if getattr(config, "target_modules", "absent") is None:  # a method with targets, none given
+    if hasattr(config, "target_modules") and config.target_modules is None:  # a method with targets, none given
         config.target_modules = sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules()
                                         if isinstance(m, nn.Linear) and n})
         if not config.target_modules:
@@ -157,7 +154,7 @@ class OrthogonalPenalty:
                 continue
             cov = p @ p.T if is_a else p.T @ p
             terms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)))
-        return self.weight * torch.stack(terms).mean()
+        return self.weight * torch.stack(terms).mean() if terms else torch.zeros(())
 
 
 def loss_penalty(model: nn.Module):

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import mmtune
+from mmtune.errors import ModelError
 from mmtune.generation.chat import generate_reply
 from mmtune.generation.options import GenerationOptions
 from mmtune.interop.hf_causal_lm import export_hf
@@ -229,3 +230,5 @@ def test_virtual_tokens_in_front_of_a_multimodal_model_train_reload_and_decode(t
         for _ in range(3):
             tokens.append(int(model(input_ids=torch.tensor([tokens]), media=media).logits[0, -1].argmax()))
     assert decoded == [tokens[len(prompt.ids):]]
+    with pytest.raises(ModelError, match="adds virtual tokens, which no multimodal Hugging Face checkpoint holds"):
+        load_for_export(str(run))
