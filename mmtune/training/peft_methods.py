@@ -41,11 +41,13 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def build_peft_config(section: dict[str, Any], *, task_type: str | None, key: str):
-    """The peft config a ``peft`` section names (``key`` is its place in the recipe, for errors)."""
+def build_peft_config(section: dict[str, Any], *, task_type: str | None, key: str,
+                      defaults: dict[str, Any] | None = None):
+    """The peft config a ``peft`` section names (``key`` is its place in the recipe, for errors); ``defaults``:
+    options filled in where the section gives none."""
     name = section["type"]
     cls = peft_config_classes()[name]
-    options = {k: v for k, v in section.items() if k != "type"}
+    options = {**(defaults or {}), **{k: v for k, v in section.items() if k != "type"}}
     if name == "AdaLoraConfig":
         # Replaced by the run's step count before the first allocation (step_hook); AdaLoraConfig needs a valid one now.
         options["total_step"] = options.get("tinit", 0) + options.get("tfinal", 0) + 1
@@ -61,13 +63,15 @@ def apply_peft_method(model: nn.Module, section: dict[str, Any]) -> nn.Module:
     """``method.name: peft``: the LLM wrapped by peft with the method ``section`` names."""
     from peft import get_peft_model
 
-    config = build_peft_config(section, task_type="CAUSAL_LM", key="method.peft")
+    # Prompt tuning from a text's token embeddings reads the tokenizer: the model's own directory (a resolved alias).
+    text_init = {"tokenizer_name_or_path": model.name_or_path} if section.get("prompt_tuning_init") == "TEXT" else {}
+    config = build_peft_config(section, task_type="CAUSAL_LM", key="method.peft", defaults=text_init)
     if config.is_prompt_learning and config.peft_type.value not in PLACED:
         raise ConfigError(f"method.peft: {section['type']} is not supported (it needs task ids or its own forward); "
                           "supported virtual-token methods: PromptTuningConfig, PromptEncoderConfig, PrefixTuningConfig")
     try:
         return get_peft_model(model, config)
-    except (TypeError, ValueError, KeyError, NotImplementedError) as exc:
+    except (TypeError, ValueError, KeyError, NotImplementedError, OSError) as exc:
         raise ConfigError(f"method.peft: {section['type']}: {_first_line(exc)}") from None
 
 

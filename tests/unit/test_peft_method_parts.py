@@ -171,3 +171,12 @@ def test_adalora_loss_has_peft_orthogonality_term(tiny):
     reference = model(input_ids=batch.input_ids, labels=batch.input_ids).loss
     torch.testing.assert_close(loss_sum / n, reference, atol=1e-5, rtol=1e-5)
     assert float(loss_penalty(model)()) > 0.01
+
+
+def test_prompt_tuning_from_text_reads_the_model_s_own_tokenizer(tiny, tokenizer):
+    """``prompt_tuning_init: TEXT`` needs a tokenizer; the model's directory is filled in, so an alias works too."""
+    model = _peft(tiny, {"type": "PromptTuningConfig", "num_virtual_tokens": 3, "prompt_tuning_init": "TEXT",
+                         "prompt_tuning_init_text": "Answer briefly:"})
+    ids = tokenizer("Answer briefly:", add_special_tokens=False)["input_ids"][:3]
+    table = model.get_base_model().get_input_embeddings().weight
+    torch.testing.assert_close(model.get_prompt(1)[0][: len(ids)], table[ids])
