@@ -7,9 +7,8 @@ adapter beside it in ``adapter/`` instead.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import logging
+from pathlib import Path
 
 import torch
 from torch import nn

@@ -68,7 +68,8 @@ def apply_peft_method(model: nn.Module, section: dict[str, Any]) -> nn.Module:
     config = build_peft_config(section, task_type="CAUSAL_LM", key="method.peft", defaults=text_init)
     if config.is_prompt_learning and config.peft_type.value not in PLACED:
         raise ConfigError(f"method.peft: {section['type']} is not supported (it needs task ids or its own forward); "
-                          "supported virtual-token methods: PromptTuningConfig, PromptEncoderConfig, PrefixTuningConfig")
+                          "virtual-token methods supported: PromptTuningConfig, PromptEncoderConfig, "
+                          "PrefixTuningConfig")
     try:
         return get_peft_model(model, config)
     except (TypeError, ValueError, KeyError, NotImplementedError, OSError) as exc:
@@ -138,7 +139,8 @@ class AdaLoraAllocation:
 
     def load_state_dict(self, state: dict) -> None:
         allocator = self.peft_model.base_model.rankallocator
-        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
+        allocator.ipt, allocator.exp_avg_ipt = state["ipt"], state["exp_avg_ipt"]
+        allocator.exp_avg_unc = state["exp_avg_unc"]
         self.config.rank_pattern, self.config.total_step = state["rank_pattern"], state["total_step"]
 
 

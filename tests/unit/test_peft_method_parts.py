@@ -100,8 +100,8 @@ def test_virtual_tokens_give_peft_logits_and_decode_through_the_cache(tiny, name
         return tokens[len(prompt):]
 
     prompts = [ids[0].tolist(), ids[0, :4].tolist()]  # the second one is left-padded in the batch
-    decoded = decode_batch(SingleModel(ours), prompts, GenerationOptions(max_new_tokens=4, temperature=0.0), stop_ids=[],
-                           pad_id=0)
+    greedy = GenerationOptions(max_new_tokens=4, temperature=0.0)
+    decoded = decode_batch(SingleModel(ours), prompts, greedy, stop_ids=[], pad_id=0)
     assert decoded == [greedy_without_cache(p, 4) for p in prompts]
 
 
