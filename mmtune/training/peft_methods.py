@@ -16,7 +16,7 @@ method-agnostic:
   loss; mmtune computes the loss itself, so :func:`loss_penalty` hands the
   objective that term.
 - PiSSA / OLoRA initialise LoRA from the base weights and subtract that part
-  from them; :func:`save_initial_adapter` keeps the starting adapter so
+  from them; :func:`keep_initial_adapter` keeps the starting adapter so
   ``final/`` can hold the adapter converted back onto the original base.
 - Virtual-token methods (prompt tuning, P-tuning, prefix tuning) are placed
   by ``mmtune.models.virtual_tokens``; :func:`check_virtual_tokens` refuses
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from mmtune.config.peft_options import peft_config_classes
+from mmtune.config.schema import MethodConfig
 from mmtune.errors import ConfigError
 from mmtune.models.virtual_tokens import PLACED, prompt_learning_type
 
@@ -179,10 +180,20 @@ def step_hook(model: nn.Module):
     return None
 
 
-def save_initial_adapter(model: nn.Module, directory: Path) -> None:
-    """Keep the adapter as initialised (PiSSA / OLoRA), the reference peft converts the trained adapter against.
+CONVERTED_INITS = ("pissa", "olora")
+"""``method.lora.init`` values that move part of the base weights into the adapter."""
+
+
+def keep_initial_adapter(model: nn.Module, method: MethodConfig, run_dir: Path, *, write: bool) -> Path | None:
+    """Where the LLM's adapter as initialised is kept when ``final/`` must be converted against it (PiSSA / OLoRA),
+    written there if ``write`` (the main process); None for every other method.
 
     Its config says ``init_lora_weights: true`` as peft asks: loaded again it must not re-run the SVD / QR.
     """
+    if method.name not in ("lora", "qlora") or method.lora.init not in CONVERTED_INITS:
+        return None
+    directory = run_dir / "initial-adapter"
     model.active_peft_config.init_lora_weights = True
-    model.save_pretrained(str(directory), safe_serialization=True)
+    if write:
+        model.save_pretrained(str(directory), safe_serialization=True)
+    return directory

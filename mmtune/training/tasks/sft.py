@@ -33,7 +33,7 @@ from mmtune.training.methods import (
     trainable_table,
 )
 from mmtune.training.objective import CausalLMObjective
-from mmtune.training.peft_methods import check_virtual_tokens, loss_penalty, save_initial_adapter, step_hook
+from mmtune.training.peft_methods import check_virtual_tokens, keep_initial_adapter, loss_penalty, step_hook
 from mmtune.training.setup import Runtime
 from mmtune.training.tasks.base import TaskRun
 
@@ -54,11 +54,7 @@ class SftTask:
         llm.config.use_cache = False
         llm = apply_method(llm, cfg.method)
         log.info("llm: %s", cfg.method.name)
-        initial_adapter = None
-        if cfg.method.name in ("lora", "qlora") and cfg.method.lora.init in ("pissa", "olora"):
-            initial_adapter = Path(cfg.output_dir) / "initial-adapter"  # final/ is converted against it
-            if runtime.is_main:
-                save_initial_adapter(llm, initial_adapter)
+        initial_adapter = keep_initial_adapter(llm, cfg.method, Path(cfg.output_dir), write=runtime.is_main)
         components = [Component("llm", llm, cfg.method.name, cfg.method.llm_lr if cfg.method.name != "frozen" else None)]
 
         # ---- media branches and what trains in each ------------------------------------
