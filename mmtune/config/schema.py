@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, create_model, field_validator, model_validator
 
 from mmtune.config.media import BranchConfig, BranchMethod, ComponentMethod, ConnectorConfig, EncoderConfig, Strict
+from mmtune.config.peft_options import check_peft_section
 from mmtune.modalities import MODALITIES
 
 log = logging.getLogger("mmtune")
@@ -211,6 +212,14 @@ class LoraConfig(Strict):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     use_dora: bool = False
     use_rslora: bool = False
+    init: Literal["default", "gaussian", "pissa", "olora", "loftq"] = "default"
+    """How the adapters start (peft's ``init_lora_weights``): ``default`` (B = 0), ``gaussian``, or from the base
+    weights: ``pissa`` (principal singular vectors), ``olora`` (QR). Those two move that part out of the base
+    weights; ``final/`` holds the adapter converted back onto the original base model. ``loftq`` is refused: it
+    needs the base quantized to 4 bits through bitsandbytes on a GPU."""
+    loraplus_lr_ratio: float | None = Field(default=None, gt=0)
+    """LoRA+: the B matrices learn this many times faster than the A matrices (the paper suggests 16);
+    ``null``: one learning rate."""
 
 
 class ParamGroup(Strict):
@@ -227,8 +236,8 @@ MethodMedia = create_model(
 
 
 class MethodConfig(Strict):
-    name: Literal["full", "freeze", "lora", "qlora", "frozen"] = "lora"
-    """How the LLM trains (``frozen``: not at all, e.g. LLaVA stage 1)."""
+    name: Literal["full", "freeze", "lora", "qlora", "frozen", "peft"] = "lora"
+    """How the LLM trains (``frozen``: not at all, e.g. LLaVA stage 1; ``peft``: any peft method, ``method.peft``)."""
     llm_lr: float | None = None
     """Learning rate of the LLM's trained parameters (default: ``train.lr``)."""
     media: MethodMedia = Field(default_factory=MethodMedia)
@@ -239,12 +248,29 @@ class MethodConfig(Strict):
     """``freeze``: regular expressions of parameter names that stay trainable."""
     param_groups: list[ParamGroup] = Field(default_factory=list)
     """Per-group learning rate / weight decay; first matching pattern wins."""
+    peft: dict[str, Any] | None = None
+    """``name: peft``: a peft config class by name and its options, e.g. ``{type: PrefixTuningConfig,
+    num_virtual_tokens: 20}``, ``{type: IA3Config}``, ``{type: AdaLoraConfig, init_r: 8, target_r: 4}``
+    (``task_type`` and AdaLoRA's ``total_step`` are filled in)."""
 
     @model_validator(mode="after")
     def _freeze_needs_patterns(self) -> "MethodConfig":
         if self.name == "freeze" and not self.trainable:
             raise ValueError("method 'freeze' needs 'trainable' patterns")
         return self
+
+    @model_validator(mode="after")
+    def _peft_section(self) -> "MethodConfig":
+        if (self.name == "peft") != (self.peft is not None):
+            raise ValueError("'name: peft' and a 'peft' section go together (peft: {type: <peft config class>, ...})")
+        return self
+
+    @field_validator("peft")
+    @classmethod
+    def _peft_options(cls, section: dict[str, Any] | None) -> dict[str, Any] | None:
+        if section is not None:
+            check_peft_section(section)
+        return section
 
 
 # --------------------------------------------------------------------------- train

@@ -225,6 +225,8 @@ def train(recipe: Recipe) -> RunResult:
             grad_norm = rt.accelerator.clip_grad_norm_(trainable, tc.max_grad_norm or float("inf"))
             optimizer.step()
             scheduler.step()
+            if task.with_gradients is not None:  # e.g. AdaLoRA's rank allocation, which reads the gradients
+                task.with_gradients(state.step, max_steps)
             optimizer.zero_grad(set_to_none=True)
             if task.after_step is not None:
                 task.after_step()

@@ -35,6 +35,7 @@ from mmtune.training.methods import (
     trainable_table,
 )
 from mmtune.training.objective import CausalLMObjective
+from mmtune.training.peft_methods import check_virtual_tokens, keep_initial_adapter, loss_penalty, step_hook
 from mmtune.training.setup import Runtime
 from mmtune.training.tasks.base import TaskRun
 
@@ -56,6 +57,7 @@ class SftTask:
         llm.config.use_cache = False
         llm = apply_method(llm, cfg.method)
         log.info("llm: %s", cfg.method.name)
+        initial_adapter = keep_initial_adapter(llm, cfg.method, Path(cfg.output_dir), write=runtime.is_main)
         components = [Component("llm", llm, cfg.method.name, cfg.method.llm_lr if cfg.method.name != "frozen" else None)]
 
         # ---- media branches and what trains in each ------------------------------------
@@ -69,7 +71,9 @@ class SftTask:
                     apply_component_method(module, method, cfg.method.lora, f"{name}.{component}")
                     components.append(Component(f"{name}.{component}", module, method.trainable,
                                                 method.lr if method.trainable != "frozen" else None))
-        objective = CausalLMObjective(model, fused_loss)
+        block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
+        check_virtual_tokens(llm, block_mask=block_mask)
+        objective = CausalLMObjective(model, fused_loss, penalty=loss_penalty(llm))
         media = model.media_specs(tokenizer) if branches else {}
 
         # ---- data -------------------------------------------------------------------------
@@ -80,7 +84,6 @@ class SftTask:
         lengths = data.train.lengths()
         rows = make_rows(lengths, cfg.data.max_length, cfg.data.packing)
         val_rows = make_rows(data.val.lengths(), cfg.data.max_length, cfg.data.packing)
-        block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
         train_media = model.media_specs(tokenizer, train=True) if branches else {}
         collate = Collator(data.train, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=train_media)
         val_collate = Collator(data.val, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=media)
@@ -102,8 +105,11 @@ class SftTask:
             log.info("optimizer group %s: %s params, lr %g, weight decay %g", g.name, f"{g.params:,}", g.lr,
                      g.weight_decay)
 
+        allocation = step_hook(llm)  # AdaLoRA's rank allocation: the loop calls it, checkpoints keep its state
+
         def write_final(target: Path, trained: CausalLMObjective) -> None:
-            save_final(target, trained.lm, tokenizer, base=cfg.model, method=cfg.method)
+            save_final(target, trained.lm, tokenizer, base=cfg.model, method=cfg.method,
+                       initial_adapter=initial_adapter)
 
         return TaskRun(
             objective=objective, param_groups=groups, rows=rows, val_rows=val_rows,
@@ -112,4 +118,5 @@ class SftTask:
             summary={"packing_utilisation": utilisation, "data": [r.__dict__ for r in data.reports],
                      "trainable": trainable_counts(objective, components)},
             flops_per_target=6 * sum(p.numel() for p in objective.parameters()),
+            with_gradients=allocation, extra_state=allocation,
         )
