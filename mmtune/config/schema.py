@@ -282,6 +282,12 @@ class TrainConfig(Strict):
     """``auto`` (latest checkpoint of output_dir, if any) or a checkpoint path."""
     tensorboard: bool = True
     progress: bool = True
+    distributed: Literal["auto", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = "auto"
+    """How several processes share the model (``mmtune.training.distributed``). ``auto``: as launched (the
+    ``accelerate launch`` config's choice, else DDP); ``fsdp``: FSDP2, parameters, gradients and optimizer
+    state sharded, one unit per decoder layer (CPU and GPU); ``deepspeed_zero2`` / ``deepspeed_zero3``:
+    DeepSpeed (CUDA GPUs). ``fsdp`` with one process trains unsharded. Shared by all processes of a run,
+    a checkpoint resumes under the same choice."""
 
 
 # --------------------------------------------------------------------------- recipes, one per task
