@@ -85,7 +85,8 @@ def start_runtime(train: TrainConfig) -> Runtime:
         hf_logging.set_verbosity_error()
     if launched_by_accelerate() and accelerator.num_processes == 1 and not torch.cuda.is_available():
         log.warning("accelerate launch started 1 process: without a GPU it starts one whatever --num_processes "
-                    "says. For N CPU processes: torchrun --nproc_per_node N -m mmtune.cli train RECIPE.yaml")
+                    "says. For N CPU processes: mmtune train --nproc N RECIPE.yaml (or torchrun --nproc_per_node N "
+                    "-m mmtune.cli train RECIPE.yaml)")
     return Runtime(accelerator, mixed)
 
 
