@@ -430,7 +430,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from mmtune.training.loop import train
 
         recipe = load_recipe(args.recipe, args.overrides)  # checked once, before any process starts
-        if given(args, "nproc").get("nproc", 1) > 1:
+        if given(args, "nproc"):  # 1 too: a process group of one (DeepSpeed on one GPU needs it)
             from mmtune.training.distributed import launch_processes
 
             return launch_processes(args.nproc, ["train", args.recipe, *args.overrides])
