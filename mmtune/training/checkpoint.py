@@ -156,10 +156,14 @@ def load_checkpoint(
 
 def _load_sharded(path: Path, runtime: Runtime) -> None:
     """Every process reads its shards of the weights and optimizer state (``accelerator.load_state``)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
     try:
         runtime.accelerator.load_state(str(path / SHARDED_DIR))
-    except (RuntimeError, ValueError, KeyError) as e:  # torch.distributed.checkpoint's mismatch reports
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except (CheckpointException, RuntimeError, ValueError, KeyError) as e:  # torch.distributed.checkpoint's reports
+        if isinstance(e, CheckpointException) and e.failures:  # one (exception, traceback) per rank; the first says it
+            e = next(iter(e.failures.values()))[0]
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise TrainingError(f"{path}: its sharded state does not fit this model ({first[:200]}); "
                             "was the recipe changed?") from None
 
