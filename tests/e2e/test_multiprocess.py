@@ -31,11 +31,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _run(args: list[str], cwd: Path, *, fails: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(args, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.returncode != 0) == fails, proc.stderr[-3000:]
     return proc
 
 
@@ -118,6 +118,7 @@ def test_fsdp_on_cpu_checkpoints_sharded_resumes_exactly_and_writes_full_weights
     assert (rank1 / "stdout.log").read_text() == "" and (rank1 / "stderr.log").read_text() == ""
     assert [json.loads(line)["step"] for line in (whole / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     assert len(list((whole / "tensorboard").iterdir())) == 1
+    assert (whole / "train.log").read_text().count("run directory:") == 1
     assert json.loads((whole / "summary.json").read_text())["steps"] == 4
 
     # The checkpoint holds each process's shards (accelerate's save_state), not rank 0's half of the weights.
@@ -139,3 +140,9 @@ def test_fsdp_on_cpu_checkpoints_sharded_resumes_exactly_and_writes_full_weights
     assert _losses(resumed) == pytest.approx(_losses(whole)[2:], abs=1e-6)
     again = load_file(str(resumed / "final" / "model.safetensors"))
     assert max(float((again[k] - final[k]).abs().max()) for k in final) < 1e-6
+
+    # A changed recipe (LoRA now) does not fit the shards: one line naming the checkpoint, from every process.
+    changed = _run([sys.executable, "-m", "mmtune.cli", "train", "--nproc", "2", str(path),
+                    f"output_dir={tmp_path / 'changed'}", f"train.resume={step2}", "method.name=lora"], tmp_path,
+                   fails=True)
+    assert f"mmtune: error: {step2}: its sharded state does not fit this model (Missing key" in changed.stderr
