@@ -131,7 +131,12 @@ def launch_processes(nproc: int, argv: list[str]) -> int:
                           "drop --nproc or the outer launcher")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                "-m", "mmtune.cli", *argv]
-    return subprocess.run(command, check=False).returncode
+    launcher = subprocess.Popen(command)
+    try:
+        return launcher.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the processes too: let torchrun stop them before returning
+        launcher.wait()
+        raise
 
 
 def shards_state(accelerator) -> bool:
