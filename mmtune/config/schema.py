@@ -286,8 +286,8 @@ class TrainConfig(Strict):
     """How several processes share the model (``mmtune.training.distributed``). ``auto``: as launched (the
     ``accelerate launch`` config's choice, else DDP); ``fsdp``: FSDP2, parameters, gradients and optimizer
     state sharded, one unit per decoder layer (CPU and GPU); ``deepspeed_zero2`` / ``deepspeed_zero3``:
-    DeepSpeed (CUDA GPUs). ``fsdp`` with one process trains unsharded. Shared by all processes of a run,
-    a checkpoint resumes under the same choice."""
+    DeepSpeed (CUDA GPUs). ``fsdp`` with one process trains unsharded. A sharded run's checkpoints hold
+    each process's shards and resume under the same choice; ``final/`` is always full weights."""
 
 
 # --------------------------------------------------------------------------- recipes, one per task
