@@ -5,9 +5,9 @@ exit 2; anything else is a bug and keeps its traceback. Flags left unset are
 absent from the parsed arguments, so every default keeps its one home (the
 options dataclasses and function signatures; the help shows them).
 
-Several processes: ``torchrun --nproc_per_node N -m mmtune.cli train ...``
-(CPU or GPU) or ``accelerate launch -m mmtune.cli train ...`` (GPUs); only the
-main process prints.
+Several processes: ``mmtune train --nproc N ...`` on one machine (torchrun
+underneath), ``torchrun`` or ``accelerate launch -m mmtune.cli train ...``
+across machines; only the main process prints.
 """
 
 from __future__ import annotations
@@ -80,6 +80,13 @@ class _HelpFormatter(argparse.HelpFormatter):
         return (action.help or "").format_map(_Defaults())
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmtune", description="Instruction tuning for Hugging Face causal LMs.",
                                 formatter_class=_HelpFormatter)
@@ -89,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a recipe: mmtune train RECIPE.yaml [key.sub=value ...]")
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=10")
+    t.add_argument("--nproc", type=_positive_int, default=SUPPRESS, metavar="N",
+                   help="train as N processes of this machine (torchrun underneath; how they share the model is "
+                        "train.distributed). Several machines: torchrun or accelerate launch, see the README")
 
     c = sub.add_parser("chat", help="chat with a model, a run directory or an exported model")
     c.add_argument("--model", required=True, help="run directory, model directory, hub name or alias")
@@ -435,7 +445,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         from mmtune import train  # the Python API's path: the report too, with train.report
 
-        result = train(load_recipe(args.recipe, args.overrides))
+        recipe = load_recipe(args.recipe, args.overrides)  # checked once, before any process starts
+        if given(args, "nproc"):  # 1 too: a process group of one (DeepSpeed on one GPU needs it)
+            from mmtune.training.distributed import launch_processes
+
+            return launch_processes(args.nproc, ["train", args.recipe, *args.overrides])
+        result = train(recipe)
         if result.is_main:
             print(f"trained {result.steps} steps; final loss {result.final_loss:.4f}; model in {result.final_dir}")
         return 0

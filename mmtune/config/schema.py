@@ -339,6 +339,12 @@ class TrainConfig(Strict):
         """``report_to`` without ``tensorboard`` when ``tensorboard: false``, in order, each once."""
         return [t for i, t in enumerate(self.report_to)
                 if t not in self.report_to[:i] and (t != "tensorboard" or self.tensorboard)]
+    distributed: Literal["auto", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = "auto"
+    """How several processes share the model (``mmtune.training.distributed``). ``auto``: as launched (the
+    ``accelerate launch`` config's choice, else DDP); ``fsdp``: FSDP2, parameters, gradients and optimizer
+    state sharded, one unit per decoder layer (CPU and GPU); ``deepspeed_zero2`` / ``deepspeed_zero3``:
+    DeepSpeed (CUDA GPUs). ``fsdp`` with one process trains unsharded. A sharded run's checkpoints hold
+    each process's shards and resume under the same choice; ``final/`` is always full weights."""
 
 
 # --------------------------------------------------------------------------- recipes, one per task
