@@ -101,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     add_generation_flags(c, batched=False)
     add_proxy_flags(c)
 
+    from mmtune.serving.command import add_serve_arguments
+
+    add_serve_arguments(sub.add_parser("serve", help="an OpenAI-compatible API (/v1/chat/completions) and a browser "
+                                                     "chat page for a model, a run directory or an exported model"))
+
     g = sub.add_parser("generate", help="replies for a prompt file (text: one per line; JSONL) or one prompt, as JSONL")
     g.add_argument("--model", required=True, help="run directory, model directory, hub name or alias")
     g.add_argument("prompt", nargs="?", help="one prompt (instead of --prompts)")
@@ -428,6 +433,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return {"chat": commands.run_chat, "generate": commands.run_generate, "eval": commands.run_eval}[
             args.command](args)
+    if args.command == "serve":
+        from mmtune.serving.command import run_serve
+
+        return run_serve(args)
     if args.command == "export":
         return _export(args)
     if args.command == "edit":
