@@ -46,9 +46,11 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
     if opts.api_key is None and os.environ.get(API_KEY_ENV):
         opts.api_key = os.environ[API_KEY_ENV]
     for flag, value in (("--max-batch-size", opts.max_batch_size), ("--max-request-bytes", opts.max_request_bytes),
-                        ("--max-media-items", opts.max_media_items), ("--port", opts.port + 1)):
+                        ("--max-media-items", opts.max_media_items)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if not 0 <= opts.port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535, got {opts.port}")
     if opts.media_root is not None and not opts.media_root.is_dir():
         raise ConfigError(f"--media-root {opts.media_root}: not a folder")
     return opts
