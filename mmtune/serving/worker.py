@@ -99,9 +99,11 @@ class RowStream:
 
     def __init__(self, work: Work, tokenizer) -> None:
         self.work, self.tokenizer, self.shown, self.done = work, tokenizer, "", False
+        self.tokens: list[int] = []
 
     def step(self, tokens: list[int], stopped: bool) -> bool:
         """Called after each step of the row; True ends it."""
+        self.tokens = tokens
         budget = len(tokens) >= self.work.options.max_new_tokens
         final = stopped or budget or self.work.cancelled.is_set()
         text, hit = visible_text(self.tokenizer.decode(tokens, skip_special_tokens=True), self.work.stop, final)
@@ -195,9 +197,9 @@ class BatchingWorker:
         decode_batch(self.source, [w.prompt.ids for w in batch], opts,
                      stop_ids=source_stop_ids(self.source, self.tokenizer), pad_id=pad_id_of(self.tokenizer),
                      generator=generator, media=media, row_hook=lambda i, toks, stopped: rows[i].step(toks, stopped))
-        for row in rows:  # only if the loop ended a row without asking it (it should not)
+        for row in rows:  # a row the loop ended without asking it (it should not happen) still finishes
             if not row.done:
-                row.step([], True)
+                row.step(row.tokens, True)
 
     def _with_media(self, batch: list[Work]) -> tuple[list[Work], dict | None]:
         """The batch's decoded media; a request whose media fails to decode gets a 400 and leaves the batch."""

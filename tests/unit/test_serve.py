@@ -223,3 +223,47 @@ def test_the_command_serves_a_proxy_combination_behind_an_api_key(varied_llama_d
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+TINY_QFORMER = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+                "cross_attention_frequency": 1}
+AST_TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+            "num_mel_bins": 128, "max_length": 204}
+
+
+def test_video_url_and_input_audio_parts_reach_the_model_as_chats_video_and_audio(varied_llama_dirs, tmp_path,
+                                                                                   one_torch_thread):
+    """vLLM's part types: ``video_url`` (a data URL of an mp4) and ``input_audio`` (base64 WAV)."""
+    from media_helpers import HF_CLIP_TINY, write_video, write_wav
+
+    from mmtune.config.loader import validate_recipe
+    from mmtune.models.loading import load_causal_lm, load_tokenizer
+    from mmtune.models.open import open_multimodal
+
+    video = {"encoder": {"kind": "hf", "architecture": HF_CLIP_TINY, "select_layer": -1},
+             "pieces": {"pool": {"kind": "spatial_pool", "options": {"stride": 2}}},
+             "connector": {"kind": "mlp2x_gelu"}, "frames": {"mode": "fps", "fps": 4, "max_frames": 8}}
+    audio = {"encoder": {"kind": "ast", "name": "imagebind_huge_audio", "pretrained": None, "architecture": AST_TINY,
+                         "select_layer": -1, "select_feature": "cls"},
+             "connector": {"kind": "qformer", "options": {"num_query_tokens": 2, "instruction_aware": False,
+                                                          "qformer": TINY_QFORMER}},
+             "clips": 2, "clip_seconds": 1.0}
+    cfg = validate_recipe({"model": {"name": str(varied_llama_dirs[2]), "media": {"video": video, "audio": audio}}})
+    torch.manual_seed(0)
+    model = open_multimodal(cfg.model.branches(), load_causal_lm(cfg.model)).eval()
+    tokenizer = load_tokenizer(cfg.model)
+    clip, sound = write_video(tmp_path / "clip.mp4", frames=8, fps=8), write_wav(tmp_path / "tone.wav", 1.5)
+    question = "What happens, and what do you hear?"
+    parts = [{"type": "video_url", "video_url": {"url": data_url(clip, "video/mp4")}},
+             {"type": "input_audio", "input_audio": {"data": base64.b64encode(sound.read_bytes()).decode(),
+                                                     "format": "wav"}},
+             {"type": "text", "text": question}]
+    conv = attach_media([{"role": "user", "content": question}], [("video", str(clip)), ("audio", str(sound))])
+    expected = generate_reply(model, tokenizer, conv, GenerationOptions(max_new_tokens=10))
+    with running(create_app(model, tokenizer, "av", defaults=GenerationOptions(max_new_tokens=10))) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(model="av", messages=[{"role": "user", "content": parts}])
+        assert expected and reply.choices[0].message.content == expected
+        status, body = _error(lambda: client.chat.completions.create(model="av", messages=image_question(
+            data_url(sound, "audio/wav"))))
+        assert (status, body["code"]) == (400, "unsupported_media")  # no image branch
