@@ -267,3 +267,15 @@ def test_video_url_and_input_audio_parts_reach_the_model_as_chats_video_and_audi
         status, body = _error(lambda: client.chat.completions.create(model="av", messages=image_question(
             data_url(sound, "audio/wav"))))
         assert (status, body["code"]) == (400, "unsupported_media")  # no image branch
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--media-root", "/no/such/folder"], "--media-root /no/such/folder: not a folder"),
+    (["--max-batch-size", "0"], "--max-batch-size must be >= 1, got 0"),
+    (["--proxy-expert", "x"], "proxy tuning needs both --proxy-expert and --proxy-antiexpert"),
+])
+def test_bad_serve_flags_are_one_line_before_any_model_loads(flags, message, capsys):
+    from mmtune.cli import main
+
+    assert main(["serve", "no-such-model", *flags]) == 2
+    assert capsys.readouterr().err.strip() == f"mmtune: error: {message}"
