@@ -1,4 +1,4 @@
-"""The ``mmtune`` command: train, chat, generate, eval, edit, export, data inspect / generate / selfcorrect.
+"""The ``mmtune`` command: train, chat, serve, generate, eval, edit, export, data inspect / generate / selfcorrect.
 
 Expected failures (bad recipe, bad data, missing model) print one line and
 exit 2; anything else is a bug and keeps its traceback. Flags left unset are

@@ -9,7 +9,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from mmtune.errors import MmtuneError
@@ -44,16 +43,6 @@ def fit_to_context(job: ChatJob, prompt_tokens: int, limit: int | None) -> None:
         raise ApiError(400, f"the model's context is {limit} tokens; the prompt has {prompt_tokens}{asked}",
                        param="messages", code="context_length_exceeded")
     job.options.max_new_tokens = min(job.options.max_new_tokens, room)
-
-
-@dataclass
-class Reply:
-    """What the worker produced for one request."""
-
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
 
 
 class ChatService:
@@ -111,11 +100,10 @@ class ChatService:
         except asyncio.CancelledError:
             work.cancelled.set()
             raise
-        reply = Reply(text, event.reason, prompt_tokens, event.completion_tokens)
         return {**self._head("chat.completion"),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
-                             "finish_reason": reply.finish_reason, "logprobs": None}],
-                "usage": _usage(reply.prompt_tokens, reply.completion_tokens)}
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": event.reason, "logprobs": None}],
+                "usage": _usage(prompt_tokens, event.completion_tokens)}
 
     async def stream(self, req: ChatRequest) -> AsyncIterator[str]:
         """Server-sent events: a role chunk, content chunks, a final chunk with the finish reason (and usage
