@@ -279,3 +279,34 @@ def test_bad_serve_flags_are_one_line_before_any_model_loads(flags, message, cap
 
     assert main(["serve", "no-such-model", *flags]) == 2
     assert capsys.readouterr().err.strip() == f"mmtune: error: {message}"
+
+
+def test_an_image_broken_past_its_header_fails_alone_and_its_batch_companion_is_answered(served, tmp_path):
+    """The header check passes it; decoding, in the worker, does not: that request gets a 400, the other one,
+    sent at the same moment (the worker waits 200 ms for companions, so they usually share a batch), its reply."""
+    import numpy as np
+    from PIL import Image
+
+    client, _, model, tokenizer, root, app = served
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "f.jpg")
+    raw = (tmp_path / "f.jpg").read_bytes()
+    broken = "data:image/jpeg;base64," + base64.b64encode(raw[: len(raw) // 2]).decode()
+    outcome: dict[str, object] = {}
+
+    def good() -> None:
+        outcome["good"] = client.chat.completions.create(
+            model=NAME, messages=image_question(data_url(root / "red.png"))).choices[0].message.content
+
+    def bad() -> None:
+        outcome["bad"] = _error(lambda: client.chat.completions.create(model=NAME, messages=image_question(broken)))
+
+    before = len(app.state.service.worker.batch_sizes)
+    threads = [threading.Thread(target=good), threading.Thread(target=bad)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcome["good"] == chat_reply(model, tokenizer, "What colour is it?", [root / "red.png"])
+    status, body = outcome["bad"]
+    assert (status, body["code"]) == (400, "invalid_media") and "image" in body["message"]
+    assert app.state.service.worker.batch_sizes[before:] == [1]  # only the good row decoded, batch shared or not
