@@ -61,8 +61,8 @@ class ChatJob:
     seeded: bool = False
     """A seed was given: the request samples alone, so the same seed gives the same reply as ``mmtune chat``."""
     max_tokens_given: bool = False
-    stream: bool = False
     include_usage: bool = False
+    """Streamed: a last chunk with the token counts (``stream_options.include_usage``)."""
 
 
 def parse_request(body: Any) -> ChatRequest:
@@ -104,6 +104,8 @@ def to_job(req: ChatRequest, defaults: GenerationOptions, media_specs: dict, fol
         text, media = _content(message.get("content"), f"messages[{i}].content", role)
         conversation.append({"role": role, "content": text})
         parts += [(i, part) for part in media]
+    if conversation[-1]["role"] != "user":
+        raise ApiError(400, "the last message must be the user's turn to answer", param="messages")
     if len(parts) > max_media_items:
         raise ApiError(400, f"{len(parts)} media items in the request; at most {max_media_items}",
                        param="messages", code="too_many_media_items")
@@ -115,10 +117,8 @@ def to_job(req: ChatRequest, defaults: GenerationOptions, media_specs: dict, fol
         path = materialize(part, folder, k, media_root)
         conversation[i].setdefault("media", []).append({"modality": part.modality, "ref": str(path),
                                                         "field": part.param})
-    if conversation[-1]["role"] != "user":
-        raise ApiError(400, "the last message must be the user's turn to answer", param="messages")
     return ChatJob(conversation, _options(req, defaults), _stops(req.stop), seeded=req.seed is not None,
-                   max_tokens_given=(req.max_completion_tokens or req.max_tokens) is not None, stream=req.stream,
+                   max_tokens_given=(req.max_completion_tokens or req.max_tokens) is not None,
                    include_usage=bool((req.stream_options or {}).get("include_usage")))
 
 
