@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32, help="max_tokens of each request (default 32)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--batch-wait-ms", type=float, default=None,
+                    help="the server's --batch-wait-ms (default: ServeOptions' default)")
     args = ap.parse_args()
 
     import tempfile
@@ -91,7 +93,8 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}, load average {loadavg()}")
     results = {}
     for label, clients, batch in (("1 client", 1, 8), ("8 clients, one by one", 8, 1), ("8 clients, batched", 8, 8)):
-        app = create_app(model, tokenizer, "bench", ServeOptions(max_batch_size=batch))
+        wait = {} if args.batch_wait_ms is None else {"batch_wait_ms": args.batch_wait_ms}
+        app = create_app(model, tokenizer, "bench", ServeOptions(max_batch_size=batch, **wait))
         with running(app) as url:
             run_clients(url, "bench", prompts[:2], 1, 4)  # warm-up
             app.state.service.worker.batch_sizes.clear()
