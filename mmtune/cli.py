@@ -1,4 +1,4 @@
-"""The ``mmtune`` command: train, chat, generate, eval, edit, export, report, data inspect / generate / selfcorrect.
+"""The ``mmtune`` command: train, chat, serve, generate, eval, edit, export, report, data inspect / generate / selfcorrect.
 
 Expected failures (bad recipe, bad data, missing model) print one line and
 exit 2; anything else is a bug and keeps its traceback. Flags left unset are
@@ -112,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="audio file (WAV, FLAC, MP3, or a video's sound track) for a model with an audio branch")
     add_generation_flags(c, batched=False)
     add_proxy_flags(c)
+
+    from mmtune.serving.command import add_serve_arguments
+
+    add_serve_arguments(sub.add_parser("serve", help="an OpenAI-compatible API (/v1/chat/completions) and a browser "
+                                                     "chat page for a model, a run directory or an exported model"))
 
     g = sub.add_parser("generate", help="replies for a prompt file (text: one per line; JSONL) or one prompt, as JSONL")
     g.add_argument("--model", required=True, help="run directory, model directory, hub name or alias")
@@ -465,6 +470,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return {"chat": commands.run_chat, "generate": commands.run_generate, "eval": commands.run_eval}[
             args.command](args)
+    if args.command == "serve":
+        from mmtune.serving.command import run_serve
+
+        return run_serve(args)
     if args.command == "export":
         return _export(args)
     if args.command == "edit":

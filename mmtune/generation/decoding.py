@@ -130,6 +130,7 @@ def decode_batch(
     generator: torch.Generator | None = None,
     on_token: Callable[[list[int]], None] | None = None,
     media: dict[str, MediaInputs] | None = None,
+    row_hook: Callable[[int, list[int], bool], bool] | None = None,
 ) -> list[list[int]]:
     """Generated token ids per prompt (stop token excluded).
 
@@ -139,6 +140,9 @@ def decode_batch(
     same weights and same inputs give the same logits and cache.
     ``on_token(tokens_of_row_0)`` is called after each step (used for streaming).
     ``media``: the prompts' media, in placeholder order, for a multimodal model.
+    ``row_hook(i, tokens_of_row_i, stopped)`` is called after each step for every row still running
+    (``stopped``: it just met a stop token); returning True ends the row there, so a caller can apply its
+    own stops per row (a stop string, a token budget smaller than ``opts.max_new_tokens``) and stream each row.
     """
     device = device_of(source)
     suppressed = _suppressed(source, "suppress_tokens")
@@ -166,8 +170,12 @@ def decode_batch(
                 combined[:, [t for t in banned if t < combined.shape[-1]]] = float("-inf")
         next_ids = sample_next(combined, opts, generator)
         finished_now = torch.isin(next_ids, stop) if len(stop) else torch.zeros_like(done)
-        for i in (~done & ~finished_now).nonzero().flatten().tolist():
-            out[i].append(int(next_ids[i]))
+        for i in (~done).nonzero().flatten().tolist():
+            stopped = bool(finished_now[i])
+            if not stopped:
+                out[i].append(int(next_ids[i]))
+            if row_hook is not None and row_hook(i, out[i], stopped):
+                finished_now[i] = True
         done |= finished_now
         if on_token is not None:
             on_token(out[0])
