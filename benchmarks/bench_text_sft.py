@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark: mmtune's packed text SFT vs a padded ``transformers.Trainer`` baseline, on CPU.
+"""Benchmark: mmtune's packed text SFT vs a padded ``transformers.Trainer`` and TRL's ``SFTTrainer``, on CPU.
 
 In one process, on the same model and the same tokenized mixed-length chat
 data, train LoRA (peft, all-linear, same rank / alpha / dropout / lr / seed,
@@ -11,7 +11,14 @@ fp32) twice:
   (``DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)``)
   fed exactly mmtune's token ids, with ``labels = id where trained else -100``.
 
-Both train on the same samples, once each (one epoch), with about the same
+* **TRL** (``trl_baseline.py``): ``trl.SFTTrainer`` with its own packing
+  (``packing=True``, best-fit decreasing, padding-free rows; as many rows of
+  ``max_length`` per step as mmtune) and, separately, padding-free without
+  packing (as many samples per step as the ``Trainer`` baseline), on the same
+  ids and labels. For TRL and mmtune, the loss of one packed batch against the
+  same samples alone tells whether packed samples attend to each other.
+
+All train on the same samples, once each (one epoch), with about the same
 number of samples per optimizer step. Printed per model: trained tokens/s
 (targets per second of training time, step 1 excluded as warm-up, one-time
 setup such as model loading and tokenization excluded), their ratio, the
@@ -22,6 +29,7 @@ This is a script that prints figures, not a test. Usage::
 
     python benchmarks/bench_text_sft.py                    # tiny, then smollm2
     python benchmarks/bench_text_sft.py --model tiny --samples 800 --out bench.json
+    python benchmarks/bench_text_sft.py --model tiny --samples 40 --sides mmtune trl_packed   # a quick check
 
 See benchmarks/README.md for what is measured and how.
 """
@@ -55,6 +63,12 @@ from common import (  # noqa: E402
     train_section, trained_targets, training_arguments, write_figures,
 )
 from report import print_table, timing_rows, tok_s_ratio  # noqa: E402
+from trl_baseline import (  # noqa: E402
+    TRL_VARIANTS, attends_across, mmtune_packed_vs_unpacked, run_trl, trl_packed_vs_unpacked, trl_trainer,
+)
+
+SIDES = ["mmtune", "trainer", *(f"trl_{v}" for v in TRL_VARIANTS)]
+TRL_TARGET = 1.3  # mmtune's trained tokens/s over TRL's packed ones, on CPU
 
 SOURCE_JSONL = REPO / "datasets" / "mmtune-instruct" / "train.jsonl"
 
@@ -308,7 +322,8 @@ def run_baseline(model_dir: Path, tokenizer, features: list[dict], out_dir: Path
 # --------------------------------------------------------------------------- one model
 
 
-def bench_model(which: str, work: Path, *, samples: int, max_length: int, micro_batch_size: int) -> dict:
+def bench_model(which: str, work: Path, *, samples: int, max_length: int, micro_batch_size: int,
+                sides: list[str]) -> dict:
     from mmtune import train as mmtune_train
     from mmtune import validate_recipe
     from mmtune.data.pipeline import build_conversation_data
@@ -379,19 +394,39 @@ def bench_model(which: str, work: Path, *, samples: int, max_length: int, micro_
     print(f"   done in {mm_wall:.1f}s: {mm['steps']} steps, {mm['tok_s']:.1f} trained tok/s", flush=True)
     del result
 
-    # ---- baseline phase
-    print("-- transformers.Trainer (padded) ...", flush=True)
-    t0 = time.perf_counter()
-    with PeakRSS() as bl_mem:
-        bl = run_baseline(model_dir, tokenizer, features, work / f"run-baseline-{which}", batch_size=baseline_bs)
-    bl_wall = time.perf_counter() - t0
-    bl.update({"wall_s_phase": bl_wall, "rss": bl_mem.as_mib()})
-    print(f"   done in {bl_wall:.1f}s: {bl['steps']} steps, {bl['tok_s']:.1f} trained tok/s", flush=True)
+    # ---- packed samples attending to each other? mmtune's first micro-batch, packed vs one by one
+    mm["leak"] = mmtune_packed_vs_unpacked(model_dir, view, rows[:micro_batch_size], tokenizer.pad_token_id,
+                                           LORA, SEED)
+    print(f"   packed vs alone: {mm['leak']['abs_diff_per_target']:.2e} nats per target", flush=True)
     _release_memory()
 
+    # ---- baseline phase
+    bl = None
+    if "trainer" in sides:
+        print("-- transformers.Trainer (padded) ...", flush=True)
+        t0 = time.perf_counter()
+        with PeakRSS() as bl_mem:
+            bl = run_baseline(model_dir, tokenizer, features, work / f"run-baseline-{which}", batch_size=baseline_bs)
+        bl_wall = time.perf_counter() - t0
+        bl.update({"wall_s_phase": bl_wall, "rss": bl_mem.as_mib()})
+        print(f"   done in {bl_wall:.1f}s: {bl['steps']} steps, {bl['tok_s']:.1f} trained tok/s", flush=True)
+        _release_memory()
+
+    # ---- TRL phases: its packing (rows like mmtune's), its padding-free batches (samples like the Trainer's)
+    trl = {}
+    for variant in TRL_VARIANTS:
+        if f"trl_{variant}" in sides:
+            trl[variant] = trl_phase(model_dir, tokenizer, features, work / f"run-trl-{variant}-{which}", variant,
+                                     batch_size=micro_batch_size if variant == "packed" else baseline_bs,
+                                     max_length=max_length, rows=micro_batch_size)
+
+    if bl is None:
+        return {"model": which, "samples": len(view), "max_length": max_length, "micro_batch_size": micro_batch_size,
+                "mmtune": mm, "trl": trl, "lengths": length_stats(lengths), "setup_s": setup_s}
     ratio = tok_s_ratio(mm, bl)
     same_targets = mm["targets_total"] == bl["targets_total"]
     return {
+        "trl": trl,
         "model": which,
         "model_dir": str(model_dir),
         "samples": len(view),
@@ -410,7 +445,80 @@ def bench_model(which: str, work: Path, *, samples: int, max_length: int, micro_
     }
 
 
+def trl_phase(model_dir: Path, tokenizer, features: list[dict], out_dir: Path, variant: str, *, batch_size: int,
+              max_length: int, rows: int) -> dict:
+    """One TRL side: build (model, LoRA, TRL's own dataset preparation and packing), check packed vs alone on its
+    first batch, train one epoch; its figures with the phase's peak RSS."""
+    print(f"-- trl.SFTTrainer ({variant}, {batch_size} {'rows' if variant == 'packed' else 'samples'} per step) ...",
+          flush=True)
+    t0 = time.perf_counter()
+    with PeakRSS() as mem:
+        trainer = trl_trainer(model_dir, tokenizer, features, out_dir, variant, batch_size=batch_size,
+                              max_length=max_length, lora=LORA, lr=LR, seed=SEED)
+        leak = trl_packed_vs_unpacked(trainer, rows if variant == "packed" else batch_size)
+        out = run_trl(trainer)
+    del trainer
+    wall = time.perf_counter() - t0
+    out.update({"variant": variant, "batch_size": batch_size, "leak": leak, "wall_s_phase": wall, "rss": mem.as_mib(),
+                "attention": trl_attention_note()})
+    print(f"   done in {wall:.1f}s: {out['steps']} steps, {out['tok_s']:.1f} trained tok/s; packed vs alone: "
+          f"{leak['abs_diff_per_target']:.2e} nats per target", flush=True)
+    _release_memory()
+    return out
+
+
+def trl_attention_note() -> str:
+    """What keeps TRL's padding-free samples apart here: flash-attention's varlen kernels (GPU), or, without them,
+    transformers' block mask built from the restarting ``position_ids`` (SDPA)."""
+    import importlib.util
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash-attention available (not used: SDPA on both sides here)"
+    return ("SDPA: TRL's padding-free path is documented for flash-attention (GPU), absent here; transformers "
+            "builds the per-sample mask from position_ids")
+
+
+def print_trl_report(r: dict) -> None:
+    mm, trl = r["mmtune"], r["trl"]
+    if not trl:
+        return
+    names = list(trl)
+    print(f"\n--- TRL SFTTrainer: {r['model']} ---")
+    rows = [("", "mmtune (packed)", *[f"TRL {n}" for n in names])]
+    rows += [
+        ("per step", f"{r['micro_batch_size']} rows", *[f"{trl[n]['batch_size']} {'rows' if n == 'packed' else 'samples'}"
+                                                        for n in names]),
+        ("optimizer steps", f"{mm['steps']}", *[f"{trl[n]['steps']}" for n in names]),
+        ("trained targets", f"{mm['targets_total']:,}", *[f"{trl[n]['targets_total']:,}" for n in names]),
+        ("trained tokens/s", f"{mm['tok_s']:.1f}", *[f"{trl[n]['tok_s']:.1f}" for n in names]),
+        ("mmtune / this", "1.00x", *[f"{mm['tok_s'] / trl[n]['tok_s']:.2f}x" for n in names]),
+        ("peak RSS MiB", f"{mm['rss']['peak_mib']:.0f}", *[f"{trl[n]['rss']['peak_mib']:.0f}" for n in names]),
+        ("packed vs alone, nats/target", f"{mm['leak']['abs_diff_per_target']:.2e}",
+         *[f"{trl[n]['leak']['abs_diff_per_target']:.2e}" for n in names]),
+        ("  loss packed / alone", f"{mm['leak']['loss_packed']:.5f} / {mm['leak']['loss_alone']:.5f}",
+         *[f"{trl[n]['leak']['loss_packed']:.5f} / {trl[n]['leak']['loss_alone']:.5f}" for n in names]),
+        ("final loss", f"{mm['final_loss']:.4f}", *[f"{trl[n]['final_loss']:.4f} (mean)" for n in names]),
+    ]
+    widths = [max(len(row[i]) for row in rows) + 2 for i in range(len(rows[0]))]
+    for row in rows:
+        print("".join(f"{cell:<{w}}" for cell, w in zip(row, widths)))
+    for n in names:
+        if trl[n]["targets_total"] != mm["targets_total"]:
+            print(f"WARNING: TRL {n} trained {trl[n]['targets_total']} targets, mmtune {mm['targets_total']}")
+    print(f"TRL attention here: {trl[names[0]]['attention']}")
+    for side, check in [("mmtune", mm["leak"]), *[(f"TRL {n}", trl[n]["leak"]) for n in names]]:
+        print(f"{side}: packed samples attend to each other: {'YES' if attends_across(check) else 'no'} "
+              f"({check['samples']} samples, {check['targets']} targets)")
+    if "packed" in trl:
+        ratio = mm["tok_s"] / trl["packed"]["tok_s"]
+        print(f"ratio mmtune/TRL packed: {ratio:.2f}x; target >= {TRL_TARGET}x with zero cross-sample attention: "
+              f"{'MET' if ratio >= TRL_TARGET and not attends_across(mm['leak']) else 'NOT MET'}")
+
+
 def print_report(r: dict) -> None:
+    print_trl_report(r)
+    if "baseline" not in r:
+        return
     mm, bl = r["mmtune"], r["baseline"]
     print(f"\n--- results: {r['model']} ({r['samples']} samples, max_length {r['max_length']}) ---")
     rows = [
@@ -445,6 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micro-batch-size", type=int, default=None, help="mmtune rows per optimizer step (default 2)")
     p.add_argument("--out", type=Path, default=None, help="also write the figures to this JSON file")
     p.add_argument("--keep", type=Path, default=None, help="work in this directory and keep it (default: a temp dir)")
+    p.add_argument("--sides", nargs="+", choices=SIDES, default=SIDES,
+                   help="what to train besides mmtune (always trained): the padded Trainer, TRL packed, TRL "
+                        "padding-free (default: all)")
     args = p.parse_args(argv)
 
     models = ["tiny", "smollm2"] if args.model == "both" else [args.model]
@@ -465,19 +576,29 @@ def main(argv: list[str] | None = None) -> int:
                 samples=args.samples or d["samples"],
                 max_length=args.max_length or d["max_length"],
                 micro_batch_size=args.micro_batch_size or d["micro_batch_size"],
+                sides=args.sides,
             ))
     for r in results:
         print_report(r)
     total = time.perf_counter() - t_start
     print("\n=== summary ===")
+    for r in results:
+        for n, side in r["trl"].items():
+            print(f"RESULT model={r['model']} side=trl_{n} mmtune_tok_s={r['mmtune']['tok_s']:.1f} "
+                  f"trl_tok_s={side['tok_s']:.1f} ratio={r['mmtune']['tok_s'] / side['tok_s']:.2f}x "
+                  f"mmtune_peak_rss_mib={r['mmtune']['rss']['peak_mib']:.0f} trl_peak_rss_mib={side['rss']['peak_mib']:.0f} "
+                  f"mmtune_packed_vs_alone={r['mmtune']['leak']['abs_diff_per_target']:.2e} "
+                  f"trl_packed_vs_alone={side['leak']['abs_diff_per_target']:.2e} "
+                  f"trl_attends_across={'yes' if attends_across(side['leak']) else 'no'}")
+    results_bl = [r for r in results if "baseline" in r]
     print(f"{'model':<9}{'mmtune tok/s':>14}{'baseline tok/s':>16}{'ratio':>8}{'pad frac':>10}{'util':>8}"
           f"{'RSS mm MiB':>12}{'RSS bl MiB':>12}{'>=2x':>6}")
-    for r in results:
+    for r in results_bl:
         print(f"{r['model']:<9}{r['mmtune']['tok_s']:>14.1f}{r['baseline']['tok_s']:>16.1f}{r['ratio']:>7.2f}x"
               f"{r['baseline']['padding_fraction']:>10.3f}{r['mmtune']['packing_utilisation']:>8.3f}"
               f"{r['mmtune']['rss']['peak_mib']:>12.0f}{r['baseline']['rss']['peak_mib']:>12.0f}"
               f"{'yes' if r['target_2x_met'] else 'no':>6}")
-    for r in results:
+    for r in results_bl:
         print(f"RESULT model={r['model']} mmtune_tok_s={r['mmtune']['tok_s']:.1f} "
               f"baseline_tok_s={r['baseline']['tok_s']:.1f} ratio={r['ratio']:.2f}x "
               f"padding_fraction={r['baseline']['padding_fraction']:.3f} "

@@ -25,7 +25,10 @@ __all__ = [
 
 
 def train(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | None = None) -> "RunResult":
-    """Run a training recipe; returns the run directory, step count, final loss and model path."""
+    """Run a training recipe; returns the run directory, step count, final loss and model path.
+
+    With ``train.report: true`` the run's ``report.html`` is written when training ends (``mmtune report``).
+    """
     from mmtune.training.loop import train as run_recipe
 
     if isinstance(recipe, (str, Path)):
@@ -38,4 +41,9 @@ def train(recipe: Recipe | str | Path | dict[str, Any], overrides: list[str] | N
     if task_recipe is None or not isinstance(recipe, task_recipe):
         raise ConfigError(f"train: a {type(recipe).__name__} is not a recipe of task '{recipe.task}'; build one with "
                           f"{task_recipe.__name__ if task_recipe else 'a task recipe class'} (or pass a dict or a YAML path)")
-    return run_recipe(recipe)
+    result = run_recipe(recipe)
+    if recipe.train.report and result.is_main:
+        from mmtune.reporting import write_report
+
+        write_report(result.run_dir)
+    return result

@@ -1,13 +1,13 @@
-"""The ``mmtune`` command: train, chat, generate, eval, edit, export, data inspect / generate / selfcorrect.
+"""The ``mmtune`` command: train, chat, serve, generate, eval, edit, export, report, data inspect / generate / selfcorrect.
 
 Expected failures (bad recipe, bad data, missing model) print one line and
 exit 2; anything else is a bug and keeps its traceback. Flags left unset are
 absent from the parsed arguments, so every default keeps its one home (the
 options dataclasses and function signatures; the help shows them).
 
-Several processes: ``torchrun --nproc_per_node N -m mmtune.cli train ...``
-(CPU or GPU) or ``accelerate launch -m mmtune.cli train ...`` (GPUs); only the
-main process prints.
+Several processes: ``mmtune train --nproc N ...`` on one machine (torchrun
+underneath), ``torchrun`` or ``accelerate launch -m mmtune.cli train ...``
+across machines; only the main process prints.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class _Defaults(dict):
         from mmtune.generation.edit import EditOptions
         from mmtune.generation.options import GenerationOptions
         from mmtune.generation.proxy import ProxyTuned
+        from mmtune.reporting.options import ReportOptions
 
         def signature(fn):
             return SimpleNamespace(**{k: p.default for k, p in inspect.signature(fn).parameters.items()})
@@ -64,7 +65,8 @@ class _Defaults(dict):
                   "QuestionFields": QuestionFields(), "build_self_correction": signature(build_self_correction),
                   "evaluate": signature(evaluate), "inspect_data": signature(inspect_data),
                   "load_sampler": signature(datagen.load_sampler), "ProxyTuned": ProxyTuned,
-                  "evaluation": evaluation, "GenerationOptions": GenerationOptions(), "EditOptions": EditOptions()}
+                  "evaluation": evaluation, "GenerationOptions": GenerationOptions(), "EditOptions": EditOptions(),
+                  "ReportOptions": ReportOptions()}
         owners.update({"generate_synth": signature(generate_synth), "build_shapes": signature(build_shapes),
                        "build_shapes_pick": signature(build_shapes_pick), "build_motion": signature(build_motion),
                        "build_event_order": signature(build_event_order), "build_av_sync": signature(build_av_sync),
@@ -78,6 +80,13 @@ class _HelpFormatter(argparse.HelpFormatter):
         return (action.help or "").format_map(_Defaults())
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmtune", description="Instruction tuning for Hugging Face causal LMs.",
                                 formatter_class=_HelpFormatter)
@@ -87,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a recipe: mmtune train RECIPE.yaml [key.sub=value ...]")
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=10")
+    t.add_argument("--nproc", type=_positive_int, default=SUPPRESS, metavar="N",
+                   help="train as N processes of this machine (torchrun underneath; how they share the model is "
+                        "train.distributed). Several machines: torchrun or accelerate launch, see the README")
 
     c = sub.add_parser("chat", help="chat with a model, a run directory or an exported model")
     c.add_argument("--model", required=True, help="run directory, model directory, hub name or alias")
@@ -100,6 +112,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="audio file (WAV, FLAC, MP3, or a video's sound track) for a model with an audio branch")
     add_generation_flags(c, batched=False)
     add_proxy_flags(c)
+
+    from mmtune.serving.command import add_serve_arguments
+
+    add_serve_arguments(sub.add_parser("serve", help="an OpenAI-compatible API (/v1/chat/completions) and a browser "
+                                                     "chat page for a model, a run directory or an exported model"))
 
     g = sub.add_parser("generate", help="replies for a prompt file (text: one per line; JSONL) or one prompt, as JSONL")
     g.add_argument("--model", required=True, help="run directory, model directory, hub name or alias")
@@ -172,6 +189,20 @@ def _parser() -> argparse.ArgumentParser:
     ed.add_argument("--resolution", type=int, metavar="PX",
                     help="scale the image so its longer side is PX first (default: its own size)")
     ed.add_argument("--device", help="auto, cpu or cuda (default {EditOptions.device})")
+
+    rp = sub.add_parser(
+        "report", help="one self-contained HTML page of a run: curves, data report, trainable parameters, "
+                       "validation samples answered by final/",
+        argument_default=SUPPRESS)
+    rp.add_argument("run_dir", help="a run directory (or a multi-stage run's directory)")
+    rp.add_argument("--out", metavar="FILE", help="where the page goes (default: RUN_DIR/report.html)")
+    rp.add_argument("--samples", type=int, metavar="N",
+                    help="validation samples answered greedily by final/ (default {ReportOptions.samples}; 0: none)")
+    rp.add_argument("--max-new-tokens", type=int, metavar="N",
+                    help="most tokens per answer (default {ReportOptions.max_new_tokens})")
+    rp.add_argument("--steps", type=int, dest="edit_steps", metavar="N",
+                    help="denoising steps of an edit run's outputs (default {EditOptions.steps})")
+    rp.add_argument("--device", help="auto, cpu or cuda (default {ReportOptions.device})")
 
     e = sub.add_parser("export", help="merge adapters and write a standard Hugging Face model directory")
     e.add_argument("run_dir")
@@ -417,17 +448,32 @@ def _dispatch(args: argparse.Namespace) -> int:
     from mmtune.config.loader import load_recipe
 
     if args.command == "train":
-        from mmtune.training.loop import train
+        from mmtune import train  # the Python API's path: the report too, with train.report
 
-        result = train(load_recipe(args.recipe, args.overrides))
+        recipe = load_recipe(args.recipe, args.overrides)  # checked once, before any process starts
+        if given(args, "nproc"):  # 1 too: a process group of one (DeepSpeed on one GPU needs it)
+            from mmtune.training.distributed import launch_processes
+
+            return launch_processes(args.nproc, ["train", args.recipe, *args.overrides])
+        result = train(recipe)
         if result.is_main:
             print(f"trained {result.steps} steps; final loss {result.final_loss:.4f}; model in {result.final_dir}")
+        return 0
+    if args.command == "report":
+        from mmtune.reporting import ReportOptions, write_report
+
+        options = ReportOptions(**given(args, "samples", "max_new_tokens", "edit_steps", "device"))
+        print(f"wrote {write_report(args.run_dir, **given(args, 'out'), options=options)}")
         return 0
     if args.command in ("chat", "generate", "eval"):
         from mmtune.generation import commands
 
         return {"chat": commands.run_chat, "generate": commands.run_generate, "eval": commands.run_eval}[
             args.command](args)
+    if args.command == "serve":
+        from mmtune.serving.command import run_serve
+
+        return run_serve(args)
     if args.command == "export":
         return _export(args)
     if args.command == "edit":

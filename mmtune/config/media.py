@@ -8,15 +8,17 @@ connector, and a connector into the LLM. Each modality's section is a
 schema collects them from the modality registry. What trains is addressed
 per component: ``method.media.image.encoder``, ``method.media.image.connector``.
 
-These classes import nothing from the rest of mmtune, so modalities can
-subclass them without an import cycle.
+These classes import nothing from the rest of mmtune but ``peft_options``
+(which imports nothing from mmtune), so modalities can subclass them without an import cycle.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mmtune.config.peft_options import check_peft_section
 
 
 class Strict(BaseModel):
@@ -98,9 +100,27 @@ class BranchConfig(Strict):
 class ComponentMethod(Strict):
     """How one component of a multimodal model trains."""
 
-    trainable: Literal["frozen", "full", "lora"]
+    trainable: Literal["frozen", "full", "lora", "peft"]
     lr: float | None = None
     """Learning rate of this component (default: ``train.lr``)."""
+    peft: dict[str, Any] | None = None
+    """``trainable: peft``: a peft config class by name and its options, put on the component's layers with
+    peft's ``inject_adapter_in_model``, e.g. ``{type: LoHaConfig, r: 8, target_modules: [fc1]}``
+    (``target_modules`` defaults to every Linear layer). Merged into the component's weights in ``final/``.
+    Virtual-token methods (prompt / prefix tuning) belong to the LLM, not to a component."""
+
+    @model_validator(mode="after")
+    def _peft_section(self) -> "ComponentMethod":
+        if (self.trainable == "peft") != (self.peft is not None):
+            raise ValueError("'trainable: peft' and a 'peft' section go together (peft: {type: <peft config class>})")
+        return self
+
+    @field_validator("peft")
+    @classmethod
+    def _peft_options(cls, section: dict[str, Any] | None) -> dict[str, Any] | None:
+        if section is not None:
+            check_peft_section(section)
+        return section
 
 
 def _frozen() -> ComponentMethod:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, create_model, model_validator
+from pydantic import AliasChoices, Field, create_model, field_validator, model_validator
 
 from mmtune.config.media import BranchConfig, BranchMethod, ComponentMethod, ConnectorConfig, EncoderConfig, Strict
+from mmtune.config.peft_options import check_peft_section
 from mmtune.modalities import MODALITIES
 
 log = logging.getLogger("mmtune")
@@ -211,6 +212,14 @@ class LoraConfig(Strict):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     use_dora: bool = False
     use_rslora: bool = False
+    init: Literal["default", "gaussian", "pissa", "olora", "loftq"] = "default"
+    """How the adapters start (peft's ``init_lora_weights``): ``default`` (B = 0), ``gaussian``, or from the base
+    weights: ``pissa`` (principal singular vectors), ``olora`` (QR). Those two move that part out of the base
+    weights; ``final/`` holds the adapter converted back onto the original base model. ``loftq`` is refused: it
+    needs the base quantized to 4 bits through bitsandbytes on a GPU."""
+    loraplus_lr_ratio: float | None = Field(default=None, gt=0)
+    """LoRA+: the B matrices learn this many times faster than the A matrices (the paper suggests 16);
+    ``null``: one learning rate."""
 
 
 class ParamGroup(Strict):
@@ -247,8 +256,9 @@ MethodMedia = create_model(
 
 
 class MethodConfig(Strict):
-    name: Literal["full", "freeze", "lora", "qlora", "frozen", "lomo"] = "lora"
-    """How the LLM trains (``frozen``: not at all, e.g. LLaVA stage 1; ``lomo``: fully, updated inside backward)."""
+    name: Literal["full", "freeze", "lora", "qlora", "frozen", "peft", "lomo"] = "lora"
+    """How the LLM trains (``frozen``: not at all, e.g. LLaVA stage 1; ``peft``: any peft method, ``method.peft``;
+    ``lomo``: fully, updated inside backward)."""
     llm_lr: float | None = None
     """Learning rate of the LLM's trained parameters (default: ``train.lr``)."""
     media: MethodMedia = Field(default_factory=MethodMedia)
@@ -261,6 +271,10 @@ class MethodConfig(Strict):
     """Per-group learning rate / weight decay; first matching pattern wins."""
     lomo: LomoConfig = Field(default_factory=LomoConfig)
     """``lomo``: which fused update, and its loss scaling."""
+    peft: dict[str, Any] | None = None
+    """``name: peft``: a peft config class by name and its options, e.g. ``{type: PrefixTuningConfig,
+    num_virtual_tokens: 20}``, ``{type: IA3Config}``, ``{type: AdaLoraConfig, init_r: 8, target_r: 4}``
+    (``task_type`` and AdaLoRA's ``total_step`` are filled in)."""
 
     @model_validator(mode="after")
     def _freeze_needs_patterns(self) -> "MethodConfig":
@@ -268,8 +282,24 @@ class MethodConfig(Strict):
             raise ValueError("method 'freeze' needs 'trainable' patterns")
         return self
 
+    @model_validator(mode="after")
+    def _peft_section(self) -> "MethodConfig":
+        if (self.name == "peft") != (self.peft is not None):
+            raise ValueError("'name: peft' and a 'peft' section go together (peft: {type: <peft config class>, ...})")
+        return self
+
+    @field_validator("peft")
+    @classmethod
+    def _peft_options(cls, section: dict[str, Any] | None) -> dict[str, Any] | None:
+        if section is not None:
+            check_peft_section(section)
+        return section
+
 
 # --------------------------------------------------------------------------- train
+
+TrackerName = Literal["tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "swanlab", "trackio"]
+"""accelerate's experiment trackers (``accelerate.tracking``), by the name ``Accelerator(log_with=...)`` takes."""
 
 
 class TrainConfig(Strict):
@@ -303,7 +333,41 @@ class TrainConfig(Strict):
     resume: str | None = None
     """``auto`` (latest checkpoint of output_dir, if any) or a checkpoint path."""
     tensorboard: bool = True
+    """``false`` drops ``tensorboard`` from ``report_to`` (the switch before ``report_to`` existed, still read)."""
+    report_to: list[TrackerName] = Field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers (accelerate's) that get the recipe and every logged record, from the main process
+    only; ``[]``: none (``metrics.jsonl`` is always written). TensorBoard writes to ``output_dir/tensorboard``."""
+    tracker_project: str | None = None
+    """Project (wandb, comet_ml, trackio, swanlab) or experiment (mlflow, aim) name; default: ``output_dir``'s name."""
+    tracker_offline: bool = False
+    """Log without a network: wandb in offline mode under ``output_dir/wandb``, mlflow to a file store in
+    ``output_dir/mlruns``. The other trackers keep their own settings (environment variables)."""
+    kernels: Literal["none", "liger"] = "none"
+    """``liger``: Liger's Triton kernels (RMSNorm, RoPE, SwiGLU patched into the LLM; the loss through its fused
+    linear cross-entropy). CUDA only; needs ``liger-kernel`` (``pip install mmtune[gpu]``)."""
     progress: bool = True
+    report: bool = False
+    """Write ``output_dir/report.html`` when training ends (``mmtune report``: curves, data report, trainable
+    parameters, validation samples answered by ``final/``). Off by default: the samples load the model again."""
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_none(cls, value: Any) -> Any:
+        """``report_to: wandb`` and ``report_to: none`` read as transformers' ``TrainingArguments`` takes them."""
+        if value == "none":
+            return []
+        return [value] if isinstance(value, str) else value
+
+    def trackers(self) -> list[str]:
+        """``report_to`` without ``tensorboard`` when ``tensorboard: false``, in order, each once."""
+        return [t for i, t in enumerate(self.report_to)
+                if t not in self.report_to[:i] and (t != "tensorboard" or self.tensorboard)]
+    distributed: Literal["auto", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"] = "auto"
+    """How several processes share the model (``mmtune.training.distributed``). ``auto``: as launched (the
+    ``accelerate launch`` config's choice, else DDP); ``fsdp``: FSDP2, parameters, gradients and optimizer
+    state sharded, one unit per decoder layer (CPU and GPU); ``deepspeed_zero2`` / ``deepspeed_zero3``:
+    DeepSpeed (CUDA GPUs). ``fsdp`` with one process trains unsharded. A sharded run's checkpoints hold
+    each process's shards and resume under the same choice; ``final/`` is always full weights."""
 
 
 # --------------------------------------------------------------------------- recipes, one per task
@@ -377,8 +441,9 @@ class SftRecipe(Recipe):
             parts = {"encoder": branch.encoder, "connector": branch.connector,
                      **{f"pieces.{piece}": m for piece, m in branch.pieces.items()}}
             for part, m in parts.items():
-                if m.trainable == "lora":
-                    raise ValueError(f"method.media.{name}.{part}.trainable: lora does not combine with method lomo "
+                if m.trainable in ("lora", "peft"):
+                    raise ValueError(f"method.media.{name}.{part}.trainable: {m.trainable} does not combine with "
+                                     "method lomo "
                                      "(full-parameter tuning); use full or frozen")
         return self
 
@@ -476,6 +541,12 @@ class EditRecipe(Recipe):
     data: EditDataConfig = Field(default_factory=EditDataConfig)
     method: EditMethodConfig = Field(default_factory=EditMethodConfig)
 
+    @model_validator(mode="after")
+    def _no_llm_kernels(self) -> "EditRecipe":
+        if self.train.kernels != "none":
+            raise ValueError(f"train.kernels: '{self.train.kernels}' patches a causal LM; the edit task trains a UNet")
+        return self
+
 
 TASK_RECIPES: dict[str, type[Recipe]] = {"sft": SftRecipe, "edit": EditRecipe}
 """The recipe class of each task; the ``task`` key of a recipe selects one (default ``sft``)."""
@@ -484,5 +555,5 @@ __all__ = [
     "BranchConfig", "BranchMethod", "ComponentMethod", "DiffusionModelConfig", "EditDataConfig", "EditMethodConfig",
     "EditRecipe", "EmaConfig", "EDIT_FORMATS", "ConnectorConfig", "DataConfig", "DataSource", "DatasetCard", "DatasetSpec",
     "EncoderConfig", "LoraConfig", "MediaConfig", "MethodConfig", "ModelConfig", "ParamGroup", "PromptErasure", "Recipe",
-    "SftRecipe", "TASK_RECIPES", "TrainConfig",
+    "SftRecipe", "TASK_RECIPES", "TrackerName", "TrainConfig",
 ]

@@ -130,6 +130,7 @@ def decode_batch(
     generator: torch.Generator | None = None,
     on_token: Callable[[list[int]], None] | None = None,
     media: dict[str, MediaInputs] | None = None,
+    row_hook: Callable[[int, list[int], bool], bool] | None = None,
 ) -> list[list[int]]:
     """Generated token ids per prompt (stop token excluded).
 
@@ -139,6 +140,9 @@ def decode_batch(
     same weights and same inputs give the same logits and cache.
     ``on_token(tokens_of_row_0)`` is called after each step (used for streaming).
     ``media``: the prompts' media, in placeholder order, for a multimodal model.
+    ``row_hook(i, tokens_of_row_i, stopped)`` is called after each step for every row still running
+    (``stopped``: it just met a stop token); returning True ends the row there, so a caller can apply its
+    own stops per row (a stop string, a token budget smaller than ``opts.max_new_tokens``) and stream each row.
     """
     device = device_of(source)
     suppressed = _suppressed(source, "suppress_tokens")
@@ -166,8 +170,12 @@ def decode_batch(
                 combined[:, [t for t in banned if t < combined.shape[-1]]] = float("-inf")
         next_ids = sample_next(combined, opts, generator)
         finished_now = torch.isin(next_ids, stop) if len(stop) else torch.zeros_like(done)
-        for i in (~done & ~finished_now).nonzero().flatten().tolist():
-            out[i].append(int(next_ids[i]))
+        for i in (~done).nonzero().flatten().tolist():
+            stopped = bool(finished_now[i])
+            if not stopped:
+                out[i].append(int(next_ids[i]))
+            if row_hook is not None and row_hook(i, out[i], stopped):
+                finished_now[i] = True
         done |= finished_now
         if on_token is not None:
             on_token(out[0])
@@ -237,17 +245,28 @@ def generate_texts(
 ) -> list[str]:
     """Replies to many conversations, batched (longest-first for less padding), seeded, with a progress bar."""
     source = as_source(model_or_source)
-    encoded = encode_all(source, tokenizer, conversations, wheres)
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].ids))
+    return replies_to_prompts(source, tokenizer, encode_all(source, tokenizer, conversations, wheres), opts,
+                              batch_size=batch_size, progress=progress, desc=desc)
+
+
+def replies_to_prompts(model_or_source, tokenizer, prompts: Sequence[Prompt], opts: GenerationOptions, *,
+                       batch_size: int = BATCH_SIZE, progress: bool = True, desc: str = "generating") -> list[str]:
+    """Replies to prompts already encoded (ids with media placeholders expanded, and their media).
+
+    :func:`generate_texts` encodes conversations first; ``mmtune report`` hands the prompts of tokenized
+    validation samples, so the model is asked exactly what it was trained on.
+    """
+    source = as_source(model_or_source)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i].ids))
     generator = torch.Generator(device=device_of(source)).manual_seed(opts.seed)
     stop, pad = source_stop_ids(source, tokenizer), pad_id_of(tokenizer)
-    replies: list[str] = [""] * len(encoded)
-    with tqdm(total=len(encoded), desc=desc, unit=" prompts", disable=not progress or None) as bar:
+    replies: list[str] = [""] * len(prompts)
+    with tqdm(total=len(prompts), desc=desc, unit=" prompts", disable=not progress or None) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            prompts = [encoded[i] for i in chunk]
-            tokens = decode_batch(source, [p.ids for p in prompts], opts, stop_ids=stop, pad_id=pad,
-                                  generator=generator, media=_media_of(source, tokenizer, prompts))
+            batch = [prompts[i] for i in chunk]
+            tokens = decode_batch(source, [p.ids for p in batch], opts, stop_ids=stop, pad_id=pad,
+                                  generator=generator, media=_media_of(source, tokenizer, batch))
             for i, toks in zip(chunk, tokens):
                 replies[i] = tokenizer.decode(toks, skip_special_tokens=True).strip()
             bar.update(len(chunk))

@@ -23,21 +23,27 @@ from mmtune.models.families import FAMILIES, causal_lm, multimodal_lm
 from mmtune.models.loading import load_tokenizer
 from mmtune.models.multimodal.model import MultimodalLM
 from mmtune.models.open import open_language_model
+from mmtune.models.virtual_tokens import VirtualTokenLM
 from mmtune.utils.atomic import atomic_directory
 
 MMTUNE_META = "mmtune.json"
 
 
-def save_final(target: Path, model: nn.Module, tokenizer, *, base: ModelConfig, method: MethodConfig) -> None:
-    """Write ``target`` atomically (temporary directory, then rename) in the model's family layout."""
+def save_final(target: Path, model: nn.Module, tokenizer, *, base: ModelConfig, method: MethodConfig,
+               initial_adapter: Path | None = None) -> None:
+    """Write ``target`` atomically (temporary directory, then rename) in the model's family layout.
+
+    ``initial_adapter``: LoRA as initialised from the base weights (PiSSA / OLoRA), to convert the adapter against.
+    """
     with atomic_directory(target) as tmp:
         if isinstance(model, MultimodalLM):
             trained = {name for name, m in method.media.model_dump().items() if m and m["encoder"]["trainable"] != "frozen"}
             family = multimodal_lm.NAME
             extra = multimodal_lm.save(tmp, model, base=base, llm_trained=method.name != "frozen",
-                                       trained_encoders=trained)
+                                       trained_encoders=trained, initial_adapter=initial_adapter)
         else:
-            family, extra = causal_lm.NAME, causal_lm.save(tmp, model, trained=method.name != "frozen")
+            family, extra = causal_lm.NAME, causal_lm.save(tmp, model, trained=method.name != "frozen",
+                                                           initial_adapter=initial_adapter)
         tokenizer.save_pretrained(tmp)
         meta = {"family": family, "base_model": base.model_dump(mode="json", exclude={"media"}),
                 "method": method.name, **extra}
@@ -82,7 +88,11 @@ def load_for_export(name: str, *, fmt: str | None = None, keep_lora: bool = Fals
     if keep_lora:
         raise ConfigError("export --keep-lora: only an image-editing run (task: edit) keeps its LoRA, as diffusers "
                           "LoRA weights; the adapters of other runs are merged")
-    return load_for_inference(name, merge=True)
+    model, tokenizer = load_for_inference(name, merge=True)
+    if isinstance(model, MultimodalLM) and isinstance(model.llm, VirtualTokenLM):
+        raise ModelError(f"export: the LLM's {model.llm.method} adds virtual tokens, which no multimodal Hugging Face "
+                         "checkpoint holds; the run stays in mmtune's format (final/ reloads with mmtune chat)")
+    return model, tokenizer
 
 
 def load_for_inference(name: str, *, device_type: str = "cpu", dtype: str = "auto", merge: bool = False):

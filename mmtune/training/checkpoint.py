@@ -1,6 +1,8 @@
 """Resumable training checkpoints, written atomically.
 
-``checkpoints/step-N/`` holds the trainable weights (safetensors), optimizer and
+``checkpoints/step-N/`` holds the trainable weights (safetensors) and optimizer
+state, or, when processes hold shards of them (FSDP, DeepSpeed), every
+process's shards in ``sharded/`` (accelerate's ``save_state`` layout); then the
 scheduler state, RNG states of every process and the data position. It is
 written into a temporary directory and renamed into place, so a process killed
 during a save leaves the previous checkpoints untouched and no half-written
@@ -21,9 +23,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmtune.errors import TrainingError
-from mmtune.utils.atomic import atomic_directory, temporary_sibling
+from mmtune.training.distributed import shards_state
+from mmtune.training.setup import Runtime
+from mmtune.utils.atomic import replace_directory, temporary_sibling
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+SHARDED_DIR = "sharded"
+"""The checkpoint's subdirectory of sharded weights and optimizer state (``accelerator.save_state``'s layout)."""
 
 
 @dataclass
@@ -56,36 +62,47 @@ def save_checkpoint(
     run_dir: Path,
     state: TrainState,
     *,
+    runtime: Runtime,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler,
     rng: dict,
-    process_index: int = 0,
     keep: int | None = None,
     extra=None,
 ) -> Path:
-    """Write ``checkpoints/step-N`` atomically and prune old ones; returns its path.
+    """Write ``checkpoints/step-N`` atomically and prune old ones; returns its path. Every process calls it.
 
-    ``extra``: a task's own state (``state_dict()``), saved as ``task_state.pt``.
+    ``model`` is the unwrapped objective. Replicated weights (one process, DDP): the main process writes
+    the trainable tensors and the optimizer state. Sharded ones (FSDP, DeepSpeed): every process writes its
+    shards through ``accelerator.save_state`` into ``sharded/``. Every process adds its RNG state; then the
+    main process writes the rest and renames the directory into place. ``extra``: a task's own state
+    (``state_dict()``), saved as ``task_state.pt``.
     """
-    root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{state.step}"
-    if process_index == 0:
-        with atomic_directory(final, fsync=True) as tmp:
+    accelerator = runtime.accelerator
+    final = run_dir / "checkpoints" / f"step-{state.step}"
+    tmp = temporary_sibling(final)
+    if runtime.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    if shards_state(accelerator):
+        accelerator.save_state(str(tmp / SHARDED_DIR))  # a collective: every process writes its shards
+    torch.save(rng, tmp / f"rng-{runtime.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if runtime.is_main:
+        if not shards_state(accelerator):
             save_file(trainable_state_dict(model), str(tmp / "trainable.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             (tmp / "optimizer_params.json").write_text(json.dumps(optimizer_param_names(model, optimizer)))
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(rng, tmp / f"rng-{process_index}.pt")
-            if extra is not None:
-                torch.save(extra.state_dict(), tmp / "task_state.pt")
-            (tmp / "state.json").write_text(json.dumps(asdict(state)))
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if extra is not None:
+            torch.save(extra.state_dict(), tmp / "task_state.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
+        replace_directory(tmp, final, fsync=True)
         if keep is not None:
             for old in list_checkpoints(run_dir)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
-    else:  # other processes only add their RNG state once the directory exists
-        torch.save(rng, final / f"rng-{process_index}.pt")
+    accelerator.wait_for_everyone()
     return final
 
 
@@ -117,8 +134,41 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
 
 
 def load_checkpoint(
-    path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, process_index: int = 0, extra=None
+    path: Path, *, runtime: Runtime, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, extra=None
 ) -> TrainState:
+    """Restore what :func:`save_checkpoint` wrote (every process calls it); returns the data position."""
+    sharded, saved_sharded = shards_state(runtime.accelerator), (path / SHARDED_DIR).is_dir()
+    if sharded != saved_sharded:
+        raise TrainingError(f"{path}: written by a run whose weights were {'' if saved_sharded else 'not '}sharded; "
+                            "resume it with the train.distributed it was written with")
+    if sharded:
+        _load_sharded(path, runtime)
+    else:
+        _load_replicated(path, model, optimizer)
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng_file = path / f"rng-{runtime.process_index}.pt"
+    if rng_file.is_file():
+        restore_rng(torch.load(rng_file, weights_only=True))
+    if extra is not None:
+        extra.load_state_dict(torch.load(path / "task_state.pt", weights_only=True))
+    return TrainState(**json.loads((path / "state.json").read_text()))
+
+
+def _load_sharded(path: Path, runtime: Runtime) -> None:
+    """Every process reads its shards of the weights and optimizer state (``accelerator.load_state``)."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        runtime.accelerator.load_state(str(path / SHARDED_DIR))
+    except (CheckpointException, RuntimeError, ValueError, KeyError) as e:  # torch.distributed.checkpoint's reports
+        if isinstance(e, CheckpointException) and e.failures:  # one (exception, traceback) per rank; the first says it
+            e = next(iter(e.failures.values()))[0]
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TrainingError(f"{path}: its sharded state does not fit this model ({first[:200]}); "
+                            "was the recipe changed?") from None
+
+
+def _load_replicated(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     saved = load_file(str(path / "trainable.safetensors"))
     weights = _renamed(saved)
     names_file = path / "optimizer_params.json"
@@ -142,13 +192,6 @@ def load_checkpoint(
         for name, tensor in weights.items():
             params[name].copy_(tensor)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng_file = path / f"rng-{process_index}.pt"
-    if rng_file.is_file():
-        restore_rng(torch.load(rng_file, weights_only=True))
-    if extra is not None:
-        extra.load_state_dict(torch.load(path / "task_state.pt", weights_only=True))
-    return TrainState(**json.loads((path / "state.json").read_text()))
 
 
 def optimizer_param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:

@@ -38,6 +38,7 @@ from mmtune.training.checkpoint import (
     rng_snapshot,
     save_checkpoint,
 )
+from mmtune.training.gathered import gathered_weights
 from mmtune.training.metrics import MetricsLogger, peak_flops, setup_run_logging
 from mmtune.training.schedule import lr_lambda
 from mmtune.training.setup import fill_deepspeed_config, start_runtime
@@ -108,8 +109,8 @@ def train(recipe: Recipe) -> RunResult:
     state = TrainState(step=0, epoch=0, micro_batch=0, targets_seen=0)
     resume_from = resolve_resume(run_dir, tc.resume)
     if resume_from is not None:
-        state = load_checkpoint(resume_from, model=objective, optimizer=optimizer, scheduler=scheduler,
-                                process_index=rt.process_index, extra=task.extra_state)
+        state = load_checkpoint(resume_from, runtime=rt, model=objective, optimizer=optimizer, scheduler=scheduler,
+                                extra=task.extra_state)
         log.info("resumed from %s at step %d (epoch %d, micro-batch %d)",
                  resume_from, state.step, state.epoch, state.micro_batch)
     elif tc.resume == "auto":
@@ -163,19 +164,12 @@ def train(recipe: Recipe) -> RunResult:
                 yield MicroBatchKey(epoch, index, tuple(int(r) for r in batch_rows), j == len(mine) - 1, end)
 
     def save(step_state: TrainState, rng: dict) -> Path:
-        """The main process writes the checkpoint; then the others add their RNG state to it."""
-        parts = dict(model=objective, optimizer=optimizer, scheduler=scheduler, rng=rng)
-        rt.accelerator.wait_for_everyone()
-        if rt.is_main:
-            path = save_checkpoint(run_dir, step_state, **parts, process_index=0, keep=tc.keep_checkpoints,
-                                   extra=task.extra_state)
-        rt.accelerator.wait_for_everyone()
-        if not rt.is_main:
-            path = save_checkpoint(run_dir, step_state, **parts, process_index=rt.process_index)
-        return path
+        """Every process takes part (sharded state is written by all); the main one writes the rest."""
+        return save_checkpoint(run_dir, step_state, runtime=rt, model=objective, optimizer=optimizer,
+                               scheduler=scheduler, rng=rng, keep=tc.keep_checkpoints, extra=task.extra_state)
 
     # ---- loop ---------------------------------------------------------------------------
-    metrics = MetricsLogger(run_dir if rt.is_main else None, tensorboard=tc.tensorboard)
+    metrics = MetricsLogger.open(recipe, run_dir if rt.is_main else None)  # trackers on the main process only
     flops_peak = peak_flops(rt.device)
     stream = micro_batch_stream(micro_batch_keys(), rows, task.collate, num_workers=task.num_workers)
     bar = tqdm(total=max_steps, initial=state.step, desc="train", unit="step",
@@ -225,6 +219,9 @@ def train(recipe: Recipe) -> RunResult:
                 )
             grad_norm = update.step()  # clip and step, or (LOMO) nothing left but the norm
             scheduler.step()
+            if task.with_gradients is not None:  # e.g. AdaLoRA's rank allocation, which reads the gradients
+                task.with_gradients(state.step, max_steps)
+            optimizer.zero_grad(set_to_none=True)
             if task.after_step is not None:
                 task.after_step()
 
@@ -262,6 +259,7 @@ def train(recipe: Recipe) -> RunResult:
             if tc.save_every and state.step % tc.save_every == 0 and state.step < max_steps:
                 last_checkpoint = save(state, rng_after_step)
                 window_start = time.perf_counter()
+        metrics.log_final(state.step, {"loss": last_loss, "targets_seen": state.targets_seen})
     except KeyboardInterrupt:
         bar.close()
         if state.step > 0 and (last_checkpoint is None or not last_checkpoint.name.endswith(f"-{state.step}")):
@@ -280,7 +278,10 @@ def train(recipe: Recipe) -> RunResult:
         problems.merge(every_process[1:])
         for line in problems.lines():
             log.warning("data: %s", line)
-        task.save_final(final_dir, rt.accelerator.unwrap_model(model))
+    with gathered_weights(rt.accelerator, model) as trained:  # sharded weights: gathered by every process
+        if rt.is_main:
+            task.save_final(final_dir, trained)
+    if rt.is_main:
         (run_dir / "summary.json").write_text(json.dumps({
             "steps": state.step, "final_loss": last_loss, "targets_seen": state.targets_seen,
             "skipped_while_batching": problems.counts(), **task.summary,

@@ -1,9 +1,10 @@
 """Fine-tuning methods: which parameters train, and with which optimizer settings.
 
 For the LLM: ``full`` and ``lomo`` train everything; ``freeze`` trains parameters whose
-names match ``method.trainable``; ``lora`` (with DoRA / rsLoRA options) and
-``qlora`` go through peft. Every other component (a branch's encoder, pieces
-and connector) is ``frozen``, ``full`` or ``lora``. What trains is decided
+names match ``method.trainable``; ``lora`` (with DoRA / rsLoRA / PiSSA / OLoRA /
+LoRA+ options) and ``qlora`` go through peft, and so does ``peft``, any peft
+method by name (``mmtune.training.peft_methods``). Every other component (a
+branch's encoder, pieces and connector) is ``frozen``, ``full``, ``lora`` or ``peft``. What trains is decided
 here, explicitly, and logged as a table per component.
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from mmtune.config.schema import ComponentMethod, LoraConfig, MethodConfig, TrainConfig
 from mmtune.errors import ConfigError
+from mmtune.training.peft_methods import apply_peft_method, inject_component_peft
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,14 @@ def qlora_quantization_config(device_type: str):
     )
 
 
+def lora_init(lora: LoraConfig) -> bool | str:
+    """peft's ``init_lora_weights`` for ``method.lora.init`` (LoftQ refused: it needs a 4-bit base on a GPU)."""
+    if lora.init == "loftq":
+        raise ConfigError("method.lora.init: loftq needs the base model quantized to 4 bits through bitsandbytes, "
+                          "which runs on a CUDA GPU only and is not wired into mmtune yet; use pissa or olora")
+    return True if lora.init == "default" else lora.init
+
+
 def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     """Return the model to train, with ``requires_grad`` set per the method."""
     if cfg.name in ("full", "lomo"):  # lomo: full tuning, its update fused into backward (training.lomo)
@@ -56,6 +66,8 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
         if matched == 0:
             raise ConfigError(f"method.trainable: no parameter name matches {cfg.trainable}")
         return model
+    if cfg.name == "peft":
+        return apply_peft_method(model, cfg.peft)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.name == "qlora":
@@ -68,6 +80,7 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
         target_modules=lora.target_modules,
         use_dora=lora.use_dora,
         use_rslora=lora.use_rslora,
+        init_lora_weights=lora_init(lora),
         task_type="CAUSAL_LM",
     )
     try:
@@ -97,11 +110,13 @@ class Component:
 
 
 def apply_component_method(module: nn.Module, method: ComponentMethod, lora: LoraConfig, name: str) -> None:
-    """Freeze, fully train, or put LoRA on every Linear layer of one component (logged)."""
+    """Freeze, fully train, put LoRA on every Linear layer, or inject a peft method into one component (logged)."""
     if method.trainable == "frozen":
         module.requires_grad_(False)
     elif method.trainable == "full":
         module.requires_grad_(True)
+    elif method.trainable == "peft":
+        inject_component_peft(module, method.peft, name)
     else:
         from peft import LoraConfig as PeftLoraConfig
         from peft import inject_adapter_in_model
@@ -112,7 +127,8 @@ def apply_component_method(module: nn.Module, method: ComponentMethod, lora: Lor
         module.requires_grad_(False)
         inject_adapter_in_model(PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                target_modules=targets, use_dora=lora.use_dora,
-                                               use_rslora=lora.use_rslora), module)
+                                               use_rslora=lora.use_rslora, init_lora_weights=lora_init(lora)),
+                                module)
     trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
     log.info("%s: %s (%s trainable parameters)", name, method.trainable, f"{trained:,}")
 
@@ -122,35 +138,49 @@ def _owner(model: nn.Module, components: list[Component]) -> dict[int, Component
     return {id(p): c for c in components for p in c.module.parameters()}
 
 
+def is_lora_b(name: str) -> bool:
+    """A LoRA B matrix, by peft's parameter names (``lora_B``, ``lora_embedding_B``)."""
+    return ".lora_B." in name or ".lora_embedding_B." in name
+
+
 def param_groups(model: nn.Module, method: MethodConfig, train: TrainConfig,
                  components: list[Component] = ()) -> tuple[list[dict], list[GroupSummary]]:
     """Optimizer groups: per ``method.param_groups`` pattern (first match wins), then per component, then the rest.
 
     Components are matched by the parameters they hold, not by name patterns.
     Biases and norm weights (1-D tensors) get no weight decay, as is standard.
+    LoRA+ (``method.lora.loraplus_lr_ratio``): each group's LoRA B matrices form a group of their own with
+    that many times its learning rate (as peft's ``create_loraplus_optimizer`` does).
     """
     compiled = [(re.compile(g.pattern), g) for g in method.param_groups]
     owner = _owner(model, [c for c in components if c.lr is not None])
     buckets: dict[tuple[str, bool], list[nn.Parameter]] = {}
     settings: dict[str, tuple[float, float]] = {}
+    matched, lora_b = set(), 0
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         group = next((g for rx, g in compiled if rx.search(name)), None)
         if group is not None:
             key = group.pattern
+            matched.add(key)
             lr = group.lr if group.lr is not None else train.lr
             wd = group.weight_decay if group.weight_decay is not None else train.weight_decay
         elif id(param) in owner:
             key, lr, wd = owner[id(param)].name, owner[id(param)].lr, train.weight_decay
         else:
             key, lr, wd = "default", train.lr, train.weight_decay
+        if method.lora.loraplus_lr_ratio is not None and is_lora_b(name):
+            key, lr = f"{key} (LoRA+ B)", lr * method.lora.loraplus_lr_ratio
+            lora_b += 1
         settings[key] = (lr, wd)
         buckets.setdefault((key, param.ndim >= 2), []).append(param)
     if not settings:
         raise ConfigError("method: nothing to train (every component is frozen)")
+    if method.lora.loraplus_lr_ratio is not None and not lora_b:
+        raise ConfigError("method.lora.loraplus_lr_ratio: no LoRA B matrix trains in this run (LoRA+ needs LoRA)")
     for rx, g in compiled:
-        if g.pattern not in settings:
+        if g.pattern not in matched:
             raise ConfigError(f"method.param_groups: pattern '{g.pattern}' matches no trainable parameter")
     groups, summary = [], []
     for (key, decays), params in buckets.items():
@@ -162,8 +192,9 @@ def param_groups(model: nn.Module, method: MethodConfig, train: TrainConfig,
     return groups, summary
 
 
-def trainable_table(model: nn.Module, components: list[Component]) -> list[str]:
-    """One line per component: how it trains, trainable / total parameters."""
+def trainable_counts(model: nn.Module, components: list[Component]) -> list[dict]:
+    """Per component (then ``other`` for parameters no component holds): how it trains, trainable / total
+    parameters. The run's ``summary.json`` keeps these rows, so a report shows the table the log printed."""
     owner = _owner(model, components)
     rows: dict[str, list[int]] = {c.name: [0, 0] for c in components}
     how = {c.name: c.trainable for c in components}
@@ -172,11 +203,18 @@ def trainable_table(model: nn.Module, components: list[Component]) -> list[str]:
         entry = rows.setdefault(comp, [0, 0])
         entry[1] += param.numel()
         entry[0] += param.numel() if param.requires_grad else 0
-    total_t = sum(v[0] for v in rows.values())
-    total = sum(v[1] for v in rows.values())
+    return [{"component": comp, "method": how.get(comp, ""), "trainable": t, "total": n}
+            for comp, (t, n) in rows.items()]
+
+
+def trainable_table(model: nn.Module, components: list[Component]) -> list[str]:
+    """One line per component: how it trains, trainable / total parameters."""
+    rows = trainable_counts(model, components)
+    total_t = sum(r["trainable"] for r in rows)
+    total = sum(r["total"] for r in rows)
     lines = [f"{'component':<24}{'method':>10}{'trainable':>14}{'total':>14}"]
-    for comp, (t, n) in rows.items():
-        lines.append(f"{comp:<24}{how.get(comp, ''):>10}{t:>14,}{n:>14,}")
+    for r in rows:
+        lines.append(f"{r['component']:<24}{r['method']:>10}{r['trainable']:>14,}{r['total']:>14,}")
     lines.append(f"{'all':<24}{'':>10}{total_t:>14,}{total:>14,}  ({100 * total_t / max(total, 1):.2f}% trainable)")
     return lines
 

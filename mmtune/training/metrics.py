@@ -1,4 +1,4 @@
-"""Run outputs: ``metrics.jsonl`` (one JSON object per logged step), TensorBoard, log file."""
+"""Run outputs: ``metrics.jsonl`` (one JSON object per logged step), the experiment trackers, the log file."""
 
 from __future__ import annotations
 
@@ -45,26 +45,42 @@ def setup_run_logging(run_dir: Path | None, *, quiet: bool = False) -> None:
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path | None, *, tensorboard: bool) -> None:
-        self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if run_dir else None
-        self.tb = None
-        if run_dir and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+    """Where a run's records go: ``metrics.jsonl`` and the recipe's experiment trackers (``train.report_to``).
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+    Built with ``run_dir=None`` on the other processes of a multi-process run: they log nothing, so a run
+    reports once (:meth:`open` starts trackers on the main process only).
+    """
+
+    def __init__(self, run_dir: Path | None, trackers: list | None = None) -> None:
+        self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8") if run_dir else None
+        self.trackers = list(trackers or [])
+
+    @classmethod
+    def open(cls, recipe, run_dir: Path | None) -> "MetricsLogger":
+        """The run's logger: its trackers started and given the recipe, on the process that has ``run_dir``."""
+        from mmtune.training.tracking import open_trackers
+
+        return cls(run_dir, open_trackers(recipe, run_dir) if run_dir is not None else [])
 
     def log(self, record: dict) -> None:
         if self.file is None:
             return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, record["step"])
+        scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        for tracker in self.trackers:
+            tracker.log(scalars, step=record["step"])
+
+    def log_final(self, step: int, figures: dict) -> None:
+        """The run's final figures (``final_loss``, ``targets_seen``...), to the trackers only: ``summary.json``
+        holds them on disk."""
+        scalars = {f"final/{k}": v for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for tracker in self.trackers:
+            tracker.log(scalars, step=step)
 
     def close(self) -> None:
         if self.file:
             self.file.close()
-        if self.tb:
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []

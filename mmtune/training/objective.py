@@ -18,9 +18,17 @@ every trained token weighs the same however the tokens fall into batches.
 A :class:`~mmtune.models.multimodal.model.MultimodalLM` trains the same way:
 its input embeddings (text embeddings with every branch's output spliced in)
 go to the same decoder and head.
+
+A prompt-learning peft model (prompt / P- / prefix tuning) gets its virtual
+tokens placed before every sequence (``mmtune.models.virtual_tokens``); their
+output positions carry no target and are dropped. A method's own loss term
+(``penalty``: AdaLoRA's orthogonality) is added once per batch, weighted by its
+targets, so it counts once per optimizer step however the window is split.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +36,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from mmtune.data.packing import IGNORE_INDEX, Batch
+from mmtune.models.kernels import HeadLoss
 from mmtune.models.multimodal.model import MultimodalLM
+from mmtune.models.virtual_tokens import place_virtual_tokens, prompt_learning_type
 
 _HEAD_CHUNK = 4096  # targets per output-head chunk: bounds the [chunk, vocab] logits memory
 
@@ -41,13 +51,22 @@ def hf_model_of(model: nn.Module) -> nn.Module:
 
 
 class CausalLMObjective(nn.Module):
-    def __init__(self, lm: nn.Module) -> None:
+    def __init__(self, lm: nn.Module, fused_loss: HeadLoss | None = None,
+                 penalty: Callable[[], torch.Tensor] | None = None) -> None:
+        """``fused_loss``: a fused output-head + cross-entropy kernel (``train.kernels``,
+        :func:`mmtune.models.kernels.apply_kernels`), used where the head is a plain ``nn.Linear``."""
         super().__init__()
         self.lm = lm
+        self.fused_loss = fused_loss
+        self.penalty = penalty
+        """A method's loss term, added in training (AdaLoRA's orthogonality regulariser)."""
         hf = hf_model_of(lm)
         self._no_split_modules = getattr(hf, "_no_split_modules", None)  # FSDP auto-wrap reads this
         self.softcap = getattr(hf.config, "final_logit_softcapping", None)
         self.selective_head = True
+        llm = lm.llm if isinstance(lm, MultimodalLM) else lm
+        self.prompt_learner = llm if prompt_learning_type(llm) is not None else None
+        """The peft model whose virtual tokens go before every sequence (None: no virtual tokens)."""
 
     @torch.no_grad()
     def check_selective_head(self, input_ids: torch.Tensor) -> bool:
@@ -73,22 +92,34 @@ class CausalLMObjective(nn.Module):
             return {"inputs_embeds": self.lm.input_embeddings(batch.input_ids, batch.media)}
         return {"input_ids": batch.input_ids}
 
+    def _decoder_inputs(self, batch: Batch) -> tuple[dict[str, torch.Tensor], int]:
+        """The decoder's arguments, and how many leading output positions are virtual tokens."""
+        inputs = dict(self._inputs(batch), attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+        if self.prompt_learner is not None:
+            return place_virtual_tokens(self.prompt_learner, **inputs)
+        return inputs, 0
+
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        loss_sum, n = self._loss_sum(batch)
+        if self.penalty is not None and self.training:
+            loss_sum = loss_sum + self.penalty() * n
+        return loss_sum, n
+
+    def _loss_sum(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         hf = hf_model_of(self.lm)
         selected = batch.targets != IGNORE_INDEX
+        inputs, virtual = self._decoder_inputs(batch)
         if not self.selective_head:  # the model's own forward, full logits
-            logits = hf(**self._inputs(batch), attention_mask=batch.attention_mask,
-                        position_ids=batch.position_ids, use_cache=False).logits
+            logits = hf(**inputs, use_cache=False).logits[:, virtual:]
             targets = batch.targets[selected]
             return F.cross_entropy(logits[selected].float(), targets, reduction="sum"), torch.tensor(
                 len(targets), device=logits.device)
-        out = hf.get_decoder()(
-            **self._inputs(batch),
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        )
-        hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
+        out = hf.get_decoder()(**inputs, use_cache=False)
+        hidden = (out[0] if isinstance(out, tuple) else out.last_hidden_state)[:, virtual:]
+        head = hf.get_output_embeddings()
+        if self.fused_loss is not None and type(head) is nn.Linear:
+            targets = batch.targets[selected]
+            return self.fused_loss(head, hidden[selected], targets), torch.tensor(len(targets), device=hidden.device)
         return head_loss_sum(lambda h: self._logits(hf, h), hidden[selected], batch.targets[selected])
 
 

@@ -1,21 +1,25 @@
 """Process setup for a run: the accelerator, its precision, DeepSpeed's batch settings, who prints.
 
 Kept out of the loop so the loop reads as the algorithm. Launch: one process
-with ``mmtune train``; several with ``torchrun --nproc_per_node N -m mmtune.cli
-train ...`` (CPU: gloo; GPU: NCCL) or ``accelerate launch -m mmtune.cli train ...``
-with an accelerate config (GPUs). On a machine without a GPU, ``accelerate
-launch`` starts one process whatever ``--num_processes`` says; use torchrun there.
+with ``mmtune train``; several on one machine with ``mmtune train --nproc N``
+(torchrun underneath; CPU: gloo; GPU: NCCL), or ``torchrun`` / ``accelerate
+launch -m mmtune.cli train ...`` (several machines). How the processes share
+the model is ``train.distributed`` (``mmtune.training.distributed``). On a
+machine without a GPU, ``accelerate launch`` starts one process whatever
+``--num_processes`` says; use ``--nproc`` or torchrun there.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 
 from mmtune.config.schema import TrainConfig
+from mmtune.models.kernels import check_kernels
+from mmtune.training.tracking import check_trackers
+from mmtune.training.distributed import build_accelerator, launched_by_accelerate
 
 log = logging.getLogger("mmtune")
 
@@ -68,15 +72,16 @@ def resolve_mixed_precision(name: str) -> str:
 
 def start_runtime(train: TrainConfig) -> Runtime:
     """A fresh accelerator for this run (several runs may share one Python process)."""
-    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
+    check_trackers(train)  # a missing tracker package is said before any model loads
     mixed = resolve_mixed_precision(train.mixed_precision)
     # accelerate keeps one process-wide state and refuses a second Accelerator with another
     # precision; a notebook or script may train several recipes in one process, so start each
     # run from a clean accelerator state (the distributed process state is kept).
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    accelerator = build_accelerator(train, mixed)
+    check_kernels(train.kernels, accelerator.device.type)  # said before any model loads
     if not accelerator.is_main_process:  # one process reports: transformers' bars and notes only on the main one
         from transformers.utils import logging as hf_logging
 
@@ -84,13 +89,9 @@ def start_runtime(train: TrainConfig) -> Runtime:
         hf_logging.set_verbosity_error()
     if launched_by_accelerate() and accelerator.num_processes == 1 and not torch.cuda.is_available():
         log.warning("accelerate launch started 1 process: without a GPU it starts one whatever --num_processes "
-                    "says. For N CPU processes: torchrun --nproc_per_node N -m mmtune.cli train RECIPE.yaml")
+                    "says. For N CPU processes: mmtune train --nproc N RECIPE.yaml (or torchrun --nproc_per_node N "
+                    "-m mmtune.cli train RECIPE.yaml)")
     return Runtime(accelerator, mixed)
-
-
-def launched_by_accelerate() -> bool:
-    """``accelerate launch`` sets this for the processes it starts (torchrun and a plain start do not)."""
-    return "ACCELERATE_MIXED_PRECISION" in os.environ
 
 
 def fill_deepspeed_config(runtime: Runtime, train: TrainConfig) -> None:

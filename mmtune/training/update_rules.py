@@ -36,7 +36,8 @@ class UpdateRule(Protocol):
     def backward(self, loss: torch.Tensor) -> None: ...
 
     def step(self) -> torch.Tensor:
-        """Finish the step (clip, update, clear the gradients); the gradient norm before clipping."""
+        """Finish the step (clip, update); the gradient norm before clipping. The loop clears the gradients
+        afterwards, once a method that reads them (AdaLoRA's allocation) has."""
         ...
 
 
@@ -55,7 +56,6 @@ class ClipAndStep:
     def step(self) -> torch.Tensor:
         norm = self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm or float("inf"))
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return norm
 
 

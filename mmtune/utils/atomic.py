@@ -32,8 +32,13 @@ def atomic_directory(target: Path, *, fsync: bool = False) -> Iterator[Path]:
     except Exception:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_directory(tmp, target, fsync=fsync)
+
+
+def replace_directory(tmp: Path, target: Path, *, fsync: bool = False) -> None:
+    """Put the finished ``tmp`` in place of ``target`` by one rename (for a directory several processes filled)."""
     if fsync:
-        for f in tmp.iterdir():
+        for f in Path(tmp).rglob("*"):
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())

@@ -1,8 +1,12 @@
 """The causal LM family's run output: the LLM as a peft adapter or full weights, and loading it back.
 
 ``final/`` is a plain transformers model directory (full / freeze) or a peft
-adapter directory (lora / qlora); ``mmtune.json`` names the base model an
-adapter belongs to. Export: ``mmtune.interop.hf_causal_lm``.
+adapter directory (lora / qlora / any peft method, its config in
+``adapter_config.json``); ``mmtune.json`` names the base model an adapter
+belongs to. A PiSSA / OLoRA adapter is saved converted to fit the original
+base model. A virtual-token adapter (prompt / prefix tuning) cannot be
+merged: it loads as a :class:`~mmtune.models.virtual_tokens.VirtualTokenLM`.
+Export: ``mmtune.interop.hf_causal_lm``.
 """
 
 from __future__ import annotations
@@ -13,14 +17,20 @@ from torch import nn
 
 from mmtune.config.schema import ModelConfig
 from mmtune.models.open import open_language_model
+from mmtune.models.virtual_tokens import VirtualTokenLM, prompt_learning_type
 
 NAME = "causal_lm"
 
 
-def save(target: Path, model: nn.Module, *, trained: bool = True) -> dict:
-    """Write the LLM's files into ``target`` (none when it was not trained); returns this family's metadata."""
+def save(target: Path, model: nn.Module, *, trained: bool = True, initial_adapter: Path | None = None) -> dict:
+    """Write the LLM's files into ``target`` (none when it was not trained); returns this family's metadata.
+
+    ``initial_adapter``: the adapter as PiSSA / OLoRA initialised it; peft converts the trained adapter against it
+    (``path_initial_model_for_weight_conversion``) so that it applies to the original base weights.
+    """
     if trained:
-        model.save_pretrained(target, safe_serialization=True)
+        conversion = {} if initial_adapter is None else {"path_initial_model_for_weight_conversion": str(initial_adapter)}
+        model.save_pretrained(target, safe_serialization=True, **conversion)
     return {}
 
 
@@ -30,6 +40,8 @@ def load_llm(path: Path, base: ModelConfig, *, device_type: str, merge: bool) ->
         from peft import PeftModel
 
         llm = PeftModel.from_pretrained(open_language_model(base, device_type=device_type), str(path))
+        if prompt_learning_type(llm) is not None:
+            return VirtualTokenLM(llm)  # nothing to merge: the virtual tokens stay in front of every sequence
         return llm.merge_and_unload() if merge else llm
     if (path / "config.json").is_file():
         return open_language_model(ModelConfig(name=str(path), dtype=base.dtype), device_type=device_type)

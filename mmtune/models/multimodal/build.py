@@ -185,14 +185,18 @@ def saved_connector_state(path: str | Path, modality: str) -> dict[str, torch.Te
 
 
 def merged_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with any LoRA merged into plain weights (so loading needs no adapter)."""
-    from peft.tuners.lora import LoraLayer
+    """State dict with any peft adapter (LoRA, LoHa, IA3 ...) merged into plain weights (so loading needs none)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for sub in module.modules():
-        if isinstance(sub, LoraLayer):
-            sub.merge()
+    tuned = [name for name, sub in module.named_modules() if isinstance(sub, BaseTunerLayer)]
+    for name in tuned:
+        module.get_submodule(name).merge()
+
+    def adapter_part(key: str) -> bool:  # inside a tuner layer but not its base layer
+        return any(key.startswith(f"{t}.") and not key.startswith(f"{t}.base_layer.") for t in tuned)
+
     return {k.replace(".base_layer.", "."): v.detach().contiguous() for k, v in module.state_dict().items()
-            if "lora_" not in k}
+            if not adapter_part(k)}
 
 
 def encoder_is_rebuildable(cfg: EncoderConfig) -> bool:

@@ -58,6 +58,9 @@ class TaskRun:
     """Training FLOPs per target, for MFU (6 x parameters for a decoder); None: MFU not logged."""
     throughput_key: str = "tokens_per_s"
     """The metrics key of targets per second (``tokens_per_s`` for SFT)."""
+    with_gradients: Callable[[int, int], None] | None = None
+    """Called after every ``optimizer.step()``, before the gradients are cleared, with the step just taken
+    (from 0) and the run's step count: a method that reads gradients (AdaLoRA's rank allocation)."""
     after_step: Callable[[], None] | None = None
     """Called after every optimizer step (an EMA update, for instance)."""
     extra_state: Stateful | None = None

@@ -24,8 +24,10 @@ from mmtune.data.edit_data import load_edit_data
 from mmtune.data.edit_triplets import TripletCollate, tokenize_prompts
 from mmtune.models.diffusion.objective import EditObjective
 from mmtune.models.diffusion.parts import inference_scheduler_of, open_edit_parts
+from mmtune.errors import ConfigError
 from mmtune.models.families import edit_diffusion
-from mmtune.training.methods import Component, trainable_table
+from mmtune.training.gathered import params_are_sharded
+from mmtune.training.methods import Component, trainable_counts, trainable_table
 from mmtune.training.setup import Runtime
 from mmtune.training.tasks.base import TaskRun
 from mmtune.utils.atomic import atomic_directory
@@ -67,6 +69,11 @@ def frozen_dtype(recipe: EditRecipe, runtime: Runtime) -> torch.dtype:
 class EditTask:
     def setup(self, recipe: EditRecipe, runtime: Runtime) -> TaskRun:
         cfg, tc = recipe, recipe.train
+        if cfg.method.ema is not None and params_are_sharded(runtime.accelerator):
+            # the EMA holds the parameters it was given; sharding puts new (partial) ones in their place
+            raise ConfigError("method.ema: the EMA follows whole UNet parameters, which train.distributed "
+                              f"'{tc.distributed}' (or the launcher's config) shards; use ddp or deepspeed_zero2, "
+                              "or drop method.ema")
 
         # ---- model parts and what trains -------------------------------------------------
         parts = open_edit_parts(cfg.model, dtype=frozen_dtype(cfg, runtime))
@@ -132,7 +139,8 @@ class EditTask:
             objective=objective, param_groups=groups, rows=rows, val_rows=val_rows,
             collate=collate_of(data.train, True), val_collate=collate_of(data.val, False),
             save_final=write_final, on_bad_sample=cfg.data.on_bad_sample, num_workers=cfg.data.num_workers,
-            summary={"data": data.reports, "widened_conv_in": parts.widened},
+            summary={"data": data.reports, "widened_conv_in": parts.widened,
+                     "trainable": trainable_counts(objective, components)},
             throughput_key="samples_per_s",
             after_step=ema.update if ema is not None else None, extra_state=ema,
         )

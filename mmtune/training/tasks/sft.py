@@ -20,6 +20,7 @@ from mmtune.config.schema import SftRecipe
 from mmtune.data.packing import Collator, make_rows, packing_utilisation
 from mmtune.data.pipeline import build_conversation_data, format_reports
 from mmtune.data.templates import install_template
+from mmtune.models.kernels import apply_kernels
 from mmtune.models.loading import load_tokenizer, resolve_attn
 from mmtune.models.open import open_language_model, open_multimodal
 from mmtune.models.run_outputs import save_final
@@ -30,9 +31,11 @@ from mmtune.training.methods import (
     enable_activation_checkpointing,
     param_groups,
     qlora_quantization_config,
+    trainable_counts,
     trainable_table,
 )
 from mmtune.training.objective import CausalLMObjective
+from mmtune.training.peft_methods import check_virtual_tokens, keep_initial_adapter, loss_penalty, step_hook
 from mmtune.training.setup import Runtime
 from mmtune.training.tasks.base import TaskRun
 
@@ -48,11 +51,13 @@ class SftTask:
         install_template(tokenizer, cfg.data.template)
         quant = qlora_quantization_config(runtime.device_type) if cfg.method.name == "qlora" else None
         llm = open_language_model(cfg.model, device_type=runtime.device_type, quantization_config=quant)
+        fused_loss = apply_kernels(llm, tc.kernels, runtime.device_type)  # before peft wraps the model
         if tc.gradient_checkpointing:
             enable_activation_checkpointing(llm)
         llm.config.use_cache = False
         llm = apply_method(llm, cfg.method)
         log.info("llm: %s", cfg.method.name)
+        initial_adapter = keep_initial_adapter(llm, cfg.method, Path(cfg.output_dir), write=runtime.is_main)
         components = [Component("llm", llm, cfg.method.name, cfg.method.llm_lr if cfg.method.name != "frozen" else None)]
 
         # ---- media branches and what trains in each ------------------------------------
@@ -66,7 +71,9 @@ class SftTask:
                     apply_component_method(module, method, cfg.method.lora, f"{name}.{component}")
                     components.append(Component(f"{name}.{component}", module, method.trainable,
                                                 method.lr if method.trainable != "frozen" else None))
-        objective = CausalLMObjective(model)
+        block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
+        check_virtual_tokens(llm, block_mask=block_mask)
+        objective = CausalLMObjective(model, fused_loss, penalty=loss_penalty(llm))
         media = model.media_specs(tokenizer) if branches else {}
 
         # ---- data -------------------------------------------------------------------------
@@ -77,7 +84,6 @@ class SftTask:
         lengths = data.train.lengths()
         rows = make_rows(lengths, cfg.data.max_length, cfg.data.packing)
         val_rows = make_rows(data.val.lengths(), cfg.data.max_length, cfg.data.packing)
-        block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
         train_media = model.media_specs(tokenizer, train=True) if branches else {}
         collate = Collator(data.train, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=train_media)
         val_collate = Collator(data.val, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=media)
@@ -99,14 +105,19 @@ class SftTask:
             log.info("optimizer group %s: %s params, lr %g, weight decay %g", g.name, f"{g.params:,}", g.lr,
                      g.weight_decay)
 
+        allocation = step_hook(llm)  # AdaLoRA's rank allocation: the loop calls it, checkpoints keep its state
+
         def write_final(target: Path, trained: CausalLMObjective) -> None:
-            save_final(target, trained.lm, tokenizer, base=cfg.model, method=cfg.method)
+            save_final(target, trained.lm, tokenizer, base=cfg.model, method=cfg.method,
+                       initial_adapter=initial_adapter)
 
         return TaskRun(
             objective=objective, param_groups=groups, rows=rows, val_rows=val_rows,
             collate=collate, val_collate=val_collate, save_final=write_final, on_bad_sample=cfg.data.on_bad_sample,
             num_workers=cfg.data.num_workers, shuffle=cfg.data.shuffle,
-            summary={"packing_utilisation": utilisation, "data": [r.__dict__ for r in data.reports]},
+            summary={"packing_utilisation": utilisation, "data": [r.__dict__ for r in data.reports],
+                     "trainable": trainable_counts(objective, components)},
             flops_per_target=6 * sum(p.numel() for p in objective.parameters()),
             lomo=cfg.method.lomo if cfg.method.name == "lomo" else None,
+            with_gradients=allocation, extra_state=allocation,
         )
