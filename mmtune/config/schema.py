@@ -229,6 +229,26 @@ class ParamGroup(Strict):
     weight_decay: float | None = None
 
 
+class LomoConfig(Strict):
+    """``method.name: lomo``: full tuning with each parameter updated inside the backward pass (LOMO, Lv et al.
+    2023), so no gradient of the whole model and no optimizer moments are ever held (``training.lomo``)."""
+
+    optimizer: Literal["lomo", "adalomo"] = "lomo"
+    """``lomo``: plain SGD (the paper's LOMO); ``adalomo``: AdaLomo, per-parameter adaptive steps from a factored
+    second moment (Adafactor without momentum), its state O(rows + columns) per matrix."""
+    loss_scale: float = Field(default=2.0**16, gt=0)
+    """Initial dynamic loss scale when gradients are fp16 (``train.mixed_precision: fp16`` or float16 weights):
+    a step whose gradients overflow is skipped and the scale halved."""
+    loss_scale_window: int = Field(default=1000, gt=0)
+    """Steps without overflow after which the loss scale doubles."""
+    decay_rate: float = Field(default=-0.8, lt=0)
+    """``adalomo``: the second moment's decay is 1 - t^decay_rate at step t (Adafactor's schedule)."""
+    clip_threshold: float = Field(default=1.0, gt=0)
+    """``adalomo``: an update whose RMS exceeds this is scaled down to it (grouped update normalisation)."""
+    eps: tuple[float, float] = (1e-30, 1e-3)
+    """``adalomo``: added to squared gradients; the smallest parameter RMS the step size is scaled by."""
+
+
 MethodMedia = create_model(
     "MethodMedia", __base__=Strict, __doc__="What trains in each branch of ``model.media``.",
     **{name: (BranchMethod | None, None) for name in MODALITIES},
@@ -236,8 +256,9 @@ MethodMedia = create_model(
 
 
 class MethodConfig(Strict):
-    name: Literal["full", "freeze", "lora", "qlora", "frozen", "peft"] = "lora"
-    """How the LLM trains (``frozen``: not at all, e.g. LLaVA stage 1; ``peft``: any peft method, ``method.peft``)."""
+    name: Literal["full", "freeze", "lora", "qlora", "frozen", "peft", "lomo"] = "lora"
+    """How the LLM trains (``frozen``: not at all, e.g. LLaVA stage 1; ``peft``: any peft method, ``method.peft``;
+    ``lomo``: fully, updated inside backward)."""
     llm_lr: float | None = None
     """Learning rate of the LLM's trained parameters (default: ``train.lr``)."""
     media: MethodMedia = Field(default_factory=MethodMedia)
@@ -248,6 +269,8 @@ class MethodConfig(Strict):
     """``freeze``: regular expressions of parameter names that stay trainable."""
     param_groups: list[ParamGroup] = Field(default_factory=list)
     """Per-group learning rate / weight decay; first matching pattern wins."""
+    lomo: LomoConfig = Field(default_factory=LomoConfig)
+    """``lomo``: which fused update, and its loss scaling."""
     peft: dict[str, Any] | None = None
     """``name: peft``: a peft config class by name and its options, e.g. ``{type: PrefixTuningConfig,
     num_virtual_tokens: 20}``, ``{type: IA3Config}``, ``{type: AdaLoraConfig, init_r: 8, target_r: 4}``
@@ -402,6 +425,26 @@ class SftRecipe(Recipe):
             if unknown:
                 raise ValueError(f"method.media.{name}.pieces: no piece named {sorted(unknown)} in "
                                  f"model.media.{name}.pieces (has {sorted(branch.pieces) or 'none'})")
+        return self
+
+    @model_validator(mode="after")
+    def _lomo_fits(self) -> "SftRecipe":
+        """LOMO updates each parameter inside backward: nothing is left to accumulate, and a LoRA adapter on a
+        component is not what a full-parameter method trains."""
+        if self.method.name != "lomo":
+            return self
+        if self.train.grad_accum_steps != 1:
+            raise ValueError("train.grad_accum_steps: method lomo updates the weights inside each backward pass, so "
+                             "gradients cannot accumulate; set 1 and raise train.micro_batch_size instead")
+        for name in self.model.branches():
+            branch = getattr(self.method.media, name)
+            parts = {"encoder": branch.encoder, "connector": branch.connector,
+                     **{f"pieces.{piece}": m for piece, m in branch.pieces.items()}}
+            for part, m in parts.items():
+                if m.trainable in ("lora", "peft"):
+                    raise ValueError(f"method.media.{name}.{part}.trainable: {m.trainable} does not combine with "
+                                     "method lomo "
+                                     "(full-parameter tuning); use full or frozen")
         return self
 
 

@@ -1,6 +1,6 @@
 """The training loop, for any task, top to bottom in one place.
 
-    runtime -> task.setup (model, objective, rows, collate, final/ writer) -> optimizer + schedule
+    runtime -> task.setup (model, objective, rows, collate, final/ writer) -> update rule + schedule
             -> (resume) -> loop: accumulate, clip, step, log, eval, save -> final/
 
 Everything a run needs comes from the validated recipe; nothing is read from
@@ -43,6 +43,7 @@ from mmtune.training.metrics import MetricsLogger, peak_flops, setup_run_logging
 from mmtune.training.schedule import lr_lambda
 from mmtune.training.setup import fill_deepspeed_config, start_runtime
 from mmtune.training.tasks import TASKS
+from mmtune.training.update_rules import build_update_rule
 
 log = logging.getLogger("mmtune")
 
@@ -90,19 +91,19 @@ def train(recipe: Recipe) -> RunResult:
         log.warning("an epoch has %d micro-batches, fewer than one optimizer step needs (%d); batches repeat",
                     micro_per_epoch, micro_per_step)
 
-    # ---- optimizer and schedule ----------------------------------------------------------
+    # ---- update rule and schedule --------------------------------------------------------
     objective = task.objective
-    optimizer = torch.optim.AdamW(task.param_groups, lr=tc.lr, betas=tc.betas, fused=True)  # CPU and CUDA kernels
+    update = build_update_rule(task, tc, rt)  # AdamW after backward, or LOMO's update inside it (method lomo)
     warmup = tc.warmup_steps if tc.warmup_steps is not None else int(round(tc.warmup_ratio * max_steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(tc.scheduler, warmup=warmup, total=max_steps, min_ratio=tc.min_lr_ratio,
+        update.optimizer, lr_lambda(tc.scheduler, warmup=warmup, total=max_steps, min_ratio=tc.min_lr_ratio,
                              start_ratio=tc.warmup_start_ratio)
     )
     fill_deepspeed_config(rt, tc)
-    model, optimizer = rt.accelerator.prepare(objective, optimizer)
+    model = update.prepare(objective)
+    optimizer = update.optimizer  # as prepared: what checkpoints save and resume restores
     if tc.compile:
         model = torch.compile(model)
-    trainable = [p for p in objective.parameters() if p.requires_grad]
 
     # ---- resume -------------------------------------------------------------------------
     state = TrainState(step=0, epoch=0, micro_batch=0, targets_seen=0)
@@ -207,7 +208,7 @@ def train(recipe: Recipe) -> RunResult:
                 with rt.accelerator.no_sync(model) if not last else nullcontext():
                     loss_sum, _ = model(batch.to(rt.device))
                     # DDP averages gradients over processes; scale so the result is sum / total_targets.
-                    rt.accelerator.backward(loss_sum * rt.num_processes / total_targets)
+                    update.backward(loss_sum * rt.num_processes / total_targets)
                 loss_total += loss_sum.detach().float()
             loss = float(rt.accelerator.reduce(loss_total, "sum")) / total_targets
             if not math.isfinite(loss):
@@ -216,8 +217,7 @@ def train(recipe: Recipe) -> RunResult:
                     f"Last good checkpoint: {last_checkpoint or 'none'}. Lower train.lr, check the data, "
                     "or use bf16 instead of fp16."
                 )
-            grad_norm = rt.accelerator.clip_grad_norm_(trainable, tc.max_grad_norm or float("inf"))
-            optimizer.step()
+            grad_norm = update.step()  # clip and step, or (LOMO) nothing left but the norm
             scheduler.step()
             if task.with_gradients is not None:  # e.g. AdaLoRA's rank allocation, which reads the gradients
                 task.with_gradients(state.step, max_steps)

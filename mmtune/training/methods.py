@@ -1,6 +1,6 @@
 """Fine-tuning methods: which parameters train, and with which optimizer settings.
 
-For the LLM: ``full`` trains everything; ``freeze`` trains parameters whose
+For the LLM: ``full`` and ``lomo`` train everything; ``freeze`` trains parameters whose
 names match ``method.trainable``; ``lora`` (with DoRA / rsLoRA / PiSSA / OLoRA /
 LoRA+ options) and ``qlora`` go through peft, and so does ``peft``, any peft
 method by name (``mmtune.training.peft_methods``). Every other component (a
@@ -51,7 +51,7 @@ def lora_init(lora: LoraConfig) -> bool | str:
 
 def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
     """Return the model to train, with ``requires_grad`` set per the method."""
-    if cfg.name == "full":
+    if cfg.name in ("full", "lomo"):  # lomo: full tuning, its update fused into backward (training.lomo)
         model.requires_grad_(True)
         return model
     if cfg.name == "frozen":

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
-from mmtune.config.schema import Recipe
+from mmtune.config.schema import LomoConfig, Recipe
 from mmtune.training.setup import Runtime
 
 
@@ -65,6 +65,9 @@ class TaskRun:
     """Called after every optimizer step (an EMA update, for instance)."""
     extra_state: Stateful | None = None
     """Task state saved in checkpoints and restored on resume (an EMA, for instance)."""
+    lomo: LomoConfig | None = None
+    """Set when the weights are to be updated inside backward (LOMO / AdaLomo, ``training.update_rules``)
+    instead of by AdamW after it."""
 
 
 class Task(Protocol):

@@ -118,5 +118,6 @@ class SftTask:
             summary={"packing_utilisation": utilisation, "data": [r.__dict__ for r in data.reports],
                      "trainable": trainable_counts(objective, components)},
             flops_per_target=6 * sum(p.numel() for p in objective.parameters()),
+            lomo=cfg.method.lomo if cfg.method.name == "lomo" else None,
             with_gradients=allocation, extra_state=allocation,
         )

@@ -1,0 +1,89 @@
+"""How a step turns the loss into new weights: the loop's one seam for optimizers that differ in kind.
+
+The loop calls ``backward(loss)`` per micro-batch, then ``step()`` once per accumulation window (it returns the
+gradient norm before clipping, for the log), and sees the same thing whichever rule runs:
+
+* :class:`ClipAndStep`: fused AdamW as usual: gradients accumulate over the window, are clipped by global
+  norm, one optimizer step. accelerate wraps the optimizer (mixed precision's loss scaling, DeepSpeed).
+* :class:`FusedBackward`: LOMO / AdaLomo (``method.name: lomo``, :mod:`mmtune.training.lomo`): the weights
+  move inside backward, so ``step()`` has nothing left to do. accelerate wraps only the model: its fp16
+  ``GradScaler`` needs every gradient at once, which LOMO never holds (it scales the loss itself).
+
+Either way ``optimizer`` is what the schedule sets learning rates on and what checkpoints save.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from mmtune.config.schema import TrainConfig
+from mmtune.errors import ConfigError
+from mmtune.training.lomo import FusedLomo
+from mmtune.training.setup import Runtime
+from mmtune.training.tasks.base import TaskRun
+
+
+class UpdateRule(Protocol):
+    optimizer: torch.optim.Optimizer
+
+    def prepare(self, objective: nn.Module) -> nn.Module:
+        """Hand the objective (and the optimizer, where that applies) to accelerate; returns the model to run."""
+        ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def step(self) -> torch.Tensor:
+        """Finish the step (clip, update); the gradient norm before clipping. The loop clears the gradients
+        afterwards, once a method that reads them (AdaLoRA's allocation) has."""
+        ...
+
+
+class ClipAndStep:
+    def __init__(self, accelerator, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> None:
+        self.accelerator, self.optimizer, self.max_grad_norm = accelerator, optimizer, max_grad_norm
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def prepare(self, objective: nn.Module) -> nn.Module:
+        model, self.optimizer = self.accelerator.prepare(objective, self.optimizer)
+        return model
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def step(self) -> torch.Tensor:
+        norm = self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm or float("inf"))
+        self.optimizer.step()
+        return norm
+
+
+class FusedBackward:
+    def __init__(self, accelerator, optimizer: FusedLomo) -> None:
+        self.accelerator, self.optimizer = accelerator, optimizer
+
+    def prepare(self, objective: nn.Module) -> nn.Module:
+        return self.accelerator.prepare(objective)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.optimizer.fused_backward(loss)
+
+    def step(self) -> torch.Tensor:
+        return self.optimizer.step()
+
+
+def build_update_rule(task: TaskRun, train: TrainConfig, runtime: Runtime) -> UpdateRule:
+    """AdamW, or LOMO when the task asks for it (``TaskRun.lomo``); a setting LOMO cannot run under is refused."""
+    if task.lomo is None:
+        adamw = torch.optim.AdamW(task.param_groups, lr=train.lr, betas=train.betas, fused=True)  # CPU and CUDA kernels
+        return ClipAndStep(runtime.accelerator, adamw, train.max_grad_norm)
+    deepspeed = runtime.accelerator.state.deepspeed_plugin is not None
+    if runtime.num_processes > 1 or deepspeed:
+        setting = "DeepSpeed" if deepspeed else f"{runtime.num_processes} processes"
+        raise ConfigError(f"method.name: lomo runs in one process without DeepSpeed (each weight moves inside "
+                          f"backward, before gradients could be averaged across processes); this run has {setting}")
+    fp16 = runtime.mixed_precision == "fp16" or any(p.dtype == torch.float16 for g in task.param_groups
+                                                   for p in g["params"])
+    lomo = FusedLomo(task.param_groups, task.lomo, lr=train.lr, max_grad_norm=train.max_grad_norm, scale_loss=fp16)
+    return FusedBackward(runtime.accelerator, lomo)
