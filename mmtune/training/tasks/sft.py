@@ -79,8 +79,11 @@ class SftTask:
         val_rows = make_rows(data.val.lengths(), cfg.data.max_length, cfg.data.packing)
         block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
         train_media = model.media_specs(tokenizer, train=True) if branches else {}
-        collate = Collator(data.train, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=train_media)
-        val_collate = Collator(data.val, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=media)
+        tasks = data.train.tasks
+        collate = Collator(data.train, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=train_media,
+                           num_tasks=len(tasks))
+        val_collate = Collator(data.val, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=media,
+                               num_tasks=len(tasks))
         utilisation = packing_utilisation(rows, lengths, cfg.data.max_length) if cfg.data.packing else None
         log.info("train: %d samples in %d rows%s; val: %d samples", len(data.train), len(rows),
                  f" (packing utilisation {utilisation:.1%})" if utilisation is not None else "", len(data.val))
@@ -107,5 +110,5 @@ class SftTask:
             collate=collate, val_collate=val_collate, save_final=write_final, on_bad_sample=cfg.data.on_bad_sample,
             num_workers=cfg.data.num_workers, shuffle=cfg.data.shuffle,
             summary={"packing_utilisation": utilisation, "data": [r.__dict__ for r in data.reports]},
-            flops_per_target=6 * sum(p.numel() for p in objective.parameters()),
+            flops_per_target=6 * sum(p.numel() for p in objective.parameters()), loss_groups=tasks,
         )
