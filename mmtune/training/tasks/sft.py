@@ -23,6 +23,7 @@ from mmtune.data.templates import install_template
 from mmtune.models.loading import load_tokenizer, resolve_attn
 from mmtune.models.open import open_language_model, open_multimodal
 from mmtune.models.run_outputs import save_final
+from mmtune.training.init_from import continue_adapter, starting_point
 from mmtune.training.methods import (
     Component,
     apply_component_method,
@@ -43,15 +44,16 @@ class SftTask:
     def setup(self, recipe: SftRecipe, runtime: Runtime) -> TaskRun:
         cfg, tc = recipe, recipe.train
 
-        # ---- tokenizer, LLM and method -----------------------------------------------
-        tokenizer = load_tokenizer(cfg.model)
+        # ---- tokenizer, LLM (model.name or an earlier run: init_from) and method ----------
+        start = starting_point(cfg)
+        tokenizer = load_tokenizer(start.tokenizer)
         install_template(tokenizer, cfg.data.template)
         quant = qlora_quantization_config(runtime.device_type) if cfg.method.name == "qlora" else None
-        llm = open_language_model(cfg.model, device_type=runtime.device_type, quantization_config=quant)
+        llm = open_language_model(start.model, device_type=runtime.device_type, quantization_config=quant)
         if tc.gradient_checkpointing:
             enable_activation_checkpointing(llm)
         llm.config.use_cache = False
-        llm = apply_method(llm, cfg.method)
+        llm = apply_method(llm, cfg.method) if start.adapter is None else continue_adapter(llm, start.adapter)
         log.info("llm: %s", cfg.method.name)
         components = [Component("llm", llm, cfg.method.name, cfg.method.llm_lr if cfg.method.name != "frozen" else None)]
 
@@ -103,7 +105,7 @@ class SftTask:
                      g.weight_decay)
 
         def write_final(target: Path, trained: CausalLMObjective) -> None:
-            save_final(target, trained.lm, tokenizer, base=cfg.model, method=cfg.method)
+            save_final(target, trained.lm, tokenizer, base=start.model, method=cfg.method)
 
         return TaskRun(
             objective=objective, param_groups=groups, rows=rows, val_rows=val_rows,
