@@ -93,3 +93,23 @@ def test_replay_is_the_given_fraction_of_the_mixture_drawn_by_size(tmp_path, tok
     assert data.train.tasks == ("new", "a", "b") and {data.train.task(k) for k in range(len(data.train))} == {0, 1, 2}
     with pytest.raises(ValueError, match="data.replay and data.replay_fraction go together"):
         DataConfig(datasets=[entry(new, "new")], replay=[entry(old_a, "a")])
+
+
+def test_shipped_sequential_sets_are_the_scripts_and_hold_out_unseen_questions():
+    import importlib.util
+    import json
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("make_sets", REPO / "scripts" / "make_sequential_sets.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    for name, draw_one, seed in (("mmtune-arith", make.arithmetic, 11), ("mmtune-units", make.unit_problem, 12)):
+        train, test = make.draw(draw_one, seed)
+        shipped = {split: [json.loads(line) for line in (REPO / "datasets" / name / f"{split}.jsonl").open()]
+                   for split in ("train", "test")}
+        assert shipped == {"train": train, "test": test}
+        assert not {r["instruction"] for r in test} & {r["instruction"] for r in train}
+    for row in [json.loads(line) for line in (REPO / "datasets/mmtune-arith/test.jsonl").open()]:
+        a, op, b = row["instruction"].removeprefix("What is ").removesuffix("?").split()
+        assert int(row["output"]) == {"+": int(a) + int(b), "-": int(a) - int(b), "x": int(a) * int(b)}[op]
