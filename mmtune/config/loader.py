@@ -42,8 +42,8 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
     """Read ``path`` (optional), apply ``key.sub=value`` overrides, validate."""
     raw, source, override_keys = read_with_overrides(path, overrides)
     if "stages" in raw:
-        raise ConfigError(f"{source}: a multi-stage recipe (it has 'stages'); run it with mmtune train, read it with "
-                          "mmtune.config.stages.load_stages")
+        raise ConfigError(f"{source}: a multi-stage recipe (it has 'stages'): run it with `mmtune train {source}` or "
+                          "mmtune.sequential.run_stages(mmtune.config.stages.load_stages(path))")
     return validate_recipe(raw, source=source, override_keys=override_keys)
 
 
