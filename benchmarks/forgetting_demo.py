@@ -28,8 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mmtune.config.stages import load_stages  # noqa: E402
-from mmtune.sequential import run_stages  # noqa: E402
+from mmtune.config.stages import load_stages
+from mmtune.sequential import run_stages
 
 RECIPE = REPO / "configs" / "sequential_smollm2.yaml"
 

@@ -57,9 +57,9 @@ def forgetting_table(stages: list[str], sets: list[str], results: dict[str, dict
 
 def write_report(output_dir: Path, report: dict) -> tuple[Path, Path]:
     """``forgetting.json`` and ``forgetting.md`` (one table per metric, a row per stage)."""
-    lines = ["# Forgetting report", "",
-             "Each row: the model after that stage; each column: a held-out set (loss: lower is better; "
-             "exact / numeric: accuracy, higher is better). Empty: the set's stage comes later.", ""]
+    legend = ("Each row: the model after that stage; each column: a held-out set (loss: lower is better; "
+              "exact / numeric: accuracy, higher is better). Empty: the set's stage comes later.")
+    lines = ["# Forgetting report", "", legend, ""]
     for metric, table in report["tables"].items():
         lines += [f"## {metric}", "", "| after stage | " + " | ".join(f"`{s}`" for s in report["sets"]) + " |",
                   "|---|" + "---|" * len(report["sets"])]

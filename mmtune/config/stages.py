@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from mmtune.config.loader import read_with_overrides, validate_as, validate_recipe
-from mmtune.config.schema import ForgettingConfig, MultiStageSettings, Recipe, SftRecipe, StageSettings
+from mmtune.config.schema import (
+    ForgettingConfig,
+    MultiStageSettings,
+    Recipe,
+    SftRecipe,
+    StageSettings,
+)
 from mmtune.errors import ConfigError
 
 

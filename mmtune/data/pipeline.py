@@ -522,7 +522,7 @@ def build_conversation_data(tokenizer, cfg: DataConfig, *, seed: int,
 def _replay_refs(rng: np.random.Generator, sources: list[TokenizedSource], first: int, own_samples: int,
                  fraction: float) -> list[np.ndarray]:
     """Refs of the replayed samples: ``fraction`` of the final mixture, from ``sources[first:]`` by size."""
-    total = int(round(fraction / (1.0 - fraction) * own_samples))
+    total = round(fraction / (1.0 - fraction) * own_samples)
     replayed = sources[first:]
     sizes = [len(s) for s in replayed]
     shares = mixture_counts(sizes, [float(n) for n in sizes], "weighted", total) if total else [0] * len(sizes)

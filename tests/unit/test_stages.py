@@ -81,7 +81,9 @@ def test_replay_is_the_given_fraction_of_the_mixture_drawn_by_size(tmp_path, tok
     new = write_jsonl(tmp_path / "new.jsonl", sharegpt_rows([conv(f"{i} plus 1?", str(i + 1)) for i in range(24)]))
     old_a = write_jsonl(tmp_path / "a.jsonl", sharegpt_rows([conv(f"Say {i}", str(i)) for i in range(30)]))
     old_b = write_jsonl(tmp_path / "b.jsonl", sharegpt_rows([conv(f"Spell {i}", f"{i}!") for i in range(10)]))
-    entry = lambda path, task: {"path": str(path), "format": "sharegpt", "task": task}  # noqa: E731
+    def entry(path, task):
+        return {"path": str(path), "format": "sharegpt", "task": task}
+
     cfg = DataConfig(datasets=[entry(new, "new")], replay=[entry(old_a, "a"), entry(old_b, "b")],
                      replay_fraction=0.4, val_fraction=0.25, cache=False)
     data = build_conversation_data(tokenizer, cfg, seed=0)
