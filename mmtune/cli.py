@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser = _with_formatter(sub.add_parser)
 
-    t = sub.add_parser("train", help="train a recipe: mmtune train RECIPE.yaml [key.sub=value ...]")
+    t = sub.add_parser("train", help="train a recipe (or a multi-stage recipe, stage by stage): "
+                                     "mmtune train RECIPE.yaml [key.sub=value ...]")
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=10")
     t.add_argument("--nproc", type=_positive_int, default=SUPPRESS, metavar="N",
@@ -449,13 +450,22 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "train":
         from mmtune import train  # the Python API's path: the report too, with train.report
+        from mmtune.config.stages import MultiStagePlan, load_training
 
-        recipe = load_recipe(args.recipe, args.overrides)  # checked once, before any process starts
+        loaded = load_training(args.recipe, args.overrides)  # checked once, before any process starts
         if given(args, "nproc"):  # 1 too: a process group of one (DeepSpeed on one GPU needs it)
             from mmtune.training.distributed import launch_processes
 
             return launch_processes(args.nproc, ["train", args.recipe, *args.overrides])
-        result = train(recipe)
+        if isinstance(loaded, MultiStagePlan):  # a multi-stage recipe: one run per stage, then the forgetting report
+            from mmtune.sequential import run_stages
+
+            stages = run_stages(loaded)
+            if stages.report is not None:
+                print(f"{len(stages.run_dirs)} stages ({len(stages.trained)} trained now) in {loaded.output_dir}; "
+                      f"forgetting report: {stages.report} (and forgetting.md)")
+            return 0
+        result = train(loaded)
         if result.is_main:
             print(f"trained {result.steps} steps; final loss {result.final_loss:.4f}; model in {result.final_dir}")
         return 0

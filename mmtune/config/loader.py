@@ -40,6 +40,16 @@ _TYPE_WORDS = {
 
 def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None) -> Recipe:
     """Read ``path`` (optional), apply ``key.sub=value`` overrides, validate."""
+    raw, source, override_keys = read_with_overrides(path, overrides)
+    if "stages" in raw:
+        raise ConfigError(f"{source}: a multi-stage recipe (it has 'stages'): run it with `mmtune train {source}` or "
+                          "mmtune.sequential.run_stages(mmtune.config.stages.load_stages(path))")
+    return validate_recipe(raw, source=source, override_keys=override_keys)
+
+
+def read_with_overrides(path: str | Path | None, overrides: list[str] | None) -> tuple[dict[str, Any], str, list[str]]:
+    """The raw mapping of ``path`` (optional) with ``key.sub=value`` overrides applied, its source name, and the
+    overridden keys (errors at them name the command line)."""
     raw: dict[str, Any] = {}
     source = "recipe"
     if path is not None:
@@ -47,8 +57,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         raw = read_yaml_mapping(Path(path))
     for item in overrides or []:
         apply_override(raw, item)
-    override_keys = [item.partition("=")[0].strip() for item in overrides or []]
-    return validate_recipe(raw, source=source, override_keys=override_keys)
+    return raw, source, [item.partition("=")[0].strip() for item in overrides or []]
 
 
 def read_yaml_mapping(path: Path, what: str = "recipe") -> dict[str, Any]:

@@ -163,6 +163,9 @@ class DatasetSpec(DataSource):
     weight: float = 1.0
     """Relative weight in the mixture (with ``data.mixture: weighted``)."""
     max_samples: int | None = None
+    task: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """The task this dataset's samples belong to (multi-task mixtures): training logs ``task_loss/<task>``,
+    evaluation ``eval_loss/<task>``; datasets may share a task. Default: none (only the overall loss)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetSpec":
@@ -200,6 +203,18 @@ class DataConfig(Strict):
     shuffle: bool = True
     num_workers: int = Field(default=2, ge=0)
     """DataLoader worker processes that build batches (and decode media) ahead of the step."""
+    replay: list[DatasetSpec] = Field(default_factory=list)
+    """Earlier training data mixed into this run (sequential tuning against forgetting); a multi-stage recipe's
+    ``replay`` fills it with the earlier stages' datasets."""
+    replay_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Share of the training samples drawn from ``replay`` (in proportion to their sizes): f / (1 - f) times
+    the samples of ``datasets``."""
+
+    @model_validator(mode="after")
+    def _replay_given(self) -> "DataConfig":
+        if bool(self.replay) != (self.replay_fraction > 0):
+            raise ValueError("data.replay and data.replay_fraction go together: give both (a fraction > 0) or neither")
+        return self
 
 
 # --------------------------------------------------------------------------- method
@@ -381,6 +396,22 @@ class Recipe(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+class InitFrom(Strict):
+    """Start from an earlier run's ``final/`` (sequential tuning); also written as ``init_from: RUN_DIR``."""
+
+    run: str
+    """The earlier run directory (or its ``final/``)."""
+    adapter: Literal["merge", "continue"] = "merge"
+    """What becomes of the earlier run's adapter. ``merge``: folded into the base weights, which this run's
+    ``method`` trains like any base (with ``lora``: a new adapter stacked on the frozen merged weights).
+    ``continue``: the same adapter keeps training (its rank and targets; ``method`` must be ``lora``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, raw: Any) -> Any:
+        return {"run": raw} if isinstance(raw, str) else raw
+
+
 class SftRecipe(Recipe):
     """``task: sft``: supervised instruction tuning of a causal LM, text-only or with media branches."""
 
@@ -388,6 +419,19 @@ class SftRecipe(Recipe):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
+    init_from: InitFrom | None = None
+    """Start from an earlier run's model instead of ``model.name`` (whose base it keeps)."""
+
+    @model_validator(mode="after")
+    def _init_from_fits(self) -> "SftRecipe":
+        if self.init_from is None:
+            return self
+        if self.model.branches():
+            raise ValueError("init_from: runs with media branches (model.media) cannot start from an earlier run yet")
+        if self.init_from.adapter == "continue" and self.method.name != "lora":
+            raise ValueError(f"init_from.adapter: 'continue' trains the earlier LoRA adapter on; method.name must "
+                             f"be 'lora', got '{self.method.name}'")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -551,9 +595,51 @@ class EditRecipe(Recipe):
 TASK_RECIPES: dict[str, type[Recipe]] = {"sft": SftRecipe, "edit": EditRecipe}
 """The recipe class of each task; the ``task`` key of a recipe selects one (default ``sft``)."""
 
+
+# --------------------------------------------------------------------------- multi-stage (sequential) recipes
+
+
+class StageSettings(Strict):
+    """What a stage of a multi-stage recipe says besides its recipe keys (which are deep-merged over the base)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """The stage's name: its run directory is ``output_dir/<name>/`` and its row in the forgetting table."""
+    replay: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Share of this stage's training samples drawn from the earlier stages' training datasets
+    (``data.replay_fraction`` with ``data.replay`` = their ``data.datasets``)."""
+    held_out: list[str] = Field(default_factory=list)
+    """This stage's held-out sets (dataset card names or files, as ``mmtune eval --data`` reads them): evaluated
+    after this stage and every later one, the columns of the forgetting table."""
+
+
+class ForgettingConfig(Strict):
+    """The forgetting report of a multi-stage recipe: every stage's model on every earlier stage's held-out sets."""
+
+    general: list[str] = Field(default_factory=list)
+    """General held-out sets (card names or files) evaluated after every stage, beside the stages' own."""
+    metrics: list[Literal["loss", "exact", "numeric"]] = Field(default_factory=lambda: ["loss"], min_length=1)
+    """What is measured per set (``mmtune eval``'s metrics); ``forgetting.json``'s ``table`` holds the first,
+    ``tables`` all of them."""
+    max_samples: int = Field(default=64, gt=0)
+    """Samples evaluated per set."""
+    max_new_tokens: int = Field(default=16, gt=0)
+    """Answer length generated for ``exact`` / ``numeric``."""
+
+
+class MultiStageSettings(Strict):
+    """The keys of a multi-stage recipe besides the shared base recipe (every other top-level key)."""
+
+    stages: list[dict[str, Any]] = Field(min_length=1)
+    """The stages in order, each a partial recipe deep-merged over the base plus its ``StageSettings`` keys;
+    each starts from the previous stage's ``final/``."""
+    stage_adapter: Literal["merge", "continue"] = "merge"
+    """How each stage starts from the previous one's adapter (``init_from.adapter``)."""
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
+
 __all__ = [
     "BranchConfig", "BranchMethod", "ComponentMethod", "DiffusionModelConfig", "EditDataConfig", "EditMethodConfig",
     "EditRecipe", "EmaConfig", "EDIT_FORMATS", "ConnectorConfig", "DataConfig", "DataSource", "DatasetCard", "DatasetSpec",
-    "EncoderConfig", "LoraConfig", "MediaConfig", "MethodConfig", "ModelConfig", "ParamGroup", "PromptErasure", "Recipe",
-    "SftRecipe", "TASK_RECIPES", "TrackerName", "TrainConfig",
+    "EncoderConfig", "ForgettingConfig", "InitFrom", "LoraConfig", "MultiStageSettings", "StageSettings", "MediaConfig",
+    "MethodConfig", "ModelConfig", "ParamGroup", "PromptErasure", "Recipe", "SftRecipe", "TASK_RECIPES", "TrackerName",
+    "TrainConfig",
 ]

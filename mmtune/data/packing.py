@@ -110,6 +110,11 @@ class Batch:
     media: dict[str, MediaInputs] = field(default_factory=dict)
     """Per modality, its items in placeholder order (empty for text)."""
     problems: list[BatchProblem] = field(default_factory=list)
+    target_group: torch.Tensor | None = None
+    """[B, L] long: the task index (in a multi-task mixture) of each target position, -1 elsewhere; None when
+    no dataset names a task. A packed row holds samples of several tasks, so the index is per target."""
+    group_targets: torch.Tensor | None = None
+    """[tasks] long: the targets of each task in this batch (beside ``num_targets``)."""
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(
@@ -121,6 +126,8 @@ class Batch:
             self.num_tokens,
             {name: inputs.to(device) for name, inputs in self.media.items()},
             self.problems,
+            None if self.target_group is None else self.target_group.to(device),
+            self.group_targets,
         )
 
 
@@ -130,12 +137,14 @@ class Collator:
     ``block_mask``: build the explicit block-diagonal mask (CPU, SDPA, eager).
     Without it the model must be able to split samples from ``position_ids``
     (flash-attention varlen). ``media``: per modality, the model branch's
-    input spec (``samples`` must then have ``media(k)``).
+    input spec (``samples`` must then have ``media(k)``). ``num_tasks``: the tasks of a multi-task mixture
+    (``samples`` must then have ``task(k)``); each batch then carries every target's task index.
     """
 
     def __init__(self, samples, *, pad_id: int, block_mask: bool = True, pad_to_multiple_of: int = 8,
-                 media: dict[str, MediaInputSpec] | None = None) -> None:
+                 media: dict[str, MediaInputSpec] | None = None, num_tasks: int = 0) -> None:
         self.samples = samples
+        self.num_tasks = num_tasks
         self.pad_id = pad_id
         self.block_mask = block_mask
         self.multiple = pad_to_multiple_of
@@ -153,6 +162,7 @@ class Collator:
         targets = np.full((B, width), IGNORE_INDEX, dtype=np.int64)
         position_ids = np.zeros((B, width), dtype=np.int64)
         segment = np.full((B, width), -1, dtype=np.int64)
+        task = np.full((B, width), -1, dtype=np.int64)
         num_tokens = 0
         for b, row in enumerate(parts):
             t = 0
@@ -163,6 +173,8 @@ class Collator:
                 targets[b, t : t + n - 1] = shifted
                 position_ids[b, t : t + n] = np.arange(n)
                 segment[b, t : t + n] = s
+                if self.num_tasks:
+                    task[b, t : t + n - 1] = np.where(shifted != IGNORE_INDEX, self.samples.task(rows[b][s]), -1)
                 t += n
             num_tokens += t
             # Padding continues the position count so varlen kernels see one more sequence.
@@ -175,6 +187,10 @@ class Collator:
             # Padding forms one more block (segment -1), so no attention row is empty.
             mask = (same & causal)[:, None]
         t_targets = torch.from_numpy(targets)
+        target_group = group_targets = None
+        if self.num_tasks:
+            target_group = torch.from_numpy(task)
+            group_targets = torch.bincount(target_group[target_group >= 0], minlength=self.num_tasks)
         return Batch(
             torch.from_numpy(input_ids),
             t_targets,
@@ -184,6 +200,8 @@ class Collator:
             num_tokens,
             collate_media(loaded, self.media),
             problems,
+            target_group,
+            group_targets,
         )
 
     def _load_media(self, rows: list[list[int]]):

@@ -117,9 +117,17 @@ class SampleView:
 
     sources: list[TokenizedSource]
     refs: np.ndarray  # int64 [n, 2]
+    task_of_source: tuple[int, ...] = ()
+    """Per source, the index of its task in ``tasks`` (-1: none); empty when no dataset names a task."""
+    tasks: tuple[str, ...] = ()
+    """The task names of a multi-task mixture (``data.datasets[].task``), in order of first mention."""
 
     def __len__(self) -> int:
         return len(self.refs)
+
+    def task(self, k: int) -> int:
+        """The task index of sample ``k`` (-1: its dataset names none)."""
+        return self.task_of_source[self.refs[k][0]] if self.task_of_source else -1
 
     def lengths(self) -> np.ndarray:
         out = np.zeros(len(self.refs), dtype=np.int64)
@@ -470,37 +478,59 @@ def build_conversation_data(tokenizer, cfg: DataConfig, *, seed: int,
 
     ``media``: per modality the model has a branch for, what the data needs
     from that branch (token count per item above all); none for a text model.
+    ``data.replay`` datasets give no validation samples (their held-out sets are their own stage's) and add
+    ``replay_fraction / (1 - replay_fraction)`` times the mixture's samples, in proportion to their sizes.
     """
     if not cfg.datasets:
         raise ConfigError("data.datasets: no dataset given")
-    resolved = [training_source(resolve_source(spec), seed) for spec in cfg.datasets]
+    entries = [*cfg.datasets, *cfg.replay]
+    resolved = [training_source(resolve_source(spec), seed) for spec in entries]
     tok_fp = tokenizer_fingerprint(tokenizer)
     sources = [load_or_tokenize(tokenizer, src, cfg, tok_fp, media) for src in resolved]
+    own = len(cfg.datasets)
     rng = np.random.default_rng(seed)
     train_pools, val_refs = [], []
-    sizes = [len(s) for s in sources]
+    sizes = [len(s) for s in sources[:own]]
     n_val = [int(round(cfg.val_fraction * n)) for n in sizes]
     if sum(n_val) > cfg.val_max_samples:
         scale = cfg.val_max_samples / sum(n_val)
         n_val = [int(v * scale) for v in n_val]
-    for d, src in enumerate(sources):
+    for d, src in enumerate(sources[:own]):
         perm = rng.permutation(len(src))
         val_refs.append(np.stack([np.full(n_val[d], d), np.sort(perm[: n_val[d]])], axis=1))
         train_pools.append(np.sort(perm[n_val[d]:]))
-    counts = mixture_counts([len(p) for p in train_pools], [r.weight for r in resolved], cfg.mixture, cfg.mixture_size,
-                            temperature=cfg.mixture_temperature)
+    counts = mixture_counts([len(p) for p in train_pools], [r.weight for r in resolved[:own]], cfg.mixture,
+                            cfg.mixture_size, temperature=cfg.mixture_temperature)
     train_refs = []
     for d, pool in enumerate(train_pools):
         chosen = pool if cfg.mixture == "concat" else np.sort(_draw(rng, pool, counts[d]))
         train_refs.append(np.stack([np.full(len(chosen), d), chosen], axis=1))
+    if cfg.replay:
+        train_refs += _replay_refs(rng, sources, own, sum(len(r) for r in train_refs), cfg.replay_fraction)
     if sum(len(r) for r in train_refs) == 0:
         raise DataError(f"no training sample left after holding out {sum(n_val)} for validation "
                         f"(data.val_fraction={cfg.val_fraction})", reason="empty dataset")
+    tasks = tuple(dict.fromkeys(spec.task for spec in entries if spec.task))
+    task_of_source = tuple(tasks.index(spec.task) if spec.task else -1 for spec in entries) if tasks else ()
     return ConversationData(
-        SampleView(sources, np.concatenate(train_refs).astype(np.int64)),
-        SampleView(sources, np.concatenate(val_refs).astype(np.int64)),
+        SampleView(sources, np.concatenate(train_refs).astype(np.int64), task_of_source, tasks),
+        SampleView(sources, np.concatenate(val_refs).astype(np.int64), task_of_source, tasks),
         [s.report for s in sources],
     )
+
+
+def _replay_refs(rng: np.random.Generator, sources: list[TokenizedSource], first: int, own_samples: int,
+                 fraction: float) -> list[np.ndarray]:
+    """Refs of the replayed samples: ``fraction`` of the final mixture, from ``sources[first:]`` by size."""
+    total = round(fraction / (1.0 - fraction) * own_samples)
+    replayed = sources[first:]
+    sizes = [len(s) for s in replayed]
+    shares = mixture_counts(sizes, [float(n) for n in sizes], "weighted", total) if total else [0] * len(sizes)
+    refs = []
+    for j, (src, count) in enumerate(zip(replayed, shares)):
+        chosen = np.sort(_draw(rng, np.arange(len(src)), count))
+        refs.append(np.stack([np.full(len(chosen), first + j), chosen], axis=1))
+    return refs
 
 
 def format_reports(reports: list[SourceReport]) -> list[str]:

@@ -4,11 +4,16 @@ A recipe's LLM (``model.name``), a branch's encoder (``encoder.name``) and
 connector weights (``connector.weights``) may each be a plain Hugging Face
 model, an mmtune run, or a part of a checkpoint of another format (a Llava
 directory). This is the one module that asks ``mmtune.interop`` which format a
-directory is; the generic loaders it calls know none.
+directory is; the generic loaders it calls know none. An mmtune ``final/``
+holding a LoRA adapter opens as its base with the adapter merged, so a run can
+start from an earlier run (``init_from``) and a chain of such runs opens link
+by link.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -30,10 +35,16 @@ from mmtune.models.multimodal.build import (
 from mmtune.models.multimodal.encoders import MediaEncoder
 from mmtune.models.multimodal.model import MultimodalLM
 
+MMTUNE_META = "mmtune.json"
+"""What a run's ``final/`` says about itself: family, base model, method (written by ``run_outputs.save_final``)."""
+
 
 def open_language_model(cfg: ModelConfig, *, device_type: str = "cpu", quantization_config: Any = None) -> nn.Module:
-    """The causal LM of ``model.name``: a plain checkpoint, or the language model part of another format's."""
+    """The causal LM of ``model.name``: a plain checkpoint, an mmtune adapter ``final/`` (merged into its base),
+    or the language model part of another format's checkpoint."""
     source = resolve_source(cfg)
+    if (Path(source) / MMTUNE_META).is_file() and (Path(source) / "adapter_config.json").is_file():
+        return _merged_adapter(Path(source), cfg, device_type=device_type, quantization_config=quantization_config)
     reader = reader_for(source)
     if reader is None:
         return load_causal_lm(cfg, device_type=device_type, quantization_config=quantization_config)
@@ -42,6 +53,20 @@ def open_language_model(cfg: ModelConfig, *, device_type: str = "cpu", quantizat
                                                                 quantization_config=quantization_config))
     except (OSError, ValueError) as exc:
         raise ModelError(f"could not load the language model of '{cfg.name}': {str(exc).splitlines()[0]}") from None
+
+
+def _merged_adapter(final: Path, cfg: ModelConfig, *, device_type: str, quantization_config: Any) -> nn.Module:
+    """An adapter ``final/`` as one plain model: its base (opened by the same rules) with the adapter merged.
+
+    Loading settings (dtype, attention, remote code) are ``cfg``'s; which base is the adapter's own.
+    """
+    from peft import PeftModel
+
+    if quantization_config is not None:
+        raise ModelError(f"{final}: an adapter run cannot be merged into a quantized (qlora) base; use lora")
+    saved = json.loads((final / MMTUNE_META).read_text())["base_model"]
+    base = cfg.model_copy(update={k: saved[k] for k in ("name", "gguf_file", "revision")})
+    return PeftModel.from_pretrained(open_language_model(base, device_type=device_type), str(final)).merge_and_unload()
 
 
 def _encoder_from_checkpoint(name: str, cfg: BranchConfig) -> MediaEncoder | None:

@@ -22,11 +22,9 @@ from mmtune.models.edit_models import is_editing_model, open_edit_pipeline
 from mmtune.models.families import FAMILIES, causal_lm, multimodal_lm
 from mmtune.models.loading import load_tokenizer
 from mmtune.models.multimodal.model import MultimodalLM
-from mmtune.models.open import open_language_model
+from mmtune.models.open import MMTUNE_META, open_language_model
 from mmtune.models.virtual_tokens import VirtualTokenLM
 from mmtune.utils.atomic import atomic_directory
-
-MMTUNE_META = "mmtune.json"
 
 
 def save_final(target: Path, model: nn.Module, tokenizer, *, base: ModelConfig, method: MethodConfig,

@@ -39,6 +39,7 @@ from mmtune.training.checkpoint import (
     save_checkpoint,
 )
 from mmtune.training.gathered import gathered_weights
+from mmtune.training.group_losses import GroupLosses
 from mmtune.training.metrics import MetricsLogger, peak_flops, setup_run_logging
 from mmtune.training.schedule import lr_lambda
 from mmtune.training.setup import fill_deepspeed_config, start_runtime
@@ -139,21 +140,25 @@ def train(recipe: Recipe) -> RunResult:
             epoch, index = epoch + 1, 0
 
     @torch.no_grad()
-    def evaluate() -> float | None:
+    def evaluate() -> dict[str, float]:
+        """``eval_loss`` (and ``eval_loss/<group>``); empty without validation rows or when all were skipped."""
         if not task.val_rows:
-            return None
+            return {}
         model.eval()
         total, count = torch.zeros((), device=rt.device), torch.zeros((), device=rt.device)
+        per_group = GroupLosses(task.loss_groups, rt.device)
         shard = task.val_rows[rt.process_index :: rt.num_processes]
         for i in range(0, len(shard), tc.micro_batch_size):
             batch = task.val_collate(shard[i : i + tc.micro_batch_size])
             problems.check(batch)
-            loss_sum, n = model(batch.to(rt.device))
+            loss_sum, n, *extra = model(batch.to(rt.device))
             total += loss_sum.float()
             count += n
+            per_group.add(extra, batch)
         model.train()
         total, count = rt.accelerator.reduce(total, "sum"), rt.accelerator.reduce(count, "sum")
-        return float(total / count) if count > 0 else None  # None: every validation sample was skipped
+        groups = per_group.take(rt.accelerator, "eval_loss")
+        return {"eval_loss": float(total / count), **groups} if count > 0 else {}
 
     def micro_batch_keys():
         """This process's share of every window, marked so the loop knows where a window ends."""
@@ -178,6 +183,7 @@ def train(recipe: Recipe) -> RunResult:
     rng_after_step = rng_snapshot()
     window_start, window_targets, data_wait = time.perf_counter(), 0, 0.0
     last_loss, empty_windows = None, 0
+    task_losses = GroupLosses(task.loss_groups, rt.device)  # task_loss/<task> per logged window
     model.train()
     try:
         while state.step < max_steps:
@@ -206,10 +212,11 @@ def train(recipe: Recipe) -> RunResult:
             for i, batch in enumerate(batches):
                 last = i == len(batches) - 1
                 with rt.accelerator.no_sync(model) if not last else nullcontext():
-                    loss_sum, _ = model(batch.to(rt.device))
+                    loss_sum, _, *extra = model(batch.to(rt.device))
                     # DDP averages gradients over processes; scale so the result is sum / total_targets.
                     update.backward(loss_sum * rt.num_processes / total_targets)
                 loss_total += loss_sum.detach().float()
+                task_losses.add(extra, batch)
             loss = float(rt.accelerator.reduce(loss_total, "sum")) / total_targets
             if not math.isfinite(loss):
                 raise TrainingError(
@@ -247,14 +254,15 @@ def train(recipe: Recipe) -> RunResult:
                 }
                 if flops_peak and task.flops_per_target:
                     record["mfu"] = task.flops_per_target * per_s / flops_peak
+                record.update(task_losses.take(rt.accelerator, "task_loss"))
                 metrics.log(record)
                 bar.set_postfix(loss=f"{loss:.4f}", per_s=f"{per_s:,.0f}")
                 window_start, window_targets, data_wait = time.perf_counter(), 0, 0.0
             if tc.eval_every and (state.step % tc.eval_every == 0 or state.step == max_steps):
                 val = evaluate()
-                if val is not None:
-                    metrics.log({"step": state.step, "eval_loss": val})
-                    log.info("step %d: eval loss %.4f", state.step, val)
+                if val:
+                    metrics.log({"step": state.step, **val})
+                    log.info("step %d: eval loss %.4f", state.step, val["eval_loss"])
                 window_start = time.perf_counter()  # throughput counts training time only
             if tc.save_every and state.step % tc.save_every == 0 and state.step < max_steps:
                 last_checkpoint = save(state, rng_after_step)

@@ -14,6 +14,8 @@ model's own logits, and otherwise falls back to the model's full forward.
 It returns the *sum* of token losses and the number of targets; the training
 loop divides by the number of targets in the whole accumulation window, so
 every trained token weighs the same however the tokens fall into batches.
+A batch of a multi-task mixture (``Batch.target_group``) adds a third value:
+the detached loss sum of each task's targets, exact also in packed rows.
 
 A :class:`~mmtune.models.multimodal.model.MultimodalLM` trains the same way:
 its input embeddings (text embeddings with every branch's output spliced in)
@@ -99,45 +101,54 @@ class CausalLMObjective(nn.Module):
             return place_virtual_tokens(self.prompt_learner, **inputs)
         return inputs, 0
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        loss_sum, n = self._loss_sum(batch)
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """``(loss_sum, n_targets)``, and the detached loss sum per target group when the batch has groups."""
+        loss_sum, n, *per_group = self._loss_sum(batch)
         if self.penalty is not None and self.training:
             loss_sum = loss_sum + self.penalty() * n
-        return loss_sum, n
+        return (loss_sum, n, *per_group)
 
-    def _loss_sum(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss_sum(self, batch: Batch) -> tuple[torch.Tensor, ...]:
         hf = hf_model_of(self.lm)
         selected = batch.targets != IGNORE_INDEX
+        groups = None if batch.target_group is None else (batch.target_group[selected], len(batch.group_targets))
         inputs, virtual = self._decoder_inputs(batch)
         if not self.selective_head:  # the model's own forward, full logits
             logits = hf(**inputs, use_cache=False).logits[:, virtual:]
-            targets = batch.targets[selected]
-            return F.cross_entropy(logits[selected].float(), targets, reduction="sum"), torch.tensor(
-                len(targets), device=logits.device)
+            return head_loss_sum(lambda x: x, logits[selected], batch.targets[selected], groups)
         out = hf.get_decoder()(**inputs, use_cache=False)
         hidden = (out[0] if isinstance(out, tuple) else out.last_hidden_state)[:, virtual:]
         head = hf.get_output_embeddings()
-        if self.fused_loss is not None and type(head) is nn.Linear:
+        if self.fused_loss is not None and type(head) is nn.Linear and groups is None:
             targets = batch.targets[selected]
             return self.fused_loss(head, hidden[selected], targets), torch.tensor(len(targets), device=hidden.device)
-        return head_loss_sum(lambda h: self._logits(hf, h), hidden[selected], batch.targets[selected])
+        return head_loss_sum(lambda h: self._logits(hf, h), hidden[selected], batch.targets[selected], groups)
 
 
-def head_loss_sum(head, hidden: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of cross-entropy of ``head(hidden)`` against ``targets``.
+def head_loss_sum(head, hidden: torch.Tensor, targets: torch.Tensor,
+                  groups: tuple[torch.Tensor, int] | None = None) -> tuple[torch.Tensor, ...]:
+    """Sum of cross-entropy of ``head(hidden)`` against ``targets``, and the number of targets.
 
     Above one chunk of targets, each chunk's logits are recomputed in backward
     instead of kept, so memory stays at one ``[chunk, vocab]`` block.
+    ``groups``: each target's group index (-1: none) and the number of groups; a third value is then the
+    detached loss sum per group.
     """
+    reduction = "sum" if groups is None else "none"
 
     def chunk_loss(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(head(h).float(), t, reduction="sum")
+        return F.cross_entropy(head(h).float(), t, reduction=reduction)
 
     if len(targets) <= _HEAD_CHUNK:
-        total = chunk_loss(hidden, targets)
+        losses = chunk_loss(hidden, targets)
     else:
-        total = hidden.sum().float() * 0.0
-        for start in range(0, len(targets), _HEAD_CHUNK):
-            h, t = hidden[start : start + _HEAD_CHUNK], targets[start : start + _HEAD_CHUNK]
-            total = total + checkpoint(chunk_loss, h, t, use_reentrant=False)
-    return total, torch.tensor(len(targets), device=hidden.device)
+        chunks = [checkpoint(chunk_loss, hidden[start : start + _HEAD_CHUNK], targets[start : start + _HEAD_CHUNK],
+                             use_reentrant=False) for start in range(0, len(targets), _HEAD_CHUNK)]
+        losses = torch.stack(chunks).sum() if groups is None else torch.cat(chunks)
+    count = torch.tensor(len(targets), device=hidden.device)
+    if groups is None:
+        return losses, count
+    index, num_groups = groups
+    known = index >= 0
+    per_group = torch.zeros(num_groups, device=hidden.device).index_add_(0, index[known], losses.detach()[known])
+    return losses.sum(), count, per_group

@@ -26,15 +26,18 @@ def test_there_are_shipped_recipes():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_recipe_validates_and_round_trips(path, tmp_path):
-    recipe = load_recipe(path)
-    again = tmp_path / "resolved.yaml"
-    again.write_text(dump_recipe(recipe))
-    assert load_recipe(again) == recipe
-    for spec in recipe.data.datasets:  # cards named by shipped recipes exist
-        if spec.card:
-            from mmtune.data.sources import find_card
+    from mmtune.config.stages import load_stages
+    from mmtune.data.sources import find_card
 
-            assert find_card(spec.card).is_file()
+    staged = "stages" in yaml.safe_load(path.read_text())  # a multi-stage recipe: every stage is a recipe
+    recipes = [stage.recipe for stage in load_stages(path).stages] if staged else [load_recipe(path)]
+    for recipe in recipes:
+        again = tmp_path / "resolved.yaml"
+        again.write_text(dump_recipe(recipe))
+        assert load_recipe(again) == recipe
+        for spec in recipe.data.datasets:  # cards named by shipped recipes exist
+            if spec.card:
+                assert find_card(spec.card).is_file()
 
 
 def test_overrides_are_typed_and_nested(tmp_path):

@@ -8,7 +8,9 @@ its model and objective, its rows and how they are collated, and what
 
 The objective's ``forward(batch)`` returns ``(loss_sum, n_targets)``: the sum
 of per-target losses and how many targets they cover (tokens for SFT, samples
-for a diffusion task). The loop divides by the targets of the whole
+for a diffusion task). With ``TaskRun.loss_groups`` (the tasks of a
+multi-task mixture) it returns a third value, the loss sum of each group's
+targets [groups], and each batch has ``group_targets`` (the targets of each). The loop divides by the targets of the whole
 accumulation window on all processes, so every target weighs the same however
 they fall into batches. A batch has ``to(device)``, ``num_targets`` and
 ``problems`` (samples dropped while it was built; see ``mmtune.data.loader``).
@@ -68,6 +70,9 @@ class TaskRun:
     lomo: LomoConfig | None = None
     """Set when the weights are to be updated inside backward (LOMO / AdaLomo, ``training.update_rules``)
     instead of by AdamW after it."""
+    loss_groups: tuple[str, ...] = ()
+    """Names of the target groups whose losses are logged apart (``task_loss/<name>``, ``eval_loss/<name>``):
+    the tasks of a multi-task mixture; empty for none."""
 
 
 class Task(Protocol):

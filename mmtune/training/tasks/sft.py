@@ -24,6 +24,7 @@ from mmtune.models.kernels import apply_kernels
 from mmtune.models.loading import load_tokenizer, resolve_attn
 from mmtune.models.open import open_language_model, open_multimodal
 from mmtune.models.run_outputs import save_final
+from mmtune.training.init_from import continue_adapter, starting_point
 from mmtune.training.methods import (
     Component,
     apply_component_method,
@@ -46,16 +47,17 @@ class SftTask:
     def setup(self, recipe: SftRecipe, runtime: Runtime) -> TaskRun:
         cfg, tc = recipe, recipe.train
 
-        # ---- tokenizer, LLM and method -----------------------------------------------
-        tokenizer = load_tokenizer(cfg.model)
+        # ---- tokenizer, LLM (model.name or an earlier run: init_from) and method ----------
+        start = starting_point(cfg)
+        tokenizer = load_tokenizer(start.tokenizer)
         install_template(tokenizer, cfg.data.template)
         quant = qlora_quantization_config(runtime.device_type) if cfg.method.name == "qlora" else None
-        llm = open_language_model(cfg.model, device_type=runtime.device_type, quantization_config=quant)
+        llm = open_language_model(start.model, device_type=runtime.device_type, quantization_config=quant)
         fused_loss = apply_kernels(llm, tc.kernels, runtime.device_type)  # before peft wraps the model
         if tc.gradient_checkpointing:
             enable_activation_checkpointing(llm)
         llm.config.use_cache = False
-        llm = apply_method(llm, cfg.method)
+        llm = apply_method(llm, cfg.method) if start.adapter is None else continue_adapter(llm, start.adapter)
         log.info("llm: %s", cfg.method.name)
         initial_adapter = keep_initial_adapter(llm, cfg.method, Path(cfg.output_dir), write=runtime.is_main)
         components = [Component("llm", llm, cfg.method.name, cfg.method.llm_lr if cfg.method.name != "frozen" else None)]
@@ -85,8 +87,11 @@ class SftTask:
         rows = make_rows(lengths, cfg.data.max_length, cfg.data.packing)
         val_rows = make_rows(data.val.lengths(), cfg.data.max_length, cfg.data.packing)
         train_media = model.media_specs(tokenizer, train=True) if branches else {}
-        collate = Collator(data.train, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=train_media)
-        val_collate = Collator(data.val, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=media)
+        tasks = data.train.tasks
+        collate = Collator(data.train, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=train_media,
+                           num_tasks=len(tasks))
+        val_collate = Collator(data.val, pad_id=tokenizer.pad_token_id, block_mask=block_mask, media=media,
+                               num_tasks=len(tasks))
         utilisation = packing_utilisation(rows, lengths, cfg.data.max_length) if cfg.data.packing else None
         log.info("train: %d samples in %d rows%s; val: %d samples", len(data.train), len(rows),
                  f" (packing utilisation {utilisation:.1%})" if utilisation is not None else "", len(data.val))
@@ -108,7 +113,7 @@ class SftTask:
         allocation = step_hook(llm)  # AdaLoRA's rank allocation: the loop calls it, checkpoints keep its state
 
         def write_final(target: Path, trained: CausalLMObjective) -> None:
-            save_final(target, trained.lm, tokenizer, base=cfg.model, method=cfg.method,
+            save_final(target, trained.lm, tokenizer, base=start.model, method=cfg.method,
                        initial_adapter=initial_adapter)
 
         return TaskRun(
@@ -119,5 +124,5 @@ class SftTask:
                      "trainable": trainable_counts(objective, components)},
             flops_per_target=6 * sum(p.numel() for p in objective.parameters()),
             lomo=cfg.method.lomo if cfg.method.name == "lomo" else None,
-            with_gradients=allocation, extra_state=allocation,
+            with_gradients=allocation, extra_state=allocation, loss_groups=tasks,
         )
