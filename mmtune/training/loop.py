@@ -214,7 +214,7 @@ def train(recipe: Recipe) -> RunResult:
                 with rt.accelerator.no_sync(model) if not last else nullcontext():
                     loss_sum, _, *extra = model(batch.to(rt.device))
                     # DDP averages gradients over processes; scale so the result is sum / total_targets.
-                    update.backward(loss_sum * rt.num_processes / total_targets)
+                    update.backward(loss_sum * rt.num_processes / total_targets, ends_window=last)
                 loss_total += loss_sum.detach().float()
                 task_losses.add(extra, batch)
             loss = float(rt.accelerator.reduce(loss_total, "sum")) / total_targets

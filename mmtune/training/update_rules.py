@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
+from accelerate.utils import DistributedType
 from torch import nn
 
 from mmtune.config.schema import TrainConfig
@@ -33,7 +34,9 @@ class UpdateRule(Protocol):
         """Hand the objective (and the optimizer, where that applies) to accelerate; returns the model to run."""
         ...
 
-    def backward(self, loss: torch.Tensor) -> None: ...
+    def backward(self, loss: torch.Tensor, ends_window: bool = True) -> None:
+        """Backward of one micro-batch's share of the window's loss; ``ends_window`` on its last micro-batch."""
+        ...
 
     def step(self) -> torch.Tensor:
         """Finish the step (clip, update); the gradient norm before clipping. The loop clears the gradients
@@ -42,16 +45,30 @@ class UpdateRule(Protocol):
 
 
 class ClipAndStep:
-    def __init__(self, accelerator, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> None:
+    """AdamW after backward; under DeepSpeed, its engine clips and steps (``step`` then only reads the norm).
+
+    DeepSpeed divides every micro-batch's loss by its ``gradient_accumulation_steps`` and steps at what it is
+    told is the accumulation boundary. mmtune's loss is already divided by the window's targets, so ``backward``
+    multiplies that division away and marks the window's last micro-batch as the boundary: one DeepSpeed step
+    per window, with the same gradient as without DeepSpeed.
+    """
+
+    def __init__(self, accelerator, optimizer: torch.optim.Optimizer, max_grad_norm: float | None,
+                 deepspeed_accumulation: int = 1) -> None:
         self.accelerator, self.optimizer, self.max_grad_norm = accelerator, optimizer, max_grad_norm
         self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.deepspeed_accumulation = deepspeed_accumulation
 
     def prepare(self, objective: nn.Module) -> nn.Module:
         model, self.optimizer = self.accelerator.prepare(objective, self.optimizer)
         return model
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss)
+    def backward(self, loss: torch.Tensor, ends_window: bool = True) -> None:
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            self.accelerator.deepspeed_engine_wrapped.backward(loss * self.deepspeed_accumulation,
+                                                               sync_gradients=ends_window)
+        else:
+            self.accelerator.backward(loss)
 
     def step(self) -> torch.Tensor:
         norm = self.accelerator.clip_grad_norm_(self.params, self.max_grad_norm or float("inf"))
@@ -66,7 +83,7 @@ class FusedBackward:
     def prepare(self, objective: nn.Module) -> nn.Module:
         return self.accelerator.prepare(objective)
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, ends_window: bool = True) -> None:
         self.optimizer.fused_backward(loss)
 
     def step(self) -> torch.Tensor:
@@ -77,7 +94,7 @@ def build_update_rule(task: TaskRun, train: TrainConfig, runtime: Runtime) -> Up
     """AdamW, or LOMO when the task asks for it (``TaskRun.lomo``); a setting LOMO cannot run under is refused."""
     if task.lomo is None:
         adamw = torch.optim.AdamW(task.param_groups, lr=train.lr, betas=train.betas, fused=True)  # CPU and CUDA kernels
-        return ClipAndStep(runtime.accelerator, adamw, train.max_grad_norm)
+        return ClipAndStep(runtime.accelerator, adamw, train.max_grad_norm, train.grad_accum_steps)
     deepspeed = runtime.accelerator.state.deepspeed_plugin is not None
     if runtime.num_processes > 1 or deepspeed:
         setting = "DeepSpeed" if deepspeed else f"{runtime.num_processes} processes"
