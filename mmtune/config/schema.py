@@ -220,6 +220,15 @@ class DataConfig(Strict):
 # --------------------------------------------------------------------------- method
 
 
+class LoftQSettings(Strict):
+    """``method.lora.init: loftq``: how the base weights are quantized (``mmtune.training.loftq``)."""
+
+    bits: Literal[4, 8] = 4
+    """4: NF4 in blocks of 64 (QLoRA's format); 8: int8 per row."""
+    iterations: int = Field(default=1, gt=0)
+    """Alternations of quantizing and fitting the adapter to the residual (LoftQ's T; peft's ``loftq_iter``)."""
+
+
 class LoraConfig(Strict):
     rank: int = Field(default=16, gt=0)
     alpha: float = 32.0
@@ -230,8 +239,11 @@ class LoraConfig(Strict):
     init: Literal["default", "gaussian", "pissa", "olora", "loftq"] = "default"
     """How the adapters start (peft's ``init_lora_weights``): ``default`` (B = 0), ``gaussian``, or from the base
     weights: ``pissa`` (principal singular vectors), ``olora`` (QR). Those two move that part out of the base
-    weights; ``final/`` holds the adapter converted back onto the original base model. ``loftq`` is refused: it
-    needs the base quantized to 4 bits through bitsandbytes on a GPU."""
+    weights; ``final/`` holds the adapter converted back onto the original base model. ``loftq`` replaces the
+    adapted base weights by their quantized values Q(W) (``loftq``) and starts the adapter from the residual;
+    ``final/`` then holds the merged weights, since the adapter fits only Q(W)."""
+    loftq: LoftQSettings = Field(default_factory=LoftQSettings)
+    """``init: loftq``: the quantization the base weights get (read only with that init)."""
     loraplus_lr_ratio: float | None = Field(default=None, gt=0)
     """LoRA+: the B matrices learn this many times faster than the A matrices (the paper suggests 16);
     ``null``: one learning rate."""
@@ -641,5 +653,5 @@ __all__ = [
     "EditRecipe", "EmaConfig", "EDIT_FORMATS", "ConnectorConfig", "DataConfig", "DataSource", "DatasetCard", "DatasetSpec",
     "EncoderConfig", "ForgettingConfig", "InitFrom", "LoraConfig", "MultiStageSettings", "StageSettings", "MediaConfig",
     "MethodConfig", "ModelConfig", "ParamGroup", "PromptErasure", "Recipe", "SftRecipe", "TASK_RECIPES", "TrackerName",
-    "TrainConfig",
+    "TrainConfig", "LoftQSettings",
 ]

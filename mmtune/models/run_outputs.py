@@ -28,20 +28,22 @@ from mmtune.utils.atomic import atomic_directory
 
 
 def save_final(target: Path, model: nn.Module, tokenizer, *, base: ModelConfig, method: MethodConfig,
-               initial_adapter: Path | None = None) -> None:
+               initial_adapter: Path | None = None, merge_adapter: bool = False) -> None:
     """Write ``target`` atomically (temporary directory, then rename) in the model's family layout.
 
     ``initial_adapter``: LoRA as initialised from the base weights (PiSSA / OLoRA), to convert the adapter against.
+    ``merge_adapter``: the LLM's adapter written merged into full weights (LoftQ).
     """
     with atomic_directory(target) as tmp:
         if isinstance(model, MultimodalLM):
             trained = {name for name, m in method.media.model_dump().items() if m and m["encoder"]["trainable"] != "frozen"}
             family = multimodal_lm.NAME
             extra = multimodal_lm.save(tmp, model, base=base, llm_trained=method.name != "frozen",
-                                       trained_encoders=trained, initial_adapter=initial_adapter)
+                                       trained_encoders=trained, initial_adapter=initial_adapter,
+                                       merge_adapter=merge_adapter)
         else:
             family, extra = causal_lm.NAME, causal_lm.save(tmp, model, trained=method.name != "frozen",
-                                                           initial_adapter=initial_adapter)
+                                                           initial_adapter=initial_adapter, merge_adapter=merge_adapter)
         tokenizer.save_pretrained(tmp)
         meta = {"family": family, "base_model": base.model_dump(mode="json", exclude={"media"}),
                 "method": method.name, **extra}

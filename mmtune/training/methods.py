@@ -1,7 +1,7 @@
 """Fine-tuning methods: which parameters train, and with which optimizer settings.
 
 For the LLM: ``full`` and ``lomo`` train everything; ``freeze`` trains parameters whose
-names match ``method.trainable``; ``lora`` (with DoRA / rsLoRA / PiSSA / OLoRA /
+names match ``method.trainable``; ``lora`` (with DoRA / rsLoRA / PiSSA / OLoRA / LoftQ /
 LoRA+ options) and ``qlora`` go through peft, and so does ``peft``, any peft
 method by name (``mmtune.training.peft_methods``). Every other component (a
 branch's encoder, pieces and connector) is ``frozen``, ``full``, ``lora`` or ``peft``. What trains is decided
@@ -20,6 +20,7 @@ from torch import nn
 
 from mmtune.config.schema import ComponentMethod, LoraConfig, MethodConfig, TrainConfig
 from mmtune.errors import ConfigError
+from mmtune.training.loftq import apply_loftq, check_loftq
 from mmtune.training.peft_methods import apply_peft_method, inject_component_peft
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,14 @@ def qlora_quantization_config(device_type: str):
 
 
 def lora_init(lora: LoraConfig) -> bool | str:
-    """peft's ``init_lora_weights`` for ``method.lora.init`` (LoftQ refused: it needs a 4-bit base on a GPU)."""
+    """peft's ``init_lora_weights`` for ``method.lora.init``; LoftQ starts as ``default`` and is applied after
+    injection (``mmtune.training.loftq``: peft's own needs bitsandbytes on CUDA)."""
+    return True if lora.init in ("default", "loftq") else lora.init
+
+
+def _loftq_if_asked(model: nn.Module, lora: LoraConfig) -> None:
     if lora.init == "loftq":
-        raise ConfigError("method.lora.init: loftq needs the base model quantized to 4 bits through bitsandbytes, "
-                          "which runs on a CUDA GPU only and is not wired into mmtune yet; use pissa or olora")
-    return True if lora.init == "default" else lora.init
+        apply_loftq(model, bits=lora.loftq.bits, iterations=lora.loftq.iterations)
 
 
 def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
@@ -70,6 +74,7 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
         return apply_peft_method(model, cfg.peft)
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    check_loftq(cfg)
     if cfg.name == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lora = cfg.lora
@@ -84,9 +89,11 @@ def apply_method(model: nn.Module, cfg: MethodConfig) -> nn.Module:
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, peft_cfg)
+        model = get_peft_model(model, peft_cfg)
     except ValueError as exc:
         raise ConfigError(f"method.lora: {exc}") from None
+    _loftq_if_asked(model, lora)
+    return model
 
 
 @dataclass
@@ -129,6 +136,7 @@ def apply_component_method(module: nn.Module, method: ComponentMethod, lora: Lor
                                                target_modules=targets, use_dora=lora.use_dora,
                                                use_rslora=lora.use_rslora, init_lora_weights=lora_init(lora)),
                                 module)
+        _loftq_if_asked(module, lora)
     trained = sum(p.numel() for p in module.parameters() if p.requires_grad)
     log.info("%s: %s (%s trainable parameters)", name, method.trainable, f"{trained:,}")
 

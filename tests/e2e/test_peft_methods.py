@@ -1,6 +1,6 @@
 """Every kind of peft method end to end on the tiny Llama: train (its parameters move), save ``final/``, reload
-through ``load_for_inference`` (same logits as the trained model), generate, export; AdaLoRA's rank allocation
-inside the loop; a peft method on one component of a multimodal model."""
+through ``load_for_inference`` (same logits as the trained model), generate, export; a LoftQ run saved merged;
+AdaLoRA's rank allocation inside the loop; a peft method on one component of a multimodal model."""
 
 from __future__ import annotations
 
@@ -97,6 +97,29 @@ def test_peft_method_trains_saves_reloads_generates_and_exports(tiny_recipe, wat
     exported = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         torch.testing.assert_close(exported(IDS).logits, watched["logits"], atol=1e-4, rtol=1e-4)
+
+
+def test_a_loftq_run_saves_merged_weights_that_reload_and_export_as_trained(tiny_recipe, watched, tmp_path,
+                                                                            one_torch_thread):
+    """The adapter fits the quantized base Q(W) only, so final/ holds Q(W) + BA merged: a plain model directory."""
+    from transformers import AutoModelForCausalLM
+
+    method = {"name": "lora", "lora": {"rank": 4, "init": "loftq", "dropout": 0.0, "loftq": {"iterations": 2}}}
+    run = mmtune.train(_recipe(tiny_recipe, method)).run_dir
+    assert any(not torch.equal(watched["start"][n], watched["end"][n]) for n in watched["start"])
+    final = run / "final"
+    assert (final / "config.json").is_file() and not (final / "adapter_config.json").exists()
+    assert json.loads((final / "mmtune.json").read_text())["method"] == "lora"
+    assert not (run / "initial-adapter").exists()
+
+    model, _ = load_for_inference(str(run))
+    assert not hasattr(model, "peft_config")
+    with torch.no_grad():
+        torch.testing.assert_close(model(IDS).logits, watched["logits"], atol=1e-5, rtol=1e-5)
+    out = export_hf(*load_for_export(str(run)), tmp_path / "export")
+    with torch.no_grad():
+        exported = AutoModelForCausalLM.from_pretrained(out).eval()
+        torch.testing.assert_close(exported(IDS).logits, watched["logits"], atol=1e-5, rtol=1e-5)
 
 
 def test_adalora_reallocates_ranks_inside_the_loop(tiny_recipe, watched, one_torch_thread):

@@ -69,9 +69,7 @@ def test_what_peft_refuses_is_one_line(tiny, section, expected):
     assert expected in str(err.value) and "\n" not in str(err.value)
 
 
-def test_loftq_and_component_prompt_learning_are_refused_in_one_line(tiny):
-    with pytest.raises(ConfigError, match="loftq needs the base model quantized to 4 bits"):
-        apply_method(tiny, MethodConfig(name="lora", lora={"init": "loftq"}))
+def test_component_prompt_learning_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="works on the LLM only"):
         inject_component_peft(nn.Sequential(nn.Linear(4, 4)), VIRTUAL["prompt"], "image.connector")
     with pytest.raises(ConfigError, match="has no Linear layer"):

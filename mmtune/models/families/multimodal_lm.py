@@ -23,8 +23,8 @@ NAME = "multimodal_lm"
 
 
 def save(target: Path, model: MultimodalLM, *, base: ModelConfig, llm_trained: bool, trained_encoders: set[str],
-         initial_adapter: Path | None = None) -> dict:
-    save_llm(target, model.llm, trained=llm_trained, initial_adapter=initial_adapter)
+         initial_adapter: Path | None = None, merge_adapter: bool = False) -> dict:
+    save_llm(target, model.llm, trained=llm_trained, initial_adapter=initial_adapter, merge_adapter=merge_adapter)
     saved = save_media_weights(target, model, trained_encoders)
     return {"media": {name: cfg.model_dump(mode="json") for name, cfg in base.branches().items()},
             "encoders_saved": saved}

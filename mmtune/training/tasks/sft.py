@@ -25,6 +25,7 @@ from mmtune.models.loading import load_tokenizer, resolve_attn
 from mmtune.models.open import open_language_model, open_multimodal
 from mmtune.models.run_outputs import save_final
 from mmtune.training.init_from import continue_adapter, starting_point
+from mmtune.training.loftq import saves_merged
 from mmtune.training.methods import (
     Component,
     apply_component_method,
@@ -114,7 +115,7 @@ class SftTask:
 
         def write_final(target: Path, trained: CausalLMObjective) -> None:
             save_final(target, trained.lm, tokenizer, base=start.model, method=cfg.method,
-                       initial_adapter=initial_adapter)
+                       initial_adapter=initial_adapter, merge_adapter=saves_merged(cfg.method))
 
         return TaskRun(
             objective=objective, param_groups=groups, rows=rows, val_rows=val_rows,
