@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from browser_helpers import chromium, needs_chromium
+from browser_helpers import chromium, console_errors, needs_chromium
 from media_helpers import open_clip_image_branch
 from serve_helpers import running
 
@@ -66,3 +66,4 @@ def test_the_page_streams_chats_reply_to_a_question_with_an_image(browser, varie
         user = browser.find_element(By.CSS_SELECTOR, ".message.user")
         assert user.find_element(By.TAG_NAME, "img") and question in user.text
         assert browser.execute_script("return window.updates") > 3  # user turn, empty reply, pieces, done
+        assert console_errors(browser) == []  # no script error, no request that failed
