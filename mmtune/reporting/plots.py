@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mmtune.reporting.run_files import (
     TASK_EVAL_LOSS,
@@ -19,6 +20,9 @@ from mmtune.reporting.run_files import (
     RunFiles,
     Series,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _SIZE, _DPI = (5.6, 3.2), 110
 
@@ -29,12 +33,18 @@ class Chart:
     image: str
     """A ``data:image/png;base64,...`` URL."""
     caption: str = ""
+    figure: Figure | None = None
+    """The matplotlib ``Figure`` drawn into ``image``: its lines' data are what the reader sees (tests read them)."""
 
 
 def png_data_url(figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _chart(title: str, figure: Figure, caption: str = "") -> Chart:
+    return Chart(title, png_data_url(figure), caption, figure)
 
 
 def _figure():
@@ -65,7 +75,7 @@ def loss_chart(run: RunFiles) -> Chart | None:
         return None
     ax.set_ylabel("loss")
     ax.legend()
-    return Chart("Loss", png_data_url(figure), "training loss per logged step; eval loss on the validation split")
+    return _chart("Loss", figure, "training loss per logged step; eval loss on the validation split")
 
 
 def task_loss_chart(run: RunFiles) -> Chart | None:
@@ -80,8 +90,8 @@ def task_loss_chart(run: RunFiles) -> Chart | None:
         _plot(ax, run.series(TASK_EVAL_LOSS + task), f"{task} (eval)", color=f"C{i % 10}", linestyle="--")
     ax.set_ylabel("loss")
     ax.legend(fontsize="small")
-    return Chart("Loss per task", png_data_url(figure),
-                 f"{TASK_LOSS}<task> (solid) and {TASK_EVAL_LOSS}<task> (dashed) from metrics.jsonl")
+    return _chart("Loss per task", figure,
+                  f"{TASK_LOSS}<task> (solid) and {TASK_EVAL_LOSS}<task> (dashed) from metrics.jsonl")
 
 
 def lr_chart(run: RunFiles) -> Chart | None:
@@ -90,7 +100,7 @@ def lr_chart(run: RunFiles) -> Chart | None:
         return None
     ax.set_ylabel("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    return Chart("Learning rate", png_data_url(figure), "the first parameter group's learning rate after each step")
+    return _chart("Learning rate", figure, "the first parameter group's learning rate after each step")
 
 
 def throughput_chart(run: RunFiles) -> Chart | None:
@@ -100,7 +110,7 @@ def throughput_chart(run: RunFiles) -> Chart | None:
         return None
     ax.set_ylabel(key.replace("_per_s", "/s"))
     ax.set_ylim(bottom=0)
-    return Chart("Throughput", png_data_url(figure), f"{key}: targets trained per second between logged steps")
+    return _chart("Throughput", figure, f"{key}: targets trained per second between logged steps")
 
 
 def data_wait_chart(run: RunFiles) -> Chart | None:
@@ -111,8 +121,8 @@ def data_wait_chart(run: RunFiles) -> Chart | None:
         return None
     ax.set_ylabel("data wait (% of step time)")
     ax.set_ylim(bottom=0)
-    return Chart("Data wait", png_data_url(figure),
-                 "time spent fetching batches from the DataLoader workers, as a share of the time between logged steps")
+    return _chart("Data wait", figure,
+                  "time spent fetching batches from the DataLoader workers, as a share of the time between logged steps")
 
 
 def grad_norm_chart(run: RunFiles) -> Chart | None:
@@ -120,7 +130,7 @@ def grad_norm_chart(run: RunFiles) -> Chart | None:
     if not _plot(ax, run.series("grad_norm"), "gradient norm", marker=None):
         return None
     ax.set_ylabel("gradient norm (before clipping)")
-    return Chart("Gradient norm", png_data_url(figure))
+    return _chart("Gradient norm", figure)
 
 
 def run_charts(run: RunFiles) -> list[Chart]:
@@ -143,4 +153,4 @@ def forgetting_chart(forgetting: Forgetting) -> Chart:
     ax.set_xticks(list(positions), forgetting.stages)
     ax.set_ylabel(forgetting.metric)
     ax.legend(fontsize="small")
-    return Chart(f"{forgetting.metric} per set across stages", png_data_url(figure))
+    return _chart(f"{forgetting.metric} per set across stages", figure)

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 import pytest
+from notebook_helpers import shown_report
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "instruct_pix2pix_quickstart.ipynb"
@@ -78,6 +79,7 @@ def test_instruct_pix2pix_quickstart_notebook_runs(tmp_path, monkeypatch):
     losses = [r["loss"] for r in records if "loss" in r]
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]
     assert len(evals) == STEPS // EVAL_EVERY and all(math.isfinite(x) for x in losses + evals)
+    assert "Model (final/)" in shown_report(executed, run)  # the edit the trained pipeline makes
     assert evals[-1] < 0.7 * evals[0], evals
     assert all("samples_per_s" in r for r in records if "loss" in r)
     summary = json.loads((run / "summary.json").read_text())

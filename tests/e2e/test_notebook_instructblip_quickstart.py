@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
+from notebook_helpers import shown_report
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "instructblip_quickstart.ipynb"
@@ -37,6 +38,7 @@ def test_instructblip_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert json.loads((work / "shapes" / "synth.json").read_text())["chance"]
     meta = json.loads((work / "run" / "final" / "mmtune.json").read_text())
     assert meta["media"]["image"]["connector"]["kind"] == "qformer"
+    shown_report(executed, work / "run")
     assert (work / "exported" / "qformer_tokenizer").is_dir()
 
     text = stream_text(executed.cells)

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
+from notebook_helpers import shown_report
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "llava_quickstart.ipynb"
@@ -48,6 +49,7 @@ def test_llava_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert [r["step"] for r in steps] == list(range(1, len(steps) + 1)) and len(steps) >= 2
     assert all(0.0 <= r["data_wait"] <= 1.0 and r["tokens_per_s"] > 0 for r in steps)
     assert any("eval_loss" in r for r in records)
+    shown_report(executed, run)
 
     code = [c for c in executed.cells if c.cell_type == "code"]
     text = "\n".join(cell_text(c) for c in code)

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 import pytest
+from notebook_helpers import shown_report
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "video_audio_quickstart.ipynb"
@@ -54,6 +55,7 @@ def test_video_audio_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert synth["chance"]["overall"] == pytest.approx(0.25)
     heldout = len(json.loads((work / "motion" / "heldout.json").read_text()))
     assert heldout == len(json.loads((work / "motion-blank" / "heldout.json").read_text())) > 0
+    shown_report(executed, work / "video-run")
 
     # 3. the video recipe trained its steps; token counts; one audio-visual batch
     for run in ("video-run", "video-run-blank"):

@@ -4,10 +4,9 @@ same question and image. A screenshot is kept under pytest's tmp dir (its path i
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from browser_helpers import chromium, console_errors, needs_chromium
 from media_helpers import open_clip_image_branch
 from serve_helpers import running
 
@@ -16,28 +15,13 @@ from mmtune.generation.chat import generate_reply
 from mmtune.generation.options import GenerationOptions
 from mmtune.serving.app import create_app
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-    reason="chromium and chromedriver are not installed (scripts/setup.sh --dev installs them as root: "
-           "apt-get install -y chromium chromium-driver)")
-
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1200,800"]
+pytestmark = needs_chromium
 
 
 @pytest.fixture()
 def browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    yield driver
-    driver.quit()
+    with chromium(tmp_path / "chromium-profile") as driver:
+        yield driver
 
 
 def test_the_page_streams_chats_reply_to_a_question_with_an_image(browser, varied_llama_dirs, tmp_path,
@@ -82,3 +66,4 @@ def test_the_page_streams_chats_reply_to_a_question_with_an_image(browser, varie
         user = browser.find_element(By.CSS_SELECTOR, ".message.user")
         assert user.find_element(By.TAG_NAME, "img") and question in user.text
         assert browser.execute_script("return window.updates") > 3  # user turn, empty reply, pieces, done
+        assert console_errors(browser) == []  # no script error, no request that failed

@@ -1,6 +1,8 @@
 """``mmtune report`` on runs that really trained: a text run (written by ``train.report: true``, then again by
 the CLI), an image run and an edit run. The pages are checked for what a reader needs: the curves as embedded
 PNGs, the trainable table and data counts the run recorded, and the samples with the answers final/ really gives.
+The text run's page is also opened in headless chromium: no console error, a drawn screenshot, and curves whose
+matplotlib lines hold exactly what ``metrics.jsonl`` holds.
 With ``MMTUNE_TEST_ARTIFACTS=DIR`` the image run's page is kept as ``DIR/report-image-run.html``."""
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import os
 import re
 from pathlib import Path
 
+import pytest
 import yaml
+from browser_helpers import chromium, console_errors, distinct_colours, needs_chromium
 from conftest import sharegpt_rows, write_jsonl
 from media_helpers import llava_rows, open_clip_image_branch, write_json
 
@@ -24,6 +28,8 @@ from mmtune.generation.decoding import generate_texts
 from mmtune.generation.options import GenerationOptions
 from mmtune.models.run_outputs import load_for_inference
 from mmtune.reporting import ReportOptions, write_report
+from mmtune.reporting.plots import run_charts
+from mmtune.reporting.run_files import read_run
 
 CONVS = [[{"role": "user", "content": f"What is {i} plus {i}?"},
           {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."}] for i in range(12)]
@@ -42,15 +48,25 @@ def shown_samples(page: str) -> list[tuple[str, str]]:
     return [(html.unescape(a), html.unescape(r)) for a, r in zip(answers, references)]
 
 
-def test_train_report_true_writes_the_page_and_the_cli_writes_it_again(tmp_path, tiny_recipe, varied_llama_dirs,
-                                                                     one_torch_thread, capsys):
-    data = write_jsonl(tmp_path / "d.jsonl", [*sharegpt_rows(CONVS), "{not json"])
-    recipe = tiny_recipe(data, model={"name": str(varied_llama_dirs[0])},
-                         data={"packing": True, "val_fraction": 0.25, "on_bad_sample": "skip"},
-                         train={"max_steps": 3, "eval_every": 2})
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
-    assert main(["train", str(tmp_path / "recipe.yaml"), "train.report=true"]) == 0
-    run = Path(recipe["output_dir"])
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, varied_llama_dirs, one_torch_thread) -> Path:
+    """A text run trained 3 steps by ``mmtune train ... train.report=true`` (its page written at the end)."""
+    root = tmp_path_factory.mktemp("text-run")
+    data = write_jsonl(root / "d.jsonl", [*sharegpt_rows(CONVS), "{not json"])
+    recipe = {
+        "output_dir": str(root / "run"), "model": {"name": str(varied_llama_dirs[0])},
+        "data": {"datasets": [{"path": str(data), "format": "sharegpt"}], "max_length": 256,
+                 "cache_dir": str(root / "cache"), "packing": True, "val_fraction": 0.25, "on_bad_sample": "skip"},
+        "method": {"name": "lora"},
+        "train": {"max_steps": 3, "eval_every": 2, "micro_batch_size": 2, "lr": 1e-3, "progress": False,
+                  "tensorboard": False}}
+    (root / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["train", str(root / "recipe.yaml"), "train.report=true"]) == 0
+    return Path(recipe["output_dir"])
+
+
+def test_train_report_true_writes_the_page_and_the_cli_writes_it_again(text_run, tmp_path, capsys):
+    run = text_run
     page = (run / "report.html").read_text()
 
     charts = chart_pngs(page)
@@ -83,6 +99,47 @@ def test_train_report_true_writes_the_page_and_the_cli_writes_it_again(tmp_path,
     assert str(out) in capsys.readouterr().out
     first = generate_texts(model, tok, asked[:1], GenerationOptions(max_new_tokens=4), progress=False)
     assert shown_samples(out.read_text()) == [(first[0], samples[0][1])]  # one sample: the split's first
+
+
+def metric_records(run: Path, key: str) -> tuple[list[int], list[float]]:
+    """``key`` over steps, read straight from ``metrics.jsonl`` (a step logged twice keeps its last value)."""
+    by_step = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if key in record:
+            by_step[record["step"]] = record[key]
+    return sorted(by_step), [by_step[step] for step in sorted(by_step)]
+
+
+@needs_chromium
+def test_the_page_opens_in_a_browser_and_plots_metrics_jsonl(text_run, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    page_file = text_run / "report.html"
+    page = page_file.read_text()
+    charts = {chart.title: chart for chart in run_charts(read_run(text_run))}
+    # The figures checked below are the ones on the page: each embedded PNG is its figure's drawing.
+    assert {title: chart.image for title, chart in charts.items()} == dict(re.findall(
+        r'<h3>([^<]+)</h3><img alt="[^"]*" src="(data:image/png;base64,[^"]+)"', page))
+    plotted = {line.get_label(): line for chart in charts.values() for line in chart.figure.axes[0].get_lines()}
+    for label, key in [("train loss", "loss"), ("eval loss", "eval_loss"), ("learning rate", "lr"),
+                       ("tokens_per_s", "tokens_per_s"), ("gradient norm", "grad_norm")]:
+        steps, values = metric_records(text_run, key)
+        assert steps, f"no {key} in metrics.jsonl"
+        assert list(plotted[label].get_xdata()) == steps and list(plotted[label].get_ydata()) == values, label
+
+    with chromium(tmp_path / "chromium-profile") as browser:
+        browser.get(page_file.as_uri())
+        assert browser.execute_script("return document.readyState") == "complete"
+        assert console_errors(browser) == []
+        images = browser.find_elements(By.CSS_SELECTOR, ".chart img")
+        assert len(images) == len(charts) and all(
+            browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
+            for image in images)  # every chart decoded and drawn
+        screenshot = tmp_path / "report-page.png"
+        browser.save_screenshot(str(screenshot))
+    print(f"screenshot of the report: {screenshot}")
+    assert distinct_colours(screenshot) > 50  # text, tables and curves, not a blank page
 
 
 def test_an_image_run_shows_thumbnails_beside_the_answers(tmp_path, tiny_recipe, varied_llama_dirs, photos,

@@ -1,0 +1,16 @@
+"""What the executed demo notebooks are checked for alike: the report of the run they trained, written and shown."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+
+def shown_report(executed, run_dir: Path) -> str:
+    """``run_dir``'s ``report.html``, after checking that a cell wrote it and showed that very page inline."""
+    page = (run_dir / "report.html").read_text()
+    cell = next(c for c in executed.cells if c.cell_type == "code" and "write_report(" in c.source)
+    shown = [o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {})]
+    assert len(shown) == 1 and f'srcdoc="{html.escape(page)}"' in shown[0], "the report is not shown inline"
+    assert "<h3>Loss</h3>" in page  # the curves of the run it trained
+    return page
