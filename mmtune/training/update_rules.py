@@ -56,11 +56,14 @@ class ClipAndStep:
     def __init__(self, accelerator, optimizer: torch.optim.Optimizer, max_grad_norm: float | None,
                  deepspeed_accumulation: int = 1) -> None:
         self.accelerator, self.optimizer, self.max_grad_norm = accelerator, optimizer, max_grad_norm
-        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.params: list[nn.Parameter] = []
+        """What clipping reads: the trainable parameters of the prepared model (set by ``prepare``)."""
         self.deepspeed_accumulation = deepspeed_accumulation
 
     def prepare(self, objective: nn.Module) -> nn.Module:
         model, self.optimizer = self.accelerator.prepare(objective, self.optimizer)
+        # Read after prepare: FSDP2 replaces the parameters by sharded ones (DTensors), which clipping must see.
+        self.params = [p for p in model.parameters() if p.requires_grad]
         return model
 
     def backward(self, loss: torch.Tensor, ends_window: bool = True) -> None:
