@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mmtune.config.peft_options import check_peft_section
+from mmtune.config.peft_options import check_peft_choice, checked_peft_section
 
 
 class Strict(BaseModel):
@@ -109,18 +109,12 @@ class ComponentMethod(Strict):
     (``target_modules`` defaults to every Linear layer). Merged into the component's weights in ``final/``.
     Virtual-token methods (prompt / prefix tuning) belong to the LLM, not to a component."""
 
+    _peft_options = field_validator("peft")(checked_peft_section)
+
     @model_validator(mode="after")
     def _peft_section(self) -> "ComponentMethod":
-        if (self.trainable == "peft") != (self.peft is not None):
-            raise ValueError("'trainable: peft' and a 'peft' section go together (peft: {type: <peft config class>})")
+        check_peft_choice(self.trainable == "peft", self.peft, "trainable: peft")
         return self
-
-    @field_validator("peft")
-    @classmethod
-    def _peft_options(cls, section: dict[str, Any] | None) -> dict[str, Any] | None:
-        if section is not None:
-            check_peft_section(section)
-        return section
 
 
 def _frozen() -> ComponentMethod:

@@ -74,3 +74,18 @@ def _did_you_mean(word: str, choices) -> str:
     by_lower = {c.lower(): c for c in choices}
     close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1, cutoff=0.6)
     return f" (did you mean '{by_lower[close[0]]}'?)" if close else ""
+
+
+def checked_peft_section(section: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A ``peft`` field's validator (the LLM's ``method.peft`` and a component's): its options checked, so
+    an error names ``<key>.peft.<option>``."""
+    if section is not None:
+        check_peft_section(section)
+    return section
+
+
+def check_peft_choice(chosen: bool, section: dict[str, Any] | None, choice: str) -> None:
+    """Raise ``ValueError`` unless the method choice (``name: peft`` / ``trainable: peft``) and a ``peft``
+    section come together."""
+    if chosen != (section is not None):
+        raise ValueError(f"'{choice}' and a 'peft' section go together (peft: {{type: <peft config class>, ...}})")

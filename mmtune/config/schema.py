@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, create_model, field_validator, model_validator
 
 from mmtune.config.media import BranchConfig, BranchMethod, ComponentMethod, ConnectorConfig, EncoderConfig, Strict
-from mmtune.config.peft_options import check_peft_section
+from mmtune.config.peft_options import check_peft_choice, checked_peft_section
 from mmtune.modalities import MODALITIES
 
 log = logging.getLogger("mmtune")
@@ -309,18 +309,12 @@ class MethodConfig(Strict):
             raise ValueError("method 'freeze' needs 'trainable' patterns")
         return self
 
+    _peft_options = field_validator("peft")(checked_peft_section)
+
     @model_validator(mode="after")
     def _peft_section(self) -> "MethodConfig":
-        if (self.name == "peft") != (self.peft is not None):
-            raise ValueError("'name: peft' and a 'peft' section go together (peft: {type: <peft config class>, ...})")
+        check_peft_choice(self.name == "peft", self.peft, "name: peft")
         return self
-
-    @field_validator("peft")
-    @classmethod
-    def _peft_options(cls, section: dict[str, Any] | None) -> dict[str, Any] | None:
-        if section is not None:
-            check_peft_section(section)
-        return section
 
 
 # --------------------------------------------------------------------------- train
