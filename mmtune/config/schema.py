@@ -25,7 +25,7 @@ log = logging.getLogger("mmtune")
 
 TemplateName = Literal["auto", "alpaca", "vicuna_v1", "chatml", "llama2", "plain", "instructblip"]
 FormatName = Literal["alpaca", "sharegpt", "vicuna", "openai", "oasst", "dolly", "llava", "videochat",
-                     "self_correction", "vqa", "caption", "caption_pair", "edit_triplets", "ip2p_folders"]
+                     "self_correction", "vqa", "caption", "caption_pair", "sni", "edit_triplets", "ip2p_folders"]
 EDIT_FORMATS = ("edit_triplets", "ip2p_folders")
 """Formats of (input image, edit instruction, edited image) triplets: the ``edit`` task's data, not conversations."""
 
@@ -139,6 +139,12 @@ class DataSource(Strict):
     held_out: bool = False
     """A zero-shot evaluation set (InstructBLIP's held-out datasets): training refuses it; ``mmtune eval``
     reads it."""
+    instruction_in_prompt: bool | None = None
+    """``sni``: whether each task's instruction (its definition and ``instruction_examples`` positive examples)
+    goes before every instance's input. Default (null): the task decides: ``sft`` puts it there; ``hint`` leaves
+    it out unless ``hint.fusion`` (its hypernetwork reads the instruction instead)."""
+    instruction_examples: int = Field(default=0, ge=0)
+    """``sni``: positive examples appended to each task's definition in its instruction (SNI's "pos-k")."""
 
 
 class DatasetCard(DataSource):
@@ -598,7 +604,75 @@ class EditRecipe(Recipe):
         return self
 
 
-TASK_RECIPES: dict[str, type[Recipe]] = {"sft": SftRecipe, "edit": EditRecipe}
+class HintEncoderConfig(Strict):
+    """What reads a task's instruction for the hypernetwork."""
+
+    name: str | None = None
+    """``null``: the LLM's own pass over the instruction, without gradients (its last hidden states); else any
+    transformers encoder (``AutoModel``: a BERT, a T5's encoder stack) by hub name or local directory, which
+    reads the instruction through its own tokenizer."""
+    trainable: Literal["frozen", "full", "lora"] = "frozen"
+    """How a named encoder trains (``lora``: on every Linear layer, with ``method.lora``'s settings; merged in
+    ``final/``). The LLM's own pass is always frozen."""
+    lr: float | None = None
+    """Learning rate of a trained encoder (default: ``train.lr``)."""
+
+
+class HintConfig(Strict):
+    """``task: hint``: the hypernetwork that turns a task's instruction into adapters (HINT, Ivison et al. 2023)."""
+
+    encoder: HintEncoderConfig = Field(default_factory=HintEncoderConfig)
+    adapter: Literal["lora", "bottleneck"] = "lora"
+    """The generated modules: ``lora`` (``B A x`` added to a module's output; ``mmtune hint adapt`` writes it as
+    a peft LoRA adapter) or ``bottleneck`` (``B relu(A x)``: a parallel bottleneck adapter, HINT's kind; no peft
+    method holds it, so it is used through mmtune only)."""
+    rank: int = Field(default=8, gt=0)
+    """Rank (bottleneck width) of every generated adapter."""
+    alpha: float = Field(default=16.0, gt=0)
+    """The adapters' output is scaled by ``alpha / rank`` (peft's ``lora_alpha``)."""
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj", "down_proj"], min_length=1)
+    """The LLM modules (by their own name, in every layer) that get a generated adapter."""
+    hidden_size: int = Field(default=256, gt=0)
+    """Width of the parameter generator's decoder blocks."""
+    blocks: int = Field(default=2, gt=0)
+    """Decoder blocks (self-attention over the per-module queries, cross-attention to the instruction, MLP)."""
+    heads: int = Field(default=4, gt=0)
+    fusion: bool = False
+    """HINT's instruction fusion: the instruction is also in the LLM's context (each ``sni`` dataset's
+    ``instruction_in_prompt`` follows this unless set)."""
+    max_instruction_length: int = Field(default=512, gt=0)
+    """Instruction tokens the encoder reads (longer instructions are cut, and counted in the log)."""
+    lr: float | None = None
+    """Learning rate of the parameter generator (default: ``train.lr``)."""
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "HintConfig":
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hint.heads: {self.heads} does not divide hint.hidden_size {self.hidden_size}")
+        return self
+
+
+class HintRecipe(SftRecipe):
+    """``task: hint``: multi-task instruction tuning through a hypernetwork that generates each task's adapters
+    from its instruction, so instances run without it in context (``mmtune.training.tasks.hint``)."""
+
+    task: Literal["hint"] = "hint"  # type: ignore[assignment]
+    hint: HintConfig = Field(default_factory=HintConfig)
+
+    @model_validator(mode="after")
+    def _hint_fits(self) -> "HintRecipe":
+        if self.model.branches():
+            raise ValueError("model.media: task hint tunes a text LLM; media branches are not supported with it")
+        if self.method.name not in ("frozen", "full", "lora"):
+            raise ValueError(f"method.name: task hint trains the LLM frozen, full or lora, not '{self.method.name}'")
+        if self.init_from is not None:
+            raise ValueError("init_from: task hint starts from model.name")
+        if self.train.kernels != "none":
+            raise ValueError("train.kernels: not with task hint (its adapters hook the LLM's linear layers)")
+        return self
+
+
+TASK_RECIPES: dict[str, type[Recipe]] = {"sft": SftRecipe, "edit": EditRecipe, "hint": HintRecipe}
 """The recipe class of each task; the ``task`` key of a recipe selects one (default ``sft``)."""
 
 

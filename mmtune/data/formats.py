@@ -93,6 +93,10 @@ FORMAT_DEFAULTS["caption_pair"] = FormatSpec(  # the media column is the one the
     {**{name: name for name in MEDIA_COLUMNS}, "captions": "caption", "references": "references",
      "start": "start", "end": "end"}
 )
+FORMAT_DEFAULTS["sni"] = FormatSpec(  # Super-NaturalInstructions task files (``sni.py``)
+    {"definition": "Definition", "positive_examples": "Positive Examples", "instances": "Instances",
+     "input": "input", "output": "output"}
+)
 FORMAT_DEFAULTS["vicuna"] = FORMAT_DEFAULTS["sharegpt"]
 FORMAT_DEFAULTS["llava"] = FormatSpec(  # LLaVA / LLaVA-Video / Video-ChatGPT training JSON: one column per modality
     {"id": "id", **{name: name for name in MEDIA_COLUMNS}, "messages": "conversations", "role": "from",

@@ -115,6 +115,9 @@ class Batch:
     no dataset names a task. A packed row holds samples of several tasks, so the index is per target."""
     group_targets: torch.Tensor | None = None
     """[tasks] long: the targets of each task in this batch (beside ``num_targets``)."""
+    token_group: torch.Tensor | None = None
+    """[B, L] long: the task index of every token (prompt too), -1 on padding; with ``target_group``. What a
+    model with per-task parameters (``task: hint``'s generated adapters) selects them by."""
 
     def to(self, device: torch.device) -> "Batch":
         return Batch(
@@ -128,6 +131,7 @@ class Batch:
             self.problems,
             None if self.target_group is None else self.target_group.to(device),
             self.group_targets,
+            None if self.token_group is None else self.token_group.to(device),
         )
 
 
@@ -163,6 +167,7 @@ class Collator:
         position_ids = np.zeros((B, width), dtype=np.int64)
         segment = np.full((B, width), -1, dtype=np.int64)
         task = np.full((B, width), -1, dtype=np.int64)
+        token_task = np.full((B, width), -1, dtype=np.int64)
         num_tokens = 0
         for b, row in enumerate(parts):
             t = 0
@@ -174,7 +179,9 @@ class Collator:
                 position_ids[b, t : t + n] = np.arange(n)
                 segment[b, t : t + n] = s
                 if self.num_tasks:
-                    task[b, t : t + n - 1] = np.where(shifted != IGNORE_INDEX, self.samples.task(rows[b][s]), -1)
+                    k = self.samples.task(rows[b][s])
+                    task[b, t : t + n - 1] = np.where(shifted != IGNORE_INDEX, k, -1)
+                    token_task[b, t : t + n] = k
                 t += n
             num_tokens += t
             # Padding continues the position count so varlen kernels see one more sequence.
@@ -187,9 +194,9 @@ class Collator:
             # Padding forms one more block (segment -1), so no attention row is empty.
             mask = (same & causal)[:, None]
         t_targets = torch.from_numpy(targets)
-        target_group = group_targets = None
+        target_group = group_targets = token_group = None
         if self.num_tasks:
-            target_group = torch.from_numpy(task)
+            target_group, token_group = torch.from_numpy(task), torch.from_numpy(token_task)
             group_targets = torch.bincount(target_group[target_group >= 0], minlength=self.num_tasks)
         return Batch(
             torch.from_numpy(input_ids),
@@ -202,6 +209,7 @@ class Collator:
             problems,
             target_group,
             group_targets,
+            token_group,
         )
 
     def _load_media(self, rows: list[list[int]]):

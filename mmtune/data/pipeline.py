@@ -46,6 +46,7 @@ from mmtune.data.formats import (
 )
 from mmtune.data.instruction_templates import INSTRUCTION_FORMATS, template_meta
 from mmtune.data.media import media_items_of, media_slots, media_tags
+from mmtune.data.sni import sni_conversations, task_of, task_sources
 from mmtune.data.sources import MalformedRow, ResolvedSource, iter_rows, resolve_source, resolve_templates
 from mmtune.data.task_formats import INSTRUCTION_CONVERTERS, InstructionOptions, captions_by_image
 from mmtune.data.templates import split_segments
@@ -120,7 +121,8 @@ class SampleView:
     task_of_source: tuple[int, ...] = ()
     """Per source, the index of its task in ``tasks`` (-1: none); empty when no dataset names a task."""
     tasks: tuple[str, ...] = ()
-    """The task names of a multi-task mixture (``data.datasets[].task``), in order of first mention."""
+    """The task names of a multi-task mixture (``data.datasets[].task``, or the task files of an ``sni`` folder),
+    in order of first mention."""
 
     def __len__(self) -> int:
         return len(self.refs)
@@ -193,6 +195,17 @@ def conversations_of(src: ResolvedSource, report: SourceReport, on_bad: str):
 
     if src.format in INSTRUCTION_FORMATS:
         yield from _instruction_conversations(src, mapping, indexed_rows(), bad)
+        return
+
+    if src.format == "sni":  # whole task files, an instance per row
+        def bad_instance(where: str, reason: str, detail: str) -> None:
+            report.rows += 1
+            bad(where, reason, detail)
+
+        for where, conv in sni_conversations(src.path, mapping, in_prompt=settings.instruction_in_prompt is not False,
+                                             examples=settings.instruction_examples, bad=bad_instance):
+            report.rows += 1
+            yield where, conv
         return
 
     if src.format == "oasst":
@@ -483,11 +496,16 @@ def build_conversation_data(tokenizer, cfg: DataConfig, *, seed: int,
     """
     if not cfg.datasets:
         raise ConfigError("data.datasets: no dataset given")
-    entries = [*cfg.datasets, *cfg.replay]
-    resolved = [training_source(resolve_source(spec), seed) for spec in entries]
+    # An sni folder is one source per task file, each its own task of the mixture.
+    def parts_of(specs: list) -> list[tuple]:
+        return [(spec, src) for spec in specs for src in task_sources(training_source(resolve_source(spec), seed))]
+
+    own_parts, replay_parts = parts_of(cfg.datasets), parts_of(cfg.replay)
+    resolved = [src for _, src in own_parts + replay_parts]
+    task_names = [task_of(spec, src) for spec, src in own_parts + replay_parts]
     tok_fp = tokenizer_fingerprint(tokenizer)
     sources = [load_or_tokenize(tokenizer, src, cfg, tok_fp, media) for src in resolved]
-    own = len(cfg.datasets)
+    own = len(own_parts)
     rng = np.random.default_rng(seed)
     train_pools, val_refs = [], []
     sizes = [len(s) for s in sources[:own]]
@@ -510,8 +528,8 @@ def build_conversation_data(tokenizer, cfg: DataConfig, *, seed: int,
     if sum(len(r) for r in train_refs) == 0:
         raise DataError(f"no training sample left after holding out {sum(n_val)} for validation "
                         f"(data.val_fraction={cfg.val_fraction})", reason="empty dataset")
-    tasks = tuple(dict.fromkeys(spec.task for spec in entries if spec.task))
-    task_of_source = tuple(tasks.index(spec.task) if spec.task else -1 for spec in entries) if tasks else ()
+    tasks = tuple(dict.fromkeys(name for name in task_names if name))
+    task_of_source = tuple(tasks.index(name) if name else -1 for name in task_names) if tasks else ()
     return ConversationData(
         SampleView(sources, np.concatenate(train_refs).astype(np.int64), task_of_source, tasks),
         SampleView(sources, np.concatenate(val_refs).astype(np.int64), task_of_source, tasks),

@@ -11,6 +11,7 @@ directory, a hub name or an offline alias.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
@@ -28,11 +29,14 @@ from mmtune.utils.atomic import atomic_directory
 
 
 def save_final(target: Path, model: nn.Module, tokenizer, *, base: ModelConfig, method: MethodConfig,
-               initial_adapter: Path | None = None, merge_adapter: bool = False) -> None:
+               initial_adapter: Path | None = None, merge_adapter: bool = False,
+               extra_files: Callable[[Path], dict] | None = None) -> None:
     """Write ``target`` atomically (temporary directory, then rename) in the model's family layout.
 
     ``initial_adapter``: LoRA as initialised from the base weights (PiSSA / OLoRA), to convert the adapter against.
     ``merge_adapter``: the LLM's adapter written merged into full weights (LoftQ).
+    ``extra_files``: a task's own files beside the LLM's (the hint task's hypernetwork), written into the same
+    temporary directory; what it returns updates ``mmtune.json`` (its ``family`` among others).
     """
     with atomic_directory(target) as tmp:
         if isinstance(model, MultimodalLM):
@@ -47,6 +51,8 @@ def save_final(target: Path, model: nn.Module, tokenizer, *, base: ModelConfig, 
         tokenizer.save_pretrained(tmp)
         meta = {"family": family, "base_model": base.model_dump(mode="json", exclude={"media"}),
                 "method": method.name, **extra}
+        if extra_files is not None:
+            meta.update(extra_files(tmp))
         (tmp / MMTUNE_META).write_text(json.dumps(meta, indent=2))
 
 

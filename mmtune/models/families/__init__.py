@@ -8,6 +8,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from mmtune.models.families import causal_lm, multimodal_lm
+from mmtune.models.families import causal_lm, hint, multimodal_lm
 
-FAMILIES: dict[str, ModuleType] = {causal_lm.NAME: causal_lm, multimodal_lm.NAME: multimodal_lm}
+FAMILIES: dict[str, ModuleType] = {causal_lm.NAME: causal_lm, multimodal_lm.NAME: multimodal_lm, hint.NAME: hint}

@@ -1,0 +1,143 @@
+"""``mmtune hint adapt``: one instruction -> a standard peft LoRA adapter, usable without mmtune.
+
+The hypernetwork of a hint run generates the instruction's adapters once. Every adapted module then adds
+``scaling * B A x``; when the LLM trained with LoRA too, that module already adds its own ``s B' A' x``.
+Both are one LoRA of the summed rank: ``A = [A'; A]``, ``B = [s B', scaling B]`` with a scaling of 1 (peft's
+``rank_pattern`` / ``alpha_pattern`` give each module its rank). The adapter's base is the run's base model
+(its directory when it was an alias), or ``final/`` itself when the LLM was fully tuned, so
+``PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter_dir)`` reproduces the
+hypernetwork's outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmtune.config.schema import ModelConfig
+from mmtune.data.sni import SniTask, instruction_text
+from mmtune.errors import ConfigError, ModelError
+from mmtune.models.families.causal_lm import load_llm
+from mmtune.models.hint.generator import GeneratedAdapters
+from mmtune.models.hint.hypernetwork import Hypernetwork, is_hint_model, load_hypernetwork, peft_free_name, transformers_model
+from mmtune.models.loading import load_tokenizer, resolve_source
+from mmtune.models.open import open_language_model
+
+
+@dataclass
+class HintRun:
+    """A hint run's ``final/`` opened: its LLM (with its own trained adapter, if any), hypernetwork, tokenizers."""
+
+    path: Path
+    base: ModelConfig
+    llm: nn.Module
+    hypernetwork: Hypernetwork
+    tokenizer: object
+    instruction_tokenizer: object
+
+
+def open_hint_run(run: str | Path) -> HintRun:
+    from mmtune.models.run_outputs import model_dir_of, read_meta
+
+    path = model_dir_of(Path(run).expanduser())
+    if not is_hint_model(path):
+        raise ModelError(f"{path}: not a hint run's model (no hint/hint.json); train one with task: hint")
+    meta = read_meta(path)
+    base = ModelConfig(**meta["base_model"])
+    llm = load_llm(path, base, device_type="cpu", merge=False).eval()
+    net = load_hypernetwork(path, llm)
+    tokenizer = load_tokenizer(ModelConfig(name=str(path)))
+    instruction_tokenizer = tokenizer
+    if net.cfg.encoder.name:
+        from transformers import AutoTokenizer
+
+        instruction_tokenizer = AutoTokenizer.from_pretrained(net.cfg.encoder.name)
+    return HintRun(path, base, llm, net, tokenizer, instruction_tokenizer)
+
+
+def read_examples(file: Path) -> tuple[tuple[str, str], ...]:
+    """Positive examples from a JSON / JSONL list of ``{"input", "output"}``, or an sni task file's own."""
+    try:
+        text = file.read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()] if file.suffix == ".jsonl" \
+            else json.loads(text)
+    except FileNotFoundError:
+        raise ConfigError(f"--examples: {file} not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--examples: {file} is not valid JSON / JSONL ({exc})") from None
+    if isinstance(rows, dict):
+        rows = rows.get("Positive Examples", rows)
+    out = []
+    for i, row in enumerate(rows if isinstance(rows, list) else [], start=1):
+        output = row.get("output") if isinstance(row, dict) else None
+        output = output[0] if isinstance(output, list) and output else output
+        if not isinstance(row, dict) or not isinstance(row.get("input"), str) or not isinstance(output, str):
+            raise ConfigError(f"--examples: {file}: example {i} needs string 'input' and 'output'")
+        out.append((row["input"], output))
+    if not out:
+        raise ConfigError(f"--examples: {file} holds no example (a list of {{input, output}}, or an sni task file)")
+    return tuple(out)
+
+
+def instruction_of(definition: str, examples: tuple[tuple[str, str], ...] = ()) -> str:
+    """The instruction text as training read it (``Definition: ...`` and its positive examples)."""
+    return instruction_text(SniTask("adapt", Path("."), definition.strip(), examples, ()), len(examples))
+
+
+@torch.no_grad()
+def generate_adapters(run: HintRun, instruction: str) -> GeneratedAdapters:
+    ids = run.instruction_tokenizer(instruction, add_special_tokens=True)["input_ids"]
+    ids = torch.tensor([ids[: run.hypernetwork.cfg.max_instruction_length]])
+    return run.hypernetwork(ids, torch.ones_like(ids, dtype=torch.bool))
+
+
+def lora_parts(run: HintRun, adapters: GeneratedAdapters) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per module name, ``(A [r, in], B [out, r])`` of the one LoRA (scaling 1) equal to all it adds."""
+    from peft.tuners.lora import LoraLayer
+
+    parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for raw, module in transformers_model(run.llm).named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            if module.use_dora.get("default"):
+                raise ModelError(f"{run.path}: the LLM's DoRA adapter cannot be written as one LoRA with the "
+                                 "generated adapters")
+            A, B = module.lora_A["default"].weight, module.lora_B["default"].weight
+            parts.setdefault(peft_free_name(raw), []).append((A, B * module.scaling["default"]))
+    scaling = run.hypernetwork.slots.scaling
+    for j, target in enumerate(run.hypernetwork.targets):
+        parts.setdefault(target.name, []).append((adapters.A[j][0], adapters.B[j][0] * scaling))
+    return {name: (torch.cat([a for a, _ in ab]), torch.cat([b for _, b in ab], dim=1)) for name, ab in parts.items()}
+
+
+def write_adapter(run: HintRun, instruction: str, out: Path) -> Path:
+    """The instruction's peft LoRA adapter (and the tokenizer) in ``out``; returns the base model it belongs to."""
+    from peft import LoraConfig, get_peft_model
+
+    if run.hypernetwork.cfg.adapter != "lora":
+        raise ConfigError(f"hint adapt: {run.path} generates {run.hypernetwork.cfg.adapter} adapters, which no peft "
+                          "method holds; only hint.adapter: lora is written as a peft adapter")
+    parts = lora_parts(run, generate_adapters(run, instruction))
+    full_weights = (run.path / "config.json").is_file()
+    base_dir = run.path if full_weights else Path(resolve_source(run.base))
+    base = open_language_model(ModelConfig(name=str(base_dir), dtype="float32"), device_type="cpu")
+    ranks = {name: int(a.shape[0]) for name, (a, _) in parts.items()}
+    r = max(ranks.values())
+    other = {re.escape(name): rank for name, rank in ranks.items() if rank != r}  # peft matches these as regexes
+    config = LoraConfig(r=r, lora_alpha=r, lora_dropout=0.0, target_modules=sorted(parts), rank_pattern=other,
+                        alpha_pattern=other, task_type="CAUSAL_LM", base_model_name_or_path=str(base_dir))
+    model = get_peft_model(base, config)
+    for raw, module in model.base_model.model.named_modules():
+        if raw in parts:
+            A, B = parts[raw]
+            module.lora_A["default"].weight.data.copy_(A)
+            module.lora_B["default"].weight.data.copy_(B)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    run.tokenizer.save_pretrained(str(out))
+    (out / "hint_instruction.txt").write_text(instruction + "\n")
+    return base_dir

@@ -1,0 +1,99 @@
+"""HINT's parameter generator: an encoded instruction -> adapter weights for every adapted LLM module.
+
+Ivison et al.'s hypernetwork is a small decoder whose inputs are learned per-layer embeddings and whose
+cross-attention reads the encoded instruction; linear heads turn each output into a layer's parameters.
+Here each adapted module (a ``q_proj`` of layer 3, say) has one query: its layer's embedding plus its
+kind's. The queries attend to each other and to the instruction through transformers-style decoder blocks
+(``torch.nn.TransformerDecoder``), and one head per kind emits that module's ``A`` [r, in] and ``B``
+[out, r]. Heads are shared across layers, so the generator's size grows with the model's width, not depth.
+
+``B``'s head starts at zero, so before training the generated adapters change nothing (as LoRA starts
+with B = 0) and the LLM's behaviour is the starting point; ``A``'s head is scaled so that ``A``'s entries
+start with LoRA's usual variance (1 / in_features).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AdapterTarget:
+    """One LLM module that receives generated adapter weights."""
+
+    name: str
+    """The module's path in the transformers model (``model.layers.3.self_attn.q_proj``), as peft names it."""
+    layer: int
+    kind: str
+    """The module's own name (``q_proj``): modules of one kind share a head, so they share a shape."""
+    in_features: int
+    out_features: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class GeneratedAdapters:
+    """Adapter weights for ``K`` instructions: ``A[j]`` [K, r, in] and ``B[j]`` [K, out, r] per target ``j``."""
+
+    A: list[torch.Tensor]
+    B: list[torch.Tensor]
+
+    def select(self, k: int) -> "GeneratedAdapters":
+        """The weights of instruction ``k`` alone (a batch of one)."""
+        return GeneratedAdapters([a[k : k + 1] for a in self.A], [b[k : k + 1] for b in self.B])
+
+
+class ParameterGenerator(nn.Module):
+    def __init__(self, targets: list[AdapterTarget], *, instruction_dim: int, hidden_size: int, blocks: int,
+                 heads: int, rank: int) -> None:
+        super().__init__()
+        self.targets = list(targets)
+        self.rank = rank
+        self.kinds = sorted({t.kind for t in targets})
+        shapes = {}
+        for t in targets:
+            if shapes.setdefault(t.kind, (t.in_features, t.out_features)) != (t.in_features, t.out_features):
+                raise ValueError(f"hint.target_modules: '{t.kind}' modules differ in shape across layers "
+                                 f"({shapes[t.kind]} vs {(t.in_features, t.out_features)}); they share one head")
+        self.instruction_proj = nn.Sequential(nn.Linear(instruction_dim, hidden_size), nn.LayerNorm(hidden_size))
+        n_layers = max(t.layer for t in targets) + 1
+        self.layer_embed = nn.Embedding(n_layers, hidden_size)
+        self.kind_embed = nn.Embedding(len(self.kinds), hidden_size)
+        nn.init.normal_(self.layer_embed.weight, std=0.02)
+        nn.init.normal_(self.kind_embed.weight, std=0.02)
+        self.register_buffer("query_layer", torch.tensor([t.layer for t in targets]), persistent=False)
+        self.register_buffer("query_kind", torch.tensor([self.kinds.index(t.kind) for t in targets]), persistent=False)
+        block = nn.TransformerDecoderLayer(hidden_size, heads, 4 * hidden_size, dropout=0.0, batch_first=True,
+                                           norm_first=True)
+        self.blocks = nn.TransformerDecoder(block, blocks, norm=nn.LayerNorm(hidden_size))
+        self.head_A = nn.ModuleDict({k: nn.Linear(hidden_size, rank * shapes[k][0]) for k in self.kinds})
+        self.head_B = nn.ModuleDict({k: nn.Linear(hidden_size, shapes[k][1] * rank) for k in self.kinds})
+        for k in self.kinds:
+            nn.init.normal_(self.head_A[k].weight, std=1.0 / math.sqrt(hidden_size * shapes[k][0]))
+            nn.init.zeros_(self.head_A[k].bias)
+            nn.init.zeros_(self.head_B[k].weight)
+            nn.init.zeros_(self.head_B[k].bias)
+
+    def forward(self, instruction: torch.Tensor, mask: torch.Tensor) -> GeneratedAdapters:
+        """``instruction`` [K, T, D] encoded instructions, ``mask`` [K, T] (True: a real token)."""
+        memory = self.instruction_proj(instruction)
+        queries = self.layer_embed(self.query_layer) + self.kind_embed(self.query_kind)
+        out = self.blocks(queries.expand(len(memory), -1, -1), memory, memory_key_padding_mask=~mask.bool())
+        A: list[torch.Tensor | None] = [None] * len(self.targets)
+        B: list[torch.Tensor | None] = [None] * len(self.targets)
+        K, r = len(memory), self.rank
+        for kind in self.kinds:  # one head call per kind, over all its layers
+            where = [j for j, t in enumerate(self.targets) if t.kind == kind]
+            h = out[:, where]
+            d_in, d_out = self.targets[where[0]].in_features, self.targets[where[0]].out_features
+            a = self.head_A[kind](h).view(K, len(where), r, d_in)
+            b = self.head_B[kind](h).view(K, len(where), d_out, r)
+            for i, j in enumerate(where):
+                A[j], B[j] = a[:, i], b[:, i]
+        return GeneratedAdapters(A, B)
