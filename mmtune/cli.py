@@ -224,6 +224,18 @@ def _parser() -> argparse.ArgumentParser:
                         "(pytorch_lora_weights.safetensors beside the base unet/, for load_lora_weights) instead "
                         "of merging it")
 
+    h = sub.add_parser("hint", help="HINT runs (task: hint): a hypernetwork that turns an instruction into adapters")
+    hsub = h.add_subparsers(dest="hint_command", required=True)
+    hsub.add_parser = _with_formatter(hsub.add_parser)
+    ha = hsub.add_parser("adapt", help="generate one instruction's adapters once and write them as a standard peft "
+                                       "LoRA adapter (loads with peft on the base model; no mmtune needed)")
+    ha.add_argument("run_dir", help="a hint run directory (or its final/)")
+    ha.add_argument("--instruction", required=True, help="the task's definition, as the training tasks' were written")
+    ha.add_argument("--examples", metavar="FILE",
+                    help="positive examples read with the instruction: a JSON / JSONL list of {input, output}, or "
+                         "an sni task file (its Positive Examples)")
+    ha.add_argument("--out", required=True, metavar="ADAPTER_DIR")
+
     d = sub.add_parser("data", help="data tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
     dsub.add_parser = _with_formatter(dsub.add_parser)
@@ -486,6 +498,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_serve(args)
     if args.command == "export":
         return _export(args)
+    if args.command == "hint":
+        return _hint_adapt(args)
     if args.command == "edit":
         return _edit(args)
     if args.command == "data" and args.data_command == "inspect":
@@ -521,6 +535,18 @@ def _export(args: argparse.Namespace) -> int:
     model, tokenizer = load_for_export(args.run_dir, fmt=fmt, keep_lora=args.keep_lora)
     out = EXPORTERS[fmt or default_format(model)](model, tokenizer, args.out_dir)
     print(f"exported to {out}")
+    return 0
+
+
+def _hint_adapt(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mmtune.models.hint.adapt import instruction_of, open_hint_run, read_examples, write_adapter
+
+    examples = read_examples(Path(args.examples)) if args.examples else ()
+    run = open_hint_run(args.run_dir)
+    base = write_adapter(run, instruction_of(args.instruction, examples), Path(args.out))
+    print(f"wrote a peft LoRA adapter for the instruction to {args.out} (base model: {base})")
     return 0
 
 
