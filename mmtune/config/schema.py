@@ -622,10 +622,13 @@ class HintConfig(Strict):
     """``task: hint``: the hypernetwork that turns a task's instruction into adapters (HINT, Ivison et al. 2023)."""
 
     encoder: HintEncoderConfig = Field(default_factory=HintEncoderConfig)
-    adapter: Literal["lora", "bottleneck"] = "lora"
+    adapter: Literal["lora", "bottleneck", "none"] = "lora"
     """The generated modules: ``lora`` (``B A x`` added to a module's output; ``mmtune hint adapt`` writes it as
-    a peft LoRA adapter) or ``bottleneck`` (``B relu(A x)``: a parallel bottleneck adapter, HINT's kind; no peft
-    method holds it, so it is used through mmtune only)."""
+    a peft LoRA adapter), ``bottleneck`` (``B relu(A x)``: a parallel bottleneck adapter, HINT's kind; no peft
+    method holds it, so it is used through mmtune only) or ``none`` (a prefix only)."""
+    prefix_tokens: int = Field(default=0, ge=0)
+    """Also generate a prefix: this many key/value vectors in front of every attention layer (as prefix tuning
+    learns them; ``adapt`` writes them as a peft prefix-tuning adapter). 0: none."""
     rank: int = Field(default=8, gt=0)
     """Rank (bottleneck width) of every generated adapter."""
     alpha: float = Field(default=16.0, gt=0)
@@ -647,6 +650,8 @@ class HintConfig(Strict):
 
     @model_validator(mode="after")
     def _heads_divide(self) -> "HintConfig":
+        if self.adapter == "none" and not self.prefix_tokens:
+            raise ValueError("hint.adapter: 'none' generates nothing unless hint.prefix_tokens > 0")
         if self.hidden_size % self.heads:
             raise ValueError(f"hint.heads: {self.heads} does not divide hint.hidden_size {self.hidden_size}")
         return self

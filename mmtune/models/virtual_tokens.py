@@ -37,7 +37,7 @@ def prompt_learning_type(model: nn.Module) -> str | None:
     return config.peft_type.value
 
 
-def _cache_kwarg(model: nn.Module) -> str:
+def cache_kwarg(model: nn.Module) -> str:
     """transformers' name of the KV-cache argument: ``cache`` since 5.2x, before ``past_key_values``."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
@@ -71,7 +71,7 @@ def place_virtual_tokens(peft_model: nn.Module, *, attention_mask: torch.Tensor,
     hf = peft_model.get_base_model()
     if config.peft_type.value == "PREFIX_TUNING":
         text = {"input_ids": input_ids} if input_ids is not None else {"inputs_embeds": inputs_embeds}
-        return {**text, _cache_kwarg(hf): prompts,
+        return {**text, cache_kwarg(hf): prompts,
                 "attention_mask": _extended_mask(attention_mask, count, prefix=True),
                 "position_ids": position_ids + count}, 0
     if inputs_embeds is None:
@@ -95,7 +95,7 @@ class VirtualTokenLM(nn.Module):
         self.peft_model = peft_model
         self.count = peft_model.active_peft_config.num_virtual_tokens
         self.method = prompt_learning_type(peft_model)
-        self._cache = _cache_kwarg(peft_model.get_base_model())
+        self._cache = cache_kwarg(peft_model.get_base_model())
 
     @property
     def base_model(self) -> nn.Module:

@@ -54,10 +54,14 @@ def hf_model_of(model: nn.Module) -> nn.Module:
 
 class CausalLMObjective(nn.Module):
     def __init__(self, lm: nn.Module, fused_loss: HeadLoss | None = None,
-                 penalty: Callable[[], torch.Tensor] | None = None) -> None:
+                 penalty: Callable[[], torch.Tensor] | None = None,
+                 place_prefix: Callable[[dict], dict] | None = None) -> None:
         """``fused_loss``: a fused output-head + cross-entropy kernel (``train.kernels``,
-        :func:`mmtune.models.kernels.apply_kernels`), used where the head is a plain ``nn.Linear``."""
+        :func:`mmtune.models.kernels.apply_kernels`), used where the head is a plain ``nn.Linear``.
+        ``place_prefix``: decoder arguments -> the same with a key/value prefix in the KV cache (the hint task's
+        generated prefixes); its positions are not outputs."""
         super().__init__()
+        self.place_prefix = place_prefix
         self.lm = lm
         self.fused_loss = fused_loss
         self.penalty = penalty
@@ -99,6 +103,8 @@ class CausalLMObjective(nn.Module):
         inputs = dict(self._inputs(batch), attention_mask=batch.attention_mask, position_ids=batch.position_ids)
         if self.prompt_learner is not None:
             return place_virtual_tokens(self.prompt_learner, **inputs)
+        if self.place_prefix is not None:
+            return self.place_prefix(inputs), 0
         return inputs, 0
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, ...]:

@@ -49,7 +49,7 @@ def adapt_and_compare(run: Path, out: Path, instruction: str) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from mmtune.models.hint.adapt import generate_adapters, instruction_of, open_hint_run
+    from mmtune.models.hint.adapt import instructed, instruction_of, open_hint_run
 
     assert main(["hint", "adapt", str(run), "--instruction", instruction, "--out", str(out)]) == 0
     config = json.loads((out / "adapter_config.json").read_text())
@@ -58,8 +58,8 @@ def adapt_and_compare(run: Path, out: Path, instruction: str) -> dict:
     opened = open_hint_run(run)
     ids = opened.tokenizer("Input: gold teal", return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        with opened.hypernetwork.slots.inserted(generate_adapters(opened, instruction_of(instruction))):
-            hyper = opened.llm(input_ids=ids).logits
+        with instructed(opened, instruction_of(instruction)) as model:
+            hyper = model(input_ids=ids).logits
         plain = opened.llm(input_ids=ids).logits
         peft_logits = exported(input_ids=ids).logits
     assert torch.allclose(peft_logits, hyper, atol=1e-5), (peft_logits - hyper).abs().max()
@@ -92,6 +92,17 @@ def test_an_llm_lora_and_the_generated_lora_are_written_as_one_adapter(hint_reci
     assert config["peft_type"] == "LORA" and Path(config["base_model_name_or_path"]) == tiny_llama_dir
     # rank 4 (the LLM's, every Linear) + rank 4 (generated, q/v/down_proj) where both are: one LoRA of rank 8
     assert config["r"] == 8 and set(config["rank_pattern"].values()) == {4}
+
+
+def test_a_generated_prefix_trains_and_is_written_as_a_peft_prefix_adapter(hint_recipe, tmp_path):
+    recipe = hint_recipe(method={"name": "lora", "lora": {"rank": 4, "dropout": 0.0}}, hint={"prefix_tokens": 3},
+                         train={"max_steps": 3, "lr": 1e-2})
+    run = mmtune.train(recipe).run_dir
+    assert all(loss == loss for loss in losses(run).values())
+    config = adapt_and_compare(run, tmp_path / "adapter", "Answer with the first word.")
+    # every LoRA (the LLM's and the generated) merged into a base of its own, the prefix as peft prefix tuning
+    assert config["peft_type"] == "PREFIX_TUNING" and config["num_virtual_tokens"] == 3
+    assert Path(config["base_model_name_or_path"]) == tmp_path / "adapter" / "base"
 
 
 def test_packed_rows_mixing_tasks_give_the_unpacked_loss(hint_recipe, tmp_path):

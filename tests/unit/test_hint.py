@@ -254,3 +254,36 @@ def test_a_hint_model_is_not_opened_as_a_chat_model(tmp_path):
     (final / "mmtune.json").write_text(json.dumps({"family": "hint", "base_model": {"name": "x"}, "method": "frozen"}))
     with pytest.raises(ModelError, match=r"mmtune hint adapt .* --instruction"):
         load_for_inference(str(tmp_path / "run"))
+
+
+def test_generated_prefixes_are_per_task_in_packed_rows_and_decode_as_peft_places_them(tiny_llm, tokenizer):
+    """Prefix + LoRA: each packed sample computes what it computes alone through VirtualTokenLM (peft's
+    placement of one sequence's prefix), with its own task's prefix and adapters."""
+    from mmtune.models.hint.prefix import GeneratedPrefix
+    from mmtune.models.virtual_tokens import VirtualTokenLM
+
+    net = hypernetwork(tiny_llm, prefix_tokens=3)
+    cfg = tiny_llm.config
+    samples, collate = _packed_two_task_batch(tokenizer, 0)
+    batch = collate([[0, 1], [2, 3]])
+    with torch.no_grad():
+        adapters = net(batch.instruction_ids, batch.instruction_mask)
+        assert adapters.prefix.shape == (2, cfg.num_hidden_layers, 2, cfg.num_key_value_heads, 3, cfg.head_dim)
+        net.slots.set(adapters, batch.token_slot)
+        inputs = net.place_prefix({"input_ids": batch.lm.input_ids, "attention_mask": batch.lm.attention_mask,
+                                   "position_ids": batch.lm.position_ids})
+        packed = tiny_llm(**inputs).logits
+        net.slots.clear()
+        for row, members in enumerate([[0, 1], [2, 3]]):
+            start = 0
+            for i in members:
+                ids, _ = samples[i]
+                own = adapters.select(samples.task(i))
+                with net.slots.inserted(own):
+                    alone = VirtualTokenLM(GeneratedPrefix(tiny_llm, own.prefix))(input_ids=torch.as_tensor(ids)[None])
+                got = packed[row, start : start + len(ids)]
+                assert torch.allclose(got, alone.logits[0], atol=1e-5), (row, i, (got - alone.logits[0]).abs().max())
+                start += len(ids)
+        with net.slots.inserted(adapters.select(0)):
+            plain = tiny_llm(input_ids=torch.as_tensor(samples[0][0])[None]).logits[0]
+    assert (plain - packed[0, : len(samples[0][0])]).abs().max() > 1e-4  # the prefix changes the outputs

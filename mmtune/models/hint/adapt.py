@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,9 @@ from mmtune.models.families.causal_lm import load_llm
 from mmtune.models.hint.generator import GeneratedAdapters
 from mmtune.models.hint.hypernetwork import Hypernetwork, is_hint_model, load_hypernetwork, peft_free_name, transformers_model
 from mmtune.models.loading import load_tokenizer, resolve_source
+from mmtune.models.hint.prefix import GeneratedPrefix
 from mmtune.models.open import open_language_model
+from mmtune.models.virtual_tokens import VirtualTokenLM
 
 
 @dataclass
@@ -114,16 +118,19 @@ def lora_parts(run: HintRun, adapters: GeneratedAdapters) -> dict[str, tuple[tor
     return {name: (torch.cat([a for a, _ in ab]), torch.cat([b for _, b in ab], dim=1)) for name, ab in parts.items()}
 
 
-def write_adapter(run: HintRun, instruction: str, out: Path) -> Path:
-    """The instruction's peft LoRA adapter (and the tokenizer) in ``out``; returns the base model it belongs to."""
+@contextmanager
+def instructed(run: HintRun, instruction: str) -> Iterator[nn.Module]:
+    """The run's LLM with the instruction's generated adapters in place, ready for mmtune's decoding loop (a
+    generated prefix goes in front through :class:`VirtualTokenLM`, as a peft prefix would)."""
+    adapters = generate_adapters(run, instruction)
+    with run.hypernetwork.slots.inserted(adapters):
+        yield run.llm if adapters.prefix is None else VirtualTokenLM(GeneratedPrefix(run.llm, adapters.prefix))
+
+
+def _lora_model(base_dir: Path, parts: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    """``base_dir``'s model with one peft LoRA holding ``parts`` (per module, its rank; scaling 1)."""
     from peft import LoraConfig, get_peft_model
 
-    if run.hypernetwork.cfg.adapter != "lora":
-        raise ConfigError(f"hint adapt: {run.path} generates {run.hypernetwork.cfg.adapter} adapters, which no peft "
-                          "method holds; only hint.adapter: lora is written as a peft adapter")
-    parts = lora_parts(run, generate_adapters(run, instruction))
-    full_weights = (run.path / "config.json").is_file()
-    base_dir = run.path if full_weights else Path(resolve_source(run.base))
     base = open_language_model(ModelConfig(name=str(base_dir), dtype="float32"), device_type="cpu")
     ranks = {name: int(a.shape[0]) for name, (a, _) in parts.items()}
     r = max(ranks.values())
@@ -136,7 +143,39 @@ def write_adapter(run: HintRun, instruction: str, out: Path) -> Path:
             A, B = parts[raw]
             module.lora_A["default"].weight.data.copy_(A)
             module.lora_B["default"].weight.data.copy_(B)
+    return model
+
+
+def write_adapter(run: HintRun, instruction: str, out: Path) -> Path:
+    """The instruction's peft adapter (and the tokenizer) in ``out``; returns the base model it belongs to.
+
+    LoRA only: a LoRA adapter on the run's base. With a generated prefix: a prefix-tuning adapter, on the base
+    with every LoRA merged (``out/base``, since no peft adapter holds a prefix and LoRA together) when there is
+    any LoRA, else on the run's base.
+    """
+    from peft import PrefixTuningConfig, get_peft_model
+
+    if run.hypernetwork.cfg.adapter == "bottleneck":
+        raise ConfigError(f"hint adapt: {run.path} generates bottleneck adapters, which no peft method holds; only "
+                          "hint.adapter: lora (and a prefix) is written as a peft adapter")
+    adapters = generate_adapters(run, instruction)
+    parts = lora_parts(run, adapters)
+    run_base = run.path if (run.path / "config.json").is_file() else Path(resolve_source(run.base))
+    base_dir = run_base
     out.mkdir(parents=True, exist_ok=True)
+    if adapters.prefix is None:
+        model = _lora_model(base_dir, parts)
+    else:
+        if parts:
+            base_dir = out / "base"
+            _lora_model(run_base, parts).merge_and_unload().save_pretrained(str(base_dir), safe_serialization=True)
+            run.tokenizer.save_pretrained(str(base_dir))
+        prefix = GeneratedPrefix(run.llm, adapters.prefix)
+        base = open_language_model(ModelConfig(name=str(base_dir), dtype="float32"), device_type="cpu")
+        model = get_peft_model(base, PrefixTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=prefix.active_peft_config.num_virtual_tokens,
+            base_model_name_or_path=str(base_dir)))
+        model.prompt_encoder["default"].embedding.weight.data.copy_(prefix.peft_weight())
     model.save_pretrained(str(out), safe_serialization=True)
     run.tokenizer.save_pretrained(str(out))
     (out / "hint_instruction.txt").write_text(instruction + "\n")

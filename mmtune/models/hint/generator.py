@@ -37,24 +37,41 @@ class AdapterTarget:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class PrefixShape:
+    """The key/value prefix of every attention layer: ``tokens`` positions of ``kv_heads`` x ``head_dim``."""
+
+    layers: int
+    tokens: int
+    kv_heads: int
+    head_dim: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class GeneratedAdapters:
-    """Adapter weights for ``K`` instructions: ``A[j]`` [K, r, in] and ``B[j]`` [K, out, r] per target ``j``."""
+    """What ``K`` instructions generate: ``A[j]`` [K, r, in] and ``B[j]`` [K, out, r] per target ``j``, and
+    optionally a prefix [K, layers, 2 (key, value), kv_heads, tokens, head_dim]."""
 
     A: list[torch.Tensor]
     B: list[torch.Tensor]
+    prefix: torch.Tensor | None = None
 
     def select(self, k: int) -> "GeneratedAdapters":
         """The weights of instruction ``k`` alone (a batch of one)."""
-        return GeneratedAdapters([a[k : k + 1] for a in self.A], [b[k : k + 1] for b in self.B])
+        return GeneratedAdapters([a[k : k + 1] for a in self.A], [b[k : k + 1] for b in self.B],
+                                 None if self.prefix is None else self.prefix[k : k + 1])
 
 
 class ParameterGenerator(nn.Module):
     def __init__(self, targets: list[AdapterTarget], *, instruction_dim: int, hidden_size: int, blocks: int,
-                 heads: int, rank: int) -> None:
+                 heads: int, rank: int, prefix: PrefixShape | None = None) -> None:
         super().__init__()
         self.targets = list(targets)
         self.rank = rank
+        self.prefix_shape = prefix
         self.kinds = sorted({t.kind for t in targets})
         shapes = {}
         for t in targets:
@@ -62,13 +79,17 @@ class ParameterGenerator(nn.Module):
                 raise ValueError(f"hint.target_modules: '{t.kind}' modules differ in shape across layers "
                                  f"({shapes[t.kind]} vs {(t.in_features, t.out_features)}); they share one head")
         self.instruction_proj = nn.Sequential(nn.Linear(instruction_dim, hidden_size), nn.LayerNorm(hidden_size))
-        n_layers = max(t.layer for t in targets) + 1
+        n_layers = max([t.layer + 1 for t in targets] + [prefix.layers if prefix else 0])
         self.layer_embed = nn.Embedding(n_layers, hidden_size)
-        self.kind_embed = nn.Embedding(len(self.kinds), hidden_size)
+        # One query per adapted module (its layer's embedding + its kind's), then one per layer for the prefix.
+        kinds = [*self.kinds, *(["prefix"] if prefix else [])]
+        self.kind_embed = nn.Embedding(len(kinds), hidden_size)
         nn.init.normal_(self.layer_embed.weight, std=0.02)
         nn.init.normal_(self.kind_embed.weight, std=0.02)
-        self.register_buffer("query_layer", torch.tensor([t.layer for t in targets]), persistent=False)
-        self.register_buffer("query_kind", torch.tensor([self.kinds.index(t.kind) for t in targets]), persistent=False)
+        layers = [t.layer for t in targets] + (list(range(prefix.layers)) if prefix else [])
+        query_kinds = [kinds.index(t.kind) for t in targets] + ([len(kinds) - 1] * prefix.layers if prefix else [])
+        self.register_buffer("query_layer", torch.tensor(layers), persistent=False)
+        self.register_buffer("query_kind", torch.tensor(query_kinds), persistent=False)
         block = nn.TransformerDecoderLayer(hidden_size, heads, 4 * hidden_size, dropout=0.0, batch_first=True,
                                            norm_first=True)
         self.blocks = nn.TransformerDecoder(block, blocks, norm=nn.LayerNorm(hidden_size))
@@ -79,6 +100,12 @@ class ParameterGenerator(nn.Module):
             nn.init.zeros_(self.head_A[k].bias)
             nn.init.zeros_(self.head_B[k].weight)
             nn.init.zeros_(self.head_B[k].bias)
+        self.head_prefix = None
+        if prefix is not None:
+            # Keys and values of every layer's prefix; a small start, as peft's prefix embeddings are a plain table.
+            self.head_prefix = nn.Linear(hidden_size, prefix.tokens * 2 * prefix.kv_heads * prefix.head_dim)
+            nn.init.normal_(self.head_prefix.weight, std=0.02 / math.sqrt(hidden_size))
+            nn.init.normal_(self.head_prefix.bias, std=0.02)
 
     def forward(self, instruction: torch.Tensor, mask: torch.Tensor) -> GeneratedAdapters:
         """``instruction`` [K, T, D] encoded instructions, ``mask`` [K, T] (True: a real token)."""
@@ -96,4 +123,9 @@ class ParameterGenerator(nn.Module):
             b = self.head_B[kind](h).view(K, len(where), d_out, r)
             for i, j in enumerate(where):
                 A[j], B[j] = a[:, i], b[:, i]
-        return GeneratedAdapters(A, B)
+        prefix = None
+        if self.head_prefix is not None:
+            s = self.prefix_shape
+            raw = self.head_prefix(out[:, len(self.targets):]).view(K, s.layers, s.tokens, 2, s.kv_heads, s.head_dim)
+            prefix = raw.permute(0, 1, 3, 4, 2, 5)  # [K, layers, key/value, kv_heads, tokens, head_dim]
+        return GeneratedAdapters(A, B, prefix)

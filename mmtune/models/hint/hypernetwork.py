@@ -24,9 +24,10 @@ from torch import nn
 
 from mmtune.config.schema import HintConfig
 from mmtune.errors import ConfigError, ModelError
-from mmtune.models.hint.generator import AdapterTarget, GeneratedAdapters, ParameterGenerator
+from mmtune.models.hint.generator import AdapterTarget, GeneratedAdapters, ParameterGenerator, PrefixShape
 from mmtune.models.hint.insertion import AdapterSlots
 from mmtune.models.multimodal.build import merged_state_dict
+from mmtune.models.virtual_tokens import cache_kwarg
 
 log = logging.getLogger("mmtune")
 
@@ -43,6 +44,15 @@ def transformers_model(llm: nn.Module) -> nn.Module:
 def peft_free_name(name: str) -> str:
     """A module path as the transformers model names it, without peft's wrapper prefix."""
     return name.removeprefix("base_model.model.")
+
+
+def prefix_shape(llm: nn.Module, tokens: int) -> PrefixShape:
+    """Every attention layer's key/value prefix, shaped as its KV cache is (grouped-query heads counted as peft's
+    prefix tuning counts them)."""
+    config = transformers_model(llm).config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return PrefixShape(config.num_hidden_layers, tokens, heads, head_dim)
 
 
 def adapter_targets(llm: nn.Module, kinds: list[str]) -> tuple[list[AdapterTarget], dict[str, nn.Module]]:
@@ -107,14 +117,21 @@ class Hypernetwork(nn.Module):
     def __init__(self, llm: nn.Module, cfg: HintConfig, *, encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.cfg = cfg
-        self.targets, modules = adapter_targets(llm, cfg.target_modules)
+        self.targets, modules = adapter_targets(llm, cfg.target_modules) if cfg.adapter != "none" else ([], {})
         self.encoder = encoder
         """A named transformers encoder (trained or not); None: the LLM's own pass."""
         self.own_pass = OwnPass(llm) if encoder is None else None
         width = self.own_pass.hidden_size if encoder is None else encoder.config.hidden_size
+        prefix = prefix_shape(llm, cfg.prefix_tokens) if cfg.prefix_tokens else None
         self.generator = ParameterGenerator(self.targets, instruction_dim=width, hidden_size=cfg.hidden_size,
-                                            blocks=cfg.blocks, heads=cfg.heads, rank=cfg.rank)
-        self.slots = AdapterSlots(modules, self.targets, scaling=cfg.alpha / cfg.rank, kind=cfg.adapter)
+                                            blocks=cfg.blocks, heads=cfg.heads, rank=cfg.rank, prefix=prefix)
+        self.slots = AdapterSlots(modules, self.targets, scaling=cfg.alpha / cfg.rank,
+                                  kind="bottleneck" if cfg.adapter == "bottleneck" else "lora")
+        self._cache_key = cache_kwarg(transformers_model(llm))
+
+    def place_prefix(self, inputs: dict) -> dict:
+        """The LLM's decoder arguments with the current batch's generated prefixes in front (training)."""
+        return self.slots.with_prefix(self._cache_key, inputs)
 
     def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.encoder is None:
@@ -134,7 +151,9 @@ class Hypernetwork(nn.Module):
         if self.encoder is not None and encoder_trained:
             state.update({f"encoder.{k}": v for k, v in merged_state_dict(self.encoder).items()})
         save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(out / HINT_WEIGHTS))
+        shape = self.generator.prefix_shape
         meta = {"hint": self.cfg.model_dump(mode="json"), "targets": [t.to_json() for t in self.targets],
+                "prefix": shape.to_json() if shape else None,
                 "encoder_saved": self.encoder is not None and encoder_trained}
         (out / HINT_META).write_text(json.dumps(meta, indent=2))
 
@@ -150,7 +169,8 @@ def load_hypernetwork(path: Path, llm: nn.Module) -> Hypernetwork:
     encoder = open_instruction_encoder(cfg.encoder.name) if cfg.encoder.name else None
     net = Hypernetwork(llm, cfg, encoder=encoder)
     saved = [AdapterTarget(**t) for t in meta["targets"]]
-    if saved != net.targets:
+    shape = net.generator.prefix_shape
+    if saved != net.targets or meta["prefix"] != (shape.to_json() if shape else None):
         raise ModelError(f"{path}: the LLM's adapted modules differ from those the hypernetwork was trained for")
     state = load_file(str(path / HINT_DIR / HINT_WEIGHTS))
     net.generator.load_state_dict({k.removeprefix("generator."): v for k, v in state.items()

@@ -45,8 +45,9 @@ class AdapterSlots:
         Training sets them and leaves them set: activation checkpointing recomputes the forward inside
         backward, which must see the same adapters; the next batch's ``set`` replaces them.
         """
-        if token_task is None and len(weights.A[0]) != 1:
-            raise ValueError(f"{len(weights.A[0])} generated adapters and no per-token task to choose between them")
+        count = len(weights.A[0]) if weights.A else len(weights.prefix)
+        if token_task is None and count != 1:
+            raise ValueError(f"{count} generated adapters and no per-token task to choose between them")
         self._weights, self._token_task = weights, token_task
 
     def clear(self) -> None:
@@ -61,6 +62,27 @@ class AdapterSlots:
             yield
         finally:
             self.clear()
+
+    def with_prefix(self, cache_key: str, inputs: dict) -> dict:
+        """Decoder arguments ``inputs`` (a first pass: ids or embeddings, a 4-D bool block mask, position ids) with
+        the generated prefixes in front, as peft places a prefix for one sequence (mmtune's
+        ``models.virtual_tokens``): the key/values in the KV cache, no positions of their own, the text counting
+        from P. All ``K`` tasks' prefixes are in the cache; a token sees its own task's ``P`` only."""
+        from transformers import DynamicCache
+
+        prefix = self._weights.prefix  # [K, layers, 2, kv_heads, P, head_dim]
+        K, layers, _, heads, P, dim = prefix.shape
+        mask, positions = inputs["attention_mask"], inputs["position_ids"]
+        batch = mask.shape[0]
+        flat = prefix.permute(1, 2, 3, 0, 4, 5).reshape(layers, 2, 1, heads, K * P, dim).expand(-1, -1, batch, -1, -1, -1)
+        cache = DynamicCache([(flat[layer, 0], flat[layer, 1]) for layer in range(layers)])
+        task = self._token_task if self._token_task is not None else torch.zeros_like(positions)
+        owner = torch.arange(K * P, device=mask.device) // P
+        sees = (task[:, :, None] == owner[None, None, :])[:, None]
+        if mask.ndim != 4:
+            raise ValueError("generated prefixes need the explicit 4-D block mask")
+        return {**inputs, cache_key: cache, "attention_mask": torch.cat([sees.to(mask.dtype), mask], dim=-1),
+                "position_ids": positions + P}
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -108,11 +108,17 @@ class HintTask:
                                         hc.encoder.lr if hc.encoder.trainable != "frozen" else None))
         hypernetwork = Hypernetwork(llm, hc, encoder=encoder)
         components.append(Component("hint.generator", hypernetwork.generator, "full", hc.lr))
-        log.info("hint: %s adapters of rank %d on %d modules (%s), generated from the instruction by %s",
-                 hc.adapter, hc.rank, len(hypernetwork.targets), ", ".join(hc.target_modules),
+        made = [f"{hc.adapter} adapters of rank {hc.rank} on {len(hypernetwork.targets)} modules "
+                f"({', '.join(hc.target_modules)})"] if hc.adapter != "none" else []
+        made += [f"a prefix of {hc.prefix_tokens} key/values per layer"] if hc.prefix_tokens else []
+        log.info("hint: %s, generated from the instruction by %s", " and ".join(made),
                  hc.encoder.name or "the LLM's own pass")
         block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
-        objective = HintObjective(CausalLMObjective(llm), hypernetwork)
+        if hc.prefix_tokens and not block_mask:
+            raise ConfigError("hint.prefix_tokens: generated prefixes need an explicit attention mask (each token sees "
+                              "its own task's prefix); flash_attention_2 takes none: use model.attn_implementation: sdpa")
+        place_prefix = hypernetwork.place_prefix if hc.prefix_tokens else None
+        objective = HintObjective(CausalLMObjective(llm, place_prefix=place_prefix), hypernetwork)
 
         # ---- data: sni tasks, each instruction tokenized once ------------------------------
         data_cfg = with_instruction_placement(cfg)
