@@ -25,7 +25,7 @@ from typing import Any
 
 from mmtune.data.formats import BadRow, Conversation, Mapping, check_conversation
 from mmtune.data.sources import resolve_source
-from mmtune.errors import DataError
+from mmtune.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -162,3 +162,15 @@ def task_instructions(datasets: list) -> dict[str, str]:
                     raise DataError(f"data.datasets: task '{name}' has two different instructions ({file}); give "
                                     "its files one task each (leave 'task' unset)", reason="wrong format")
     return out
+
+
+def with_instruction_placement(data, fusion: bool):
+    """``data`` (a ``DataConfig``) with every dataset's ``instruction_in_prompt`` set from ``hint.fusion``; a dataset
+    that sets it otherwise is refused (the two would say different things)."""
+    datasets = []
+    for i, spec in enumerate(data.datasets):
+        if spec.instruction_in_prompt is not None and spec.instruction_in_prompt != fusion:
+            raise ConfigError(f"data.datasets[{i}].instruction_in_prompt: {spec.instruction_in_prompt} contradicts "
+                              f"hint.fusion: {fusion}; set hint.fusion only")
+        datasets.append(spec.model_copy(update={"instruction_in_prompt": fusion}))
+    return data.model_copy(update={"datasets": datasets})

@@ -8,6 +8,9 @@ trained on. The model answers greedily through the batched decoding loop
 (``generation.decoding.replies_to_prompts``, media spliced in as in
 ``mmtune chat``); the reference is the first trained span.
 
+Hint runs (``task: hint``): the same, each sample answered with its task's adapters (and prefix) generated from
+the task's instruction (``models.hint.adapt.instructed``).
+
 Edit runs (``task: edit``): each validation triplet's input image is edited by
 its instruction through diffusers' InstructPix2Pix pipeline
 (``generation.edit``), shown beside the reference edited image.
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmtune.config.schema import EditRecipe, Recipe, SftRecipe
+from mmtune.config.schema import EditRecipe, HintRecipe, Recipe, SftRecipe
 from mmtune.modalities.base import MediaItem
 from mmtune.reporting.media import MediaView, image_url, media_view
 from mmtune.reporting.options import ReportOptions
@@ -84,21 +87,14 @@ def items_in_prompt(items: list[MediaItem], specs: dict, positions: int) -> list
     return kept
 
 
-def conversation_samples(run_dir: Path, recipe: SftRecipe, options: ReportOptions) -> list[ConversationSample]:
+def sample_prompts(data, tokenizer, specs: dict, options: ReportOptions) -> tuple[list[int], list, list[ConversationSample]]:
+    """Spread validation samples: their indices, their prompts (tokens up to the first trained one) and the
+    unanswered samples with their references."""
     from mmtune.data.inspect import mark_trained
-    from mmtune.data.pipeline import build_conversation_data
-    from mmtune.generation.decoding import replies_to_prompts
-    from mmtune.generation.edit import resolve_device
-    from mmtune.generation.options import GenerationOptions
-    from mmtune.generation.prompts import Prompt, model_media_specs
-    from mmtune.models.run_outputs import load_for_inference
+    from mmtune.generation.prompts import Prompt
 
-    device = resolve_device(options.device)
-    model, tokenizer = load_for_inference(str(run_dir), device_type=device.split(":")[0])
-    specs = model_media_specs(model, tokenizer)
-    data = build_conversation_data(tokenizer, recipe.data, seed=recipe.train.seed, media=specs)
-    prompts, samples = [], []
-    for k in spread(len(data.val), options.samples):
+    picks, prompts, samples = spread(len(data.val), options.samples), [], []
+    for k in picks:
         ids, trained = np.asarray(data.val[k][0]), np.asarray(data.val[k][1], dtype=bool)
         start, end = first_trained_span(trained)
         items = items_in_prompt(data.val.media(k), specs, int((ids[:start] < 0).sum()))
@@ -109,8 +105,49 @@ def conversation_samples(run_dir: Path, recipe: SftRecipe, options: ReportOption
             prompt=mark_trained(tokenizer, ids[:start], np.zeros(start, dtype=bool), color=False),
             answer="", reference=tokenizer.decode(ids[start:end].tolist(), skip_special_tokens=True).strip(),
             media=[media_view(item) for item in items]))
+    return picks, prompts, samples
+
+
+def conversation_samples(run_dir: Path, recipe: SftRecipe, options: ReportOptions) -> list[ConversationSample]:
+    from mmtune.data.pipeline import build_conversation_data
+    from mmtune.generation.decoding import replies_to_prompts
+    from mmtune.generation.edit import resolve_device
+    from mmtune.generation.options import GenerationOptions
+    from mmtune.generation.prompts import model_media_specs
+    from mmtune.models.run_outputs import load_for_inference
+
+    device = resolve_device(options.device)
+    model, tokenizer = load_for_inference(str(run_dir), device_type=device.split(":")[0])
+    specs = model_media_specs(model, tokenizer)
+    data = build_conversation_data(tokenizer, recipe.data, seed=recipe.train.seed, media=specs)
+    _, prompts, samples = sample_prompts(data, tokenizer, specs, options)
     answers = replies_to_prompts(model, tokenizer, prompts, GenerationOptions(max_new_tokens=options.max_new_tokens),
                                  progress=False, desc="report samples")
+    return [replace(sample, answer=answer) for sample, answer in zip(samples, answers)]
+
+
+def hint_samples(run_dir: Path, recipe: HintRecipe, options: ReportOptions) -> list[ConversationSample]:
+    """As :func:`conversation_samples`, each answered with its task's adapters generated from its instruction
+    (on CPU: a hint run opens there for ``mmtune hint adapt``)."""
+    from mmtune.data.pipeline import build_conversation_data
+    from mmtune.data.sni import task_instructions, with_instruction_placement
+    from mmtune.generation.decoding import replies_to_prompts
+    from mmtune.generation.options import GenerationOptions
+    from mmtune.models.hint.adapt import instructed, open_hint_run
+
+    run = open_hint_run(run_dir)
+    data_cfg = with_instruction_placement(recipe.data, recipe.hint.fusion)
+    data = build_conversation_data(run.tokenizer, data_cfg, seed=recipe.train.seed)
+    instructions = task_instructions(data_cfg.datasets)
+    picks, prompts, samples = sample_prompts(data, run.tokenizer, {}, options)
+    answers = [""] * len(picks)
+    for task in sorted({data.val.task(k) for k in picks}):
+        mine = [i for i, k in enumerate(picks) if data.val.task(k) == task]
+        with instructed(run, instructions[data.val.tasks[task]]) as model:
+            replies = replies_to_prompts(model, run.tokenizer, [prompts[i] for i in mine],
+                                         GenerationOptions(max_new_tokens=options.max_new_tokens), progress=False)
+        for i, reply in zip(mine, replies):
+            answers[i] = reply
     return [replace(sample, answer=answer) for sample, answer in zip(samples, answers)]
 
 
@@ -136,7 +173,7 @@ def edit_samples(run_dir: Path, recipe: EditRecipe, options: ReportOptions) -> l
     return samples
 
 
-SAMPLERS = {"sft": conversation_samples, "edit": edit_samples}
+SAMPLERS = {"sft": conversation_samples, "edit": edit_samples, "hint": hint_samples}
 """Task -> its validation samples answered by ``final/``."""
 
 

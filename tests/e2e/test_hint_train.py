@@ -158,3 +158,18 @@ def test_a_named_encoder_reads_the_instruction_with_its_own_tokenizer(hint_recip
     out = tmp_path / "adapter"
     assert main(["hint", "adapt", str(run), "--instruction", "Answer with the first word.", "--out", str(out)]) == 0
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_the_report_answers_each_validation_sample_with_its_tasks_adapters(hint_recipe, tmp_path):
+    from mmtune.reporting import ReportOptions, write_report
+    from mmtune.reporting.samples import validation_samples
+
+    recipe = hint_recipe(method={"name": "frozen"}, train={"max_steps": 2, "lr": 1e-2})
+    recipe["data"]["val_fraction"] = 0.25
+    run = mmtune.train(recipe).run_dir
+    section = validation_samples(run, ReportOptions(samples=3, max_new_tokens=3))
+    assert len(section.samples) == 3 and not section.note
+    assert {s.where.split(",")[0].rsplit("/", 1)[-1] for s in section.samples} == set(TASKS)  # every task shows
+    assert all("Input: " in s.prompt and "Answer with" not in s.prompt for s in section.samples)  # not in context
+    page = write_report(run, options=ReportOptions(samples=3, max_new_tokens=3)).read_text()
+    assert all(s.where in page for s in section.samples)

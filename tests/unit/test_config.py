@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import re
 import typing
 
 import pytest
@@ -127,7 +128,7 @@ def test_every_branch_gets_its_component_methods_and_strays_are_refused():
 
 
 def test_unknown_task_is_one_line():
-    with pytest.raises(ConfigError, match="task: unknown task 'distill' \\(valid: sft, edit\\)"):
+    with pytest.raises(ConfigError, match="task: unknown task 'distill' \\(valid: sft, edit, hint\\)"):
         mmtune_validate({"task": "distill"})
 
 
@@ -139,7 +140,8 @@ def test_configs_readme_defaults_match_the_schema():
     checked = 0
     for line in doc.splitlines():
         if line.startswith("## "):  # a task's own section documents its recipe's defaults
-            defaults = per_task["edit" if line.startswith("## Task `edit`") else "sft"]
+            task = re.match(r"## Task `(\w+)`", line)
+            defaults = per_task[task.group(1) if task else "sft"]
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 2 or not cells[0].startswith("`") or not cells[1].startswith("`"):
             continue

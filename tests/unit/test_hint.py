@@ -237,13 +237,13 @@ def test_hint_recipe_refuses_what_it_cannot_train():
 
 
 def test_fusion_sets_the_instruction_placement_and_a_contradiction_is_refused():
-    from mmtune.training.tasks.hint import with_instruction_placement
+    from mmtune.data.sni import with_instruction_placement
 
     recipe = HintRecipe(task="hint", hint={"fusion": True}, data={"datasets": [{"card": "mmtune-hint-tasks"}]})
-    assert with_instruction_placement(recipe).datasets[0].instruction_in_prompt is True
+    assert with_instruction_placement(recipe.data, recipe.hint.fusion).datasets[0].instruction_in_prompt is True
     recipe = HintRecipe(task="hint", data={"datasets": [{"card": "mmtune-hint-tasks", "instruction_in_prompt": True}]})
     with pytest.raises(ConfigError, match=r"data.datasets\[0\].instruction_in_prompt: True contradicts hint.fusion: False"):
-        with_instruction_placement(recipe)
+        with_instruction_placement(recipe.data, recipe.hint.fusion)
 
 
 def test_a_hint_model_is_not_opened_as_a_chat_model(tmp_path):

@@ -23,7 +23,7 @@ from mmtune.config.schema import HintRecipe
 from mmtune.data.hint_batches import HintBatch, HintCollate
 from mmtune.data.packing import Collator, make_rows, packing_utilisation
 from mmtune.data.pipeline import build_conversation_data, format_reports
-from mmtune.data.sni import task_instructions
+from mmtune.data.sni import task_instructions, with_instruction_placement
 from mmtune.data.templates import install_template
 from mmtune.errors import ConfigError
 from mmtune.models.hint.hypernetwork import Hypernetwork, open_instruction_encoder
@@ -59,18 +59,6 @@ class HintObjective(nn.Module):
         # Left in place after the forward: activation checkpointing re-runs it inside backward.
         self.hypernetwork.slots.set(adapters, batch.token_slot)
         return self.lm_objective(batch.lm)
-
-
-def with_instruction_placement(recipe: HintRecipe):
-    """The recipe's data with every dataset's ``instruction_in_prompt`` set from ``hint.fusion`` (a dataset that
-    sets it otherwise is refused: the two would say different things)."""
-    datasets = []
-    for i, spec in enumerate(recipe.data.datasets):
-        if spec.instruction_in_prompt is not None and spec.instruction_in_prompt != recipe.hint.fusion:
-            raise ConfigError(f"data.datasets[{i}].instruction_in_prompt: {spec.instruction_in_prompt} contradicts "
-                              f"hint.fusion: {recipe.hint.fusion}; set hint.fusion only")
-        datasets.append(spec.model_copy(update={"instruction_in_prompt": recipe.hint.fusion}))
-    return recipe.data.model_copy(update={"datasets": datasets})
 
 
 def tokenized_instructions(tokenizer, texts: list[str], max_length: int) -> list[np.ndarray]:
@@ -121,7 +109,7 @@ class HintTask:
         objective = HintObjective(CausalLMObjective(llm, place_prefix=place_prefix), hypernetwork)
 
         # ---- data: sni tasks, each instruction tokenized once ------------------------------
-        data_cfg = with_instruction_placement(cfg)
+        data_cfg = with_instruction_placement(cfg.data, hc.fusion)
         with runtime.main_process_first():
             data = build_conversation_data(tokenizer, data_cfg, seed=tc.seed)
         for line in format_reports(data.reports):
