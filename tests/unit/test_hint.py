@@ -32,7 +32,7 @@ def hypernetwork(llm, **hint) -> Hypernetwork:
     torch.manual_seed(0)
     net = Hypernetwork(llm, HintConfig(hidden_size=32, heads=2, blocks=1, rank=4, **hint)).eval()
     for head in net.generator.head_B.values():
-        torch.nn.init.normal_(head.weight, std=0.5)
+        torch.nn.init.normal_(head.weight, std=2.0)
     return net
 
 
