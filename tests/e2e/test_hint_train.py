@@ -64,6 +64,11 @@ def adapt_and_compare(run: Path, out: Path, instruction: str) -> dict:
         peft_logits = exported(input_ids=ids).logits
     assert torch.allclose(peft_logits, hyper, atol=1e-5), (peft_logits - hyper).abs().max()
     assert (hyper - plain).abs().max() > 1e-3  # the generated adapter is in there
+    from mmtune.models.run_outputs import load_for_inference
+
+    chat_model, _ = load_for_inference(str(out))  # what mmtune chat / eval / serve --model ADAPTER_DIR open
+    with torch.no_grad():
+        assert torch.allclose(chat_model(input_ids=ids).logits, hyper, atol=1e-5)
     return config
 
 
@@ -173,3 +178,13 @@ def test_the_report_answers_each_validation_sample_with_its_tasks_adapters(hint_
     assert all("Input: " in s.prompt and "Answer with" not in s.prompt for s in section.samples)  # not in context
     page = write_report(run, options=ReportOptions(samples=3, max_new_tokens=3)).read_text()
     assert all(s.where in page for s in section.samples)
+
+
+def test_bottleneck_adapters_train_and_adapt_says_in_one_line_that_peft_cannot_hold_them(hint_recipe, tmp_path, capsys):
+    run = mmtune.train(hint_recipe(method={"name": "frozen"}, hint={"adapter": "bottleneck"},
+                                   train={"max_steps": 2, "lr": 1e-2})).run_dir
+    assert all(loss == loss for loss in losses(run).values())
+    assert main(["hint", "adapt", str(run), "--instruction", "Answer with the first word.",
+                 "--out", str(tmp_path / "adapter")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "generates bottleneck adapters, which no peft method holds" in err[0]

@@ -287,3 +287,25 @@ def test_generated_prefixes_are_per_task_in_packed_rows_and_decode_as_peft_place
         with net.slots.inserted(adapters.select(0)):
             plain = tiny_llm(input_ids=torch.as_tensor(samples[0][0])[None]).logits[0]
     assert (plain - packed[0, : len(samples[0][0])]).abs().max() > 1e-4  # the prefix changes the outputs
+
+
+def test_adapt_reads_examples_and_says_what_it_cannot_do_in_one_line(tmp_path, capsys):
+    from mmtune.cli import main
+    from mmtune.models.hint.adapt import instruction_of, read_examples
+
+    jsonl = tmp_path / "examples.jsonl"
+    jsonl.write_text('{"input": "3 1 2", "output": "3 2 1"}\n{"input": "5 9", "output": ["9 5"]}\n')
+    assert read_examples(jsonl) == (("3 1 2", "3 2 1"), ("5 9", "9 5"))
+    task_file = _task_file(tmp_path / "t", "sort", "Sort.", [], [("b a", "a b")])
+    assert read_examples(task_file) == (("b a", "a b"),)
+    assert instruction_of(" Sort. ", (("b a", "a b"),)) == "Definition: Sort.\n\nPositive Example 1 -\nInput: b a\nOutput: a b"
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"input": "x"}]')
+    with pytest.raises(ConfigError, match=r"--examples: .*bad.json: example 1 needs string 'input' and 'output'"):
+        read_examples(bad)
+    plain_run = tmp_path / "run" / "final"
+    plain_run.mkdir(parents=True)
+    (plain_run / "mmtune.json").write_text(json.dumps({"family": "causal_lm", "base_model": {"name": "x"}, "method": "lora"}))
+    assert main(["hint", "adapt", str(tmp_path / "run"), "--instruction", "Sort.", "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a hint run's model (no hint/hint.json)" in err[0]

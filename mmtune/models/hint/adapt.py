@@ -29,7 +29,7 @@ from mmtune.models.hint.generator import GeneratedAdapters
 from mmtune.models.hint.hypernetwork import Hypernetwork, is_hint_model, load_hypernetwork, peft_free_name, transformers_model
 from mmtune.models.loading import load_tokenizer, resolve_source
 from mmtune.models.hint.prefix import GeneratedPrefix
-from mmtune.models.open import open_language_model
+from mmtune.models.open import MMTUNE_META, open_language_model
 from mmtune.models.virtual_tokens import VirtualTokenLM
 
 
@@ -179,4 +179,8 @@ def write_adapter(run: HintRun, instruction: str, out: Path) -> Path:
     model.save_pretrained(str(out), safe_serialization=True)
     run.tokenizer.save_pretrained(str(out))
     (out / "hint_instruction.txt").write_text(instruction + "\n")
+    # So that mmtune opens it too (chat, generate, eval, serve): an adapter on that base, as an SFT run leaves one.
+    meta = {"family": "causal_lm", "base_model": ModelConfig(name=str(base_dir)).model_dump(mode="json", exclude={"media"}),
+            "method": "lora" if adapters.prefix is None else "peft"}
+    (out / MMTUNE_META).write_text(json.dumps(meta, indent=2))
     return base_dir
