@@ -184,6 +184,7 @@ def test_bottleneck_adapters_train_and_adapt_says_in_one_line_that_peft_cannot_h
     run = mmtune.train(hint_recipe(method={"name": "frozen"}, hint={"adapter": "bottleneck"},
                                    train={"max_steps": 2, "lr": 1e-2})).run_dir
     assert all(loss == loss for loss in losses(run).values())
+    capsys.readouterr()  # the training log
     assert main(["hint", "adapt", str(run), "--instruction", "Answer with the first word.",
                  "--out", str(tmp_path / "adapter")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
