@@ -541,9 +541,10 @@ def _export(args: argparse.Namespace) -> int:
 def _hint_adapt(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mmtune.models.hint.adapt import instruction_of, open_hint_run, read_examples, write_adapter
+    from mmtune.models.hint.adapt import check_writable, instruction_of, open_hint_run, read_examples, write_adapter
 
     examples = read_examples(Path(args.examples)) if args.examples else ()
+    check_writable(args.run_dir)
     run = open_hint_run(args.run_dir)
     base = write_adapter(run, instruction_of(args.instruction, examples), Path(args.out))
     print(f"wrote a peft LoRA adapter for the instruction to {args.out} (base model: {base})")

@@ -26,7 +26,15 @@ from mmtune.data.sni import SniTask, instruction_text
 from mmtune.errors import ConfigError, ModelError
 from mmtune.models.families.causal_lm import load_llm
 from mmtune.models.hint.generator import GeneratedAdapters
-from mmtune.models.hint.hypernetwork import Hypernetwork, is_hint_model, load_hypernetwork, peft_free_name, transformers_model
+from mmtune.models.hint.hypernetwork import (
+    HINT_DIR,
+    HINT_META,
+    Hypernetwork,
+    is_hint_model,
+    load_hypernetwork,
+    peft_free_name,
+    transformers_model,
+)
 from mmtune.models.loading import load_tokenizer, resolve_source
 from mmtune.models.hint.prefix import GeneratedPrefix
 from mmtune.models.open import MMTUNE_META, open_language_model
@@ -45,12 +53,29 @@ class HintRun:
     instruction_tokenizer: object
 
 
-def open_hint_run(run: str | Path) -> HintRun:
-    from mmtune.models.run_outputs import model_dir_of, read_meta
+def hint_model_dir(run: str | Path) -> Path:
+    """A hint run's ``final/`` (or the directory itself); one line when it is not one."""
+    from mmtune.models.run_outputs import model_dir_of
 
     path = model_dir_of(Path(run).expanduser())
     if not is_hint_model(path):
         raise ModelError(f"{path}: not a hint run's model (no hint/hint.json); train one with task: hint")
+    return path
+
+
+def check_writable(run: str | Path) -> None:
+    """Refuse, before anything loads, a run whose generated modules no peft adapter holds."""
+    path = hint_model_dir(run)
+    kind = json.loads((path / HINT_DIR / HINT_META).read_text())["hint"]["adapter"]
+    if kind == "bottleneck":
+        raise ConfigError(f"hint adapt: {path} generates bottleneck adapters, which no peft method holds; only "
+                          "hint.adapter: lora (and a prefix) is written as a peft adapter")
+
+
+def open_hint_run(run: str | Path) -> HintRun:
+    from mmtune.models.run_outputs import read_meta
+
+    path = hint_model_dir(run)
     meta = read_meta(path)
     base = ModelConfig(**meta["base_model"])
     llm = load_llm(path, base, device_type="cpu", merge=False).eval()
@@ -155,9 +180,7 @@ def write_adapter(run: HintRun, instruction: str, out: Path) -> Path:
     """
     from peft import PrefixTuningConfig, get_peft_model
 
-    if run.hypernetwork.cfg.adapter == "bottleneck":
-        raise ConfigError(f"hint adapt: {run.path} generates bottleneck adapters, which no peft method holds; only "
-                          "hint.adapter: lora (and a prefix) is written as a peft adapter")
+    check_writable(run.path)
     adapters = generate_adapters(run, instruction)
     parts = lora_parts(run, adapters)
     run_base = run.path if (run.path / "config.json").is_file() else Path(resolve_source(run.base))
