@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmtune.config.schema import EditRecipe, SftRecipe
+from mmtune.config.schema import EditRecipe, HintRecipe, SftRecipe
 from mmtune.data.erasure import ERASED_KEY
 from mmtune.data.instruction_templates import TEMPLATE_KEY
 from mmtune.data.packing import make_rows, packing_utilisation
 from mmtune.data.pipeline import build_conversation_data, format_reports
+from mmtune.data.sni import with_instruction_placement
 from mmtune.data.templates import install_template
 from mmtune.errors import ConfigError
 from mmtune.modalities import MODALITIES
@@ -54,8 +55,14 @@ def inspect_data(recipe: SftRecipe | EditRecipe, *, samples: int = 3, color: boo
     tokenizer = load_tokenizer(recipe.model)
     install_template(tokenizer, recipe.data.template)
     media = open_media_specs(recipe.model.branches(), tokenizer)
-    data = build_conversation_data(tokenizer, recipe.data, seed=recipe.train.seed, media=media)
+    data_cfg = recipe.data
+    if isinstance(recipe, HintRecipe):  # the prompts as the hint task trains them: instructions per hint.fusion
+        data_cfg = with_instruction_placement(recipe.data, recipe.hint.fusion)
+    data = build_conversation_data(tokenizer, data_cfg, seed=recipe.train.seed, media=media)
     lines = ["== datasets"] + [f"  {line}" for line in format_reports(data.reports)]
+    if isinstance(recipe, HintRecipe):
+        lines.append(f"== {len(data.train.tasks)} tasks; each instruction is read by the hypernetwork"
+                     f"{' and is in the prompt too (hint.fusion)' if recipe.hint.fusion else ', not in the prompt'}")
     legend = "green" if color else f"{OPEN}…{CLOSE}"
     for k in range(min(samples, len(data.train))):
         ids, trained = data.train[k]

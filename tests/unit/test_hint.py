@@ -309,3 +309,18 @@ def test_adapt_reads_examples_and_says_what_it_cannot_do_in_one_line(tmp_path, c
     assert main(["hint", "adapt", str(tmp_path / "run"), "--instruction", "Sort.", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a hint run's model (no hint/hint.json)" in err[0]
+
+
+def test_data_inspect_shows_a_hint_recipes_prompts_without_the_instruction(tiny_llama_dir, tmp_path):
+    from mmtune.config.loader import validate_recipe
+    from mmtune.data.inspect import inspect_data
+
+    def shown(fusion: bool) -> str:
+        return inspect_data(validate_recipe({"task": "hint", "model": {"name": str(tiny_llama_dir)}, "hint": {"fusion": fusion},
+                                             "data": {"datasets": [{"card": "mmtune-hint-tasks"}],
+                                                      "cache_dir": str(tmp_path)}}), samples=2)
+
+    plain, fused = shown(False), shown(True)
+    assert "== 30 tasks; each instruction is read by the hypernetwork, not in the prompt" in plain
+    assert "Input: " in plain and "Definition: " not in plain
+    assert "in the prompt too (hint.fusion)" in fused and "Definition: " in fused
