@@ -674,6 +674,9 @@ class HintRecipe(SftRecipe):
             raise ValueError("init_from: task hint starts from model.name")
         if self.train.kernels != "none":
             raise ValueError("train.kernels: not with task hint (its adapters hook the LLM's linear layers)")
+        if self.hint.prefix_tokens and self.train.gradient_checkpointing:
+            raise ValueError("hint.prefix_tokens: a prefix lives in the KV cache, which transformers drops under "
+                             "train.gradient_checkpointing; use one or the other")
         return self
 
 

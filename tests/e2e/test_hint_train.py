@@ -189,3 +189,17 @@ def test_bottleneck_adapters_train_and_adapt_says_in_one_line_that_peft_cannot_h
                  "--out", str(tmp_path / "adapter")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "generates bottleneck adapters, which no peft method holds" in err[0]
+
+
+def test_activation_checkpointing_recomputes_with_the_same_adapters(hint_recipe, tmp_path):
+    """The generated adapters stay set after the forward, so the recomputation inside backward sees them: the
+    same losses with and without checkpointing (step 2 depends on step 1's gradients)."""
+    def run(checkpointing: bool) -> dict[int, float]:
+        recipe = hint_recipe(output_dir=str(tmp_path / str(checkpointing)), method={"name": "lora", "lora": {"dropout": 0.0}},
+                             train={"max_steps": 3, "lr": 1e-2, "gradient_checkpointing": checkpointing})
+        recipe["data"]["shuffle"] = False
+        return losses(mmtune.train(recipe).run_dir)
+
+    plain, checkpointed = run(False), run(True)
+    for step in (1, 2, 3):
+        assert checkpointed[step] == pytest.approx(plain[step], rel=1e-5), step

@@ -232,6 +232,8 @@ def test_hint_recipe_refuses_what_it_cannot_train():
         HintRecipe(task="hint", method={"name": "qlora"})
     with pytest.raises(ValueError, match="hint.heads: 3 does not divide hint.hidden_size 32"):
         HintRecipe(task="hint", hint={"hidden_size": 32, "heads": 3})
+    with pytest.raises(ValueError, match="transformers drops under train.gradient_checkpointing"):
+        HintRecipe(task="hint", hint={"prefix_tokens": 4}, train={"gradient_checkpointing": True})
     with pytest.raises(ValueError, match="model.media: task hint tunes a text LLM"):
         HintRecipe(task="hint", model={"media": {"image": {"encoder": {"kind": "hf", "name": "x"}}}})
 
