@@ -35,8 +35,8 @@ from mmtune.models.hint.hypernetwork import (
     peft_free_name,
     transformers_model,
 )
-from mmtune.models.loading import load_tokenizer, resolve_source
 from mmtune.models.hint.prefix import GeneratedPrefix
+from mmtune.models.loading import load_tokenizer, resolve_source
 from mmtune.models.open import MMTUNE_META, open_language_model
 from mmtune.models.virtual_tokens import VirtualTokenLM
 
