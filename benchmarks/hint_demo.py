@@ -13,7 +13,7 @@ the 30 training tasks; and the inference cost per instance for a ~300-token inst
 definition plus as many positive examples as fit): measured wall time of greedy decoding at batch size 1 and
 forward FLOPs counted as 2 x non-embedding parameters x tokens processed. HINT's one-time cost (encoding the
 instruction, generating the adapters) is reported apart; its per-instance cost is measured with the adapters
-hooked in (unmerged), an upper bound on a deployed, merged adapter. One held-out task's replies are also
+written by ``mmtune hint adapt`` and merged, as it would be deployed. One held-out task's replies are also
 checked through ``mmtune hint adapt``'s peft adapter loaded by peft alone: they must equal the hypernetwork's.
 
     python benchmarks/hint_demo.py                       # ~45 minutes on 2 idle cores
@@ -46,7 +46,7 @@ from mmtune.datagen.hint_tasks import TASKS, TRAIN, write_task_collection
 from mmtune.evaluation import exact_match
 from mmtune.generation.decoding import generate_texts, prompt_ids
 from mmtune.generation.options import GenerationOptions
-from mmtune.models.hint.adapt import generate_adapters, open_hint_run, write_adapter
+from mmtune.models.hint.adapt import generate_adapters, instructed, open_hint_run, write_adapter
 from mmtune.models.run_outputs import load_for_inference
 
 RECIPE = REPO / "configs" / "hint_smollm2.yaml"
@@ -111,8 +111,9 @@ def evaluate(name: str, run: Path, task_sets: dict[str, list], max_new_tokens: i
         per_task, samples = {}, {}
         for task, pairs in tasks:
             if hint:
-                with opened.hypernetwork.slots.inserted(generate_adapters(opened, instruction_text(task))):
-                    got = replies(model, tokenizer, task, pairs, in_prompt=in_prompt, max_new_tokens=max_new_tokens)
+                with instructed(opened, instruction_text(task)) as instructed_model:
+                    got = replies(instructed_model, tokenizer, task, pairs, in_prompt=in_prompt,
+                                  max_new_tokens=max_new_tokens)
             else:
                 got = replies(model, tokenizer, task, pairs, in_prompt=in_prompt, max_new_tokens=max_new_tokens)
             per_task[task.name] = sum(exact_match(g, y) for g, (_, y) in zip(got, pairs)) / len(pairs)
@@ -129,8 +130,8 @@ def check_adapter(run: Path, task: SniTask, pairs, max_new_tokens: int) -> dict:
     from transformers import AutoModelForCausalLM
 
     opened = open_hint_run(run)
-    with opened.hypernetwork.slots.inserted(generate_adapters(opened, instruction_text(task))):
-        hyper = replies(opened.llm, opened.tokenizer, task, pairs, in_prompt=False, max_new_tokens=max_new_tokens)
+    with instructed(opened, instruction_text(task)) as model:
+        hyper = replies(model, opened.tokenizer, task, pairs, in_prompt=False, max_new_tokens=max_new_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         base = write_adapter(opened, instruction_text(task), Path(tmp))
         plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp).eval()
@@ -183,19 +184,19 @@ def timing(runs: dict[str, Path], task_name: str, count: int, max_new_tokens: in
                  for x, _ in inputs[:count]]
         prompt_tokens = [len(prompt_ids(tokenizer, c)) for c in convs]
         one_time = {}
-        if hint:
+        if hint:  # once per task: encode the instruction, generate; then the adapter merged, as deployed
             started = time.perf_counter()
-            adapters = generate_adapters(opened, instruction)
+            generate_adapters(opened, instruction)
             one_time = {"seconds": time.perf_counter() - started,
                         "flops": 2 * params * n_instr + generator_flops(opened.hypernetwork, n_instr)}
-            opened.hypernetwork.slots.set(adapters)
+            adapter_dir = Path(tempfile.mkdtemp(prefix="hint-adapter-"))
+            write_adapter(opened, instruction, adapter_dir)
+            model, tokenizer = load_for_inference(str(adapter_dir), merge=True)
         opts = GenerationOptions(max_new_tokens=max_new_tokens)
         generate_texts(model, tokenizer, convs[:1], opts, batch_size=1, progress=False)  # warm-up
         started = time.perf_counter()
         got = [generate_texts(model, tokenizer, [c], opts, batch_size=1, progress=False)[0] for c in convs]
         seconds = (time.perf_counter() - started) / len(convs)
-        if hint:
-            opened.hypernetwork.slots.clear()
         new_tokens = sum(len(tokenizer(g)["input_ids"]) + 1 for g in got) / len(got)
         mean_prompt = sum(prompt_tokens) / len(prompt_tokens)
         out[name] = {"instruction_tokens": n_instr, "prompt_tokens": mean_prompt, "new_tokens": new_tokens,

@@ -144,12 +144,18 @@ def lora_parts(run: HintRun, adapters: GeneratedAdapters) -> dict[str, tuple[tor
 
 
 @contextmanager
-def instructed(run: HintRun, instruction: str) -> Iterator[nn.Module]:
-    """The run's LLM with the instruction's generated adapters in place, ready for mmtune's decoding loop (a
+def with_adapters(run: HintRun, adapters: GeneratedAdapters) -> Iterator[nn.Module]:
+    """The run's LLM with one instruction's generated adapters in place, ready for mmtune's decoding loop (a
     generated prefix goes in front through :class:`VirtualTokenLM`, as a peft prefix would)."""
-    adapters = generate_adapters(run, instruction)
     with run.hypernetwork.slots.inserted(adapters):
         yield run.llm if adapters.prefix is None else VirtualTokenLM(GeneratedPrefix(run.llm, adapters.prefix))
+
+
+@contextmanager
+def instructed(run: HintRun, instruction: str) -> Iterator[nn.Module]:
+    """:func:`with_adapters` for the adapters ``instruction`` generates."""
+    with with_adapters(run, generate_adapters(run, instruction)) as model:
+        yield model
 
 
 def _lora_model(base_dir: Path, parts: dict[str, tuple[torch.Tensor, torch.Tensor]]):
