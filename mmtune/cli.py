@@ -228,7 +228,8 @@ def _parser() -> argparse.ArgumentParser:
     hsub = h.add_subparsers(dest="hint_command", required=True)
     hsub.add_parser = _with_formatter(hsub.add_parser)
     ha = hsub.add_parser("adapt", help="generate one instruction's adapters once and write them as a standard peft "
-                                       "LoRA adapter (loads with peft on the base model; no mmtune needed)")
+                                       "adapter (LoRA; with a generated prefix, prefix tuning on ADAPTER_DIR/base, the "
+                                       "base with the LoRA merged): it loads with peft alone")
     ha.add_argument("run_dir", help="a hint run directory (or its final/)")
     ha.add_argument("--instruction", required=True, help="the task's definition, as the training tasks' were written")
     ha.add_argument("--examples", metavar="FILE",
@@ -547,7 +548,8 @@ def _hint_adapt(args: argparse.Namespace) -> int:
     check_writable(args.run_dir)
     run = open_hint_run(args.run_dir)
     base = write_adapter(run, instruction_of(args.instruction, examples), Path(args.out))
-    print(f"wrote a peft LoRA adapter for the instruction to {args.out} (base model: {base})")
+    kind = "prefix-tuning" if run.hypernetwork.cfg.prefix_tokens else "LoRA"
+    print(f"wrote a peft {kind} adapter for the instruction to {args.out} (base model: {base})")
     return 0
 
 

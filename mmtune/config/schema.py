@@ -672,6 +672,9 @@ class HintRecipe(SftRecipe):
             raise ValueError(f"method.name: task hint trains the LLM frozen, full or lora, not '{self.method.name}'")
         if self.init_from is not None:
             raise ValueError("init_from: task hint starts from model.name")
+        if self.data.replay:
+            raise ValueError("data.replay: not with task hint (every task needs its instruction; put earlier tasks "
+                             "in data.datasets)")
         if self.train.kernels != "none":
             raise ValueError("train.kernels: not with task hint (its adapters hook the LLM's linear layers)")
         if self.hint.prefix_tokens and self.train.gradient_checkpointing:

@@ -46,7 +46,7 @@ from mmtune.data.formats import (
 )
 from mmtune.data.instruction_templates import INSTRUCTION_FORMATS, template_meta
 from mmtune.data.media import media_items_of, media_slots, media_tags
-from mmtune.data.sni import sni_conversations, task_of, task_sources
+from mmtune.data.sni import sni_conversations, sni_path, task_of, task_sources
 from mmtune.data.sources import MalformedRow, ResolvedSource, iter_rows, resolve_source, resolve_templates
 from mmtune.data.task_formats import INSTRUCTION_CONVERTERS, InstructionOptions, captions_by_image
 from mmtune.data.templates import split_segments
@@ -202,7 +202,7 @@ def conversations_of(src: ResolvedSource, report: SourceReport, on_bad: str):
             report.rows += 1
             bad(where, reason, detail)
 
-        for where, conv in sni_conversations(src.path, mapping, in_prompt=settings.instruction_in_prompt is not False,
+        for where, conv in sni_conversations(sni_path(src), mapping, in_prompt=settings.instruction_in_prompt is not False,
                                              examples=settings.instruction_examples, bad=bad_instance):
             report.rows += 1
             yield where, conv

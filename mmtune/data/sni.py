@@ -129,18 +129,28 @@ def sni_conversations(path: Path, m: Mapping, *, in_prompt: bool, examples: int,
                 bad(where, exc.reason, f"field '{exc.field_name}': {exc.detail}")
 
 
+def sni_path(src) -> Path:
+    """The local file or folder of an ``sni`` source (task files are not a hub dataset's rows)."""
+    if src.path is None:
+        raise ConfigError(f"dataset '{src.name}': format sni reads local task files ('path'), not a hub dataset")
+    return src.path
+
+
 def task_sources(src) -> list:
     """An ``sni`` source of a folder as one source per task file (named ``<dataset>/<task>``); other sources as
-    they are. Each part is then its own task of the mixture (``SampleView.task``)."""
-    if src.format != "sni" or src.path is None or not src.path.is_dir():
+    they are. Each part is then its own task of the mixture (``SampleView.task``); the entry's ``weight`` is shared
+    among its files (so a folder weighs what one dataset weighs in a ``weighted`` mixture) and ``max_samples``
+    applies per file."""
+    if src.format != "sni" or not sni_path(src).is_dir():
         return [src]
-    return [replace(src, name=f"{src.name}/{file.stem}", settings=src.settings.model_copy(update={"path": str(file)}))
-            for file in task_files(src.path)]
+    files = task_files(src.path)
+    return [replace(src, name=f"{src.name}/{file.stem}", weight=src.weight / len(files),
+                    settings=src.settings.model_copy(update={"path": str(file)})) for file in files]
 
 
 def task_of(spec, src) -> str | None:
     """The task a source's samples belong to: the dataset's ``task``, else an ``sni`` file's stem."""
-    return spec.task or (src.path.stem if src.format == "sni" else None)
+    return spec.task or (sni_path(src).stem if src.format == "sni" else None)
 
 
 def task_instructions(datasets: list) -> dict[str, str]:
@@ -166,11 +176,12 @@ def task_instructions(datasets: list) -> dict[str, str]:
 
 def with_instruction_placement(data, fusion: bool):
     """``data`` (a ``DataConfig``) with every dataset's ``instruction_in_prompt`` set from ``hint.fusion``; a dataset
-    that sets it otherwise is refused (the two would say different things)."""
+    (entry or card) that sets it otherwise is refused (the two would say different things)."""
     datasets = []
     for i, spec in enumerate(data.datasets):
-        if spec.instruction_in_prompt is not None and spec.instruction_in_prompt != fusion:
-            raise ConfigError(f"data.datasets[{i}].instruction_in_prompt: {spec.instruction_in_prompt} contradicts "
-                              f"hint.fusion: {fusion}; set hint.fusion only")
+        given = resolve_source(spec).settings.instruction_in_prompt
+        if given is not None and given != fusion:
+            raise ConfigError(f"data.datasets[{i}].instruction_in_prompt: {given} contradicts hint.fusion: {fusion}; "
+                              "set hint.fusion only")
         datasets.append(spec.model_copy(update={"instruction_in_prompt": fusion}))
     return data.model_copy(update={"datasets": datasets})

@@ -116,8 +116,10 @@ class Component:
     """Its learning rate (None: ``train.lr``)."""
 
 
-def apply_component_method(module: nn.Module, method: ComponentMethod, lora: LoraConfig, name: str) -> None:
-    """Freeze, fully train, put LoRA on every Linear layer, or inject a peft method into one component (logged)."""
+def apply_component_method(module: nn.Module, method: ComponentMethod, lora: LoraConfig, name: str,
+                           key: str | None = None) -> None:
+    """Freeze, fully train, put LoRA on every Linear layer, or inject a peft method into one component (logged).
+    ``key``: the recipe key of its method, for errors (default ``method.media.<name>``)."""
     if method.trainable == "frozen":
         module.requires_grad_(False)
     elif method.trainable == "full":
@@ -130,7 +132,8 @@ def apply_component_method(module: nn.Module, method: ComponentMethod, lora: Lor
 
         targets = sorted({n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, nn.Linear) and n})
         if not targets:
-            raise ConfigError(f"method.media.{name}.trainable: lora needs Linear layers; this component has none")
+            raise ConfigError(f"{key or f'method.media.{name}'}.trainable: lora needs Linear layers; this component "
+                              "has none")
         module.requires_grad_(False)
         inject_adapter_in_model(PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                target_modules=targets, use_dora=lora.use_dora,

@@ -72,7 +72,7 @@ def adapt_and_compare(run: Path, out: Path, instruction: str) -> dict:
     return config
 
 
-def test_hint_learns_logs_each_task_and_its_adapter_equals_the_hypernetwork(hint_recipe, tmp_path):
+def test_hint_learns_logs_each_task_and_its_adapter_equals_the_hypernetwork(hint_recipe, tmp_path, monkeypatch):
     recipe = hint_recipe(method={"name": "full"}, train={"max_steps": 24, "micro_batch_size": 4, "lr": 1e-2,
                                                          "warmup_steps": 2})
     run = mmtune.train(recipe).run_dir
@@ -84,8 +84,9 @@ def test_hint_learns_logs_each_task_and_its_adapter_equals_the_hypernetwork(hint
     final = run / "final"
     assert (final / "hint" / "hypernetwork.safetensors").is_file() and (final / "model.safetensors").is_file()
     assert json.loads((final / "mmtune.json").read_text())["family"] == "hint"
-    config = adapt_and_compare(run, tmp_path / "adapter", "Answer with the second word.")
-    assert Path(config["base_model_name_or_path"]) == final  # fully tuned: the adapter's base is final/ itself
+    monkeypatch.chdir(tmp_path)  # run and adapter given relative to here: the adapter still names its base absolutely
+    config = adapt_and_compare(Path(run.name), Path("adapter"), "Answer with the second word.")
+    assert config["base_model_name_or_path"] == str(final.resolve())  # fully tuned: its base is final/ itself
     assert config["r"] == 4 and not config["rank_pattern"]
 
 

@@ -212,6 +212,18 @@ def test_task_instructions_read_each_task_and_refuse_other_formats(tmp_path):
         task_instructions([DatasetSpec(path=str(other), format="alpaca")])
 
 
+def test_a_folder_shares_its_weight_among_its_task_files_and_a_hub_sni_set_is_one_line(tmp_path):
+    from mmtune.config.schema import DatasetSpec
+    from mmtune.data.sni import task_sources
+    from mmtune.data.sources import resolve_source
+
+    parts = task_sources(resolve_source(DatasetSpec(card="mmtune-hint-tasks", weight=3.0)))
+    assert len(parts) == 30 and sum(p.weight for p in parts) == pytest.approx(3.0)
+    assert {p.name.split("/")[-1] for p in parts} >= {"reverse_words", "count_vowels"}
+    with pytest.raises(ConfigError, match="format sni reads local task files"):
+        task_sources(resolve_source(DatasetSpec(hub="org/sni", format="sni")))
+
+
 def test_the_shipped_demo_cards_read_as_30_and_10_tasks():
     from mmtune.config.schema import DatasetSpec
 
@@ -226,12 +238,39 @@ def test_the_shipped_demo_cards_read_as_30_and_10_tasks():
 # ----------------------------------------------------------------------------------- recipe and family
 
 
+def test_generated_prefixes_follow_the_llms_dtype_and_encoding_keeps_the_adapters_in_place(tiny_llm, tokenizer):
+    """bf16 weights: the float32 generator's prefix is cast (else attention fails on mixed dtypes). Generating
+    adapters (the LLM's own pass) inside a block that has adapters set leaves them set."""
+    from mmtune.models.hint.prefix import GeneratedPrefix
+    from mmtune.models.virtual_tokens import VirtualTokenLM
+
+    net = hypernetwork(tiny_llm, prefix_tokens=2)
+    tiny_llm.to(torch.bfloat16)
+    samples, collate = _packed_two_task_batch(tokenizer, 0)
+    batch = collate([[0, 1], [2, 3]])
+    with torch.no_grad():
+        adapters = net(batch.instruction_ids, batch.instruction_mask)
+        net.slots.set(adapters, batch.token_slot)
+        inputs = net.place_prefix({"input_ids": batch.lm.input_ids, "attention_mask": batch.lm.attention_mask,
+                                   "position_ids": batch.lm.position_ids})
+        assert tiny_llm(**inputs).logits.dtype == torch.bfloat16
+        net(batch.instruction_ids, batch.instruction_mask)  # an own pass while adapters are set
+        assert net.slots._weights is adapters and net.slots._token_task is batch.token_slot
+        net.slots.clear()
+        one = adapters.select(0)
+        with net.slots.inserted(one):
+            out = VirtualTokenLM(GeneratedPrefix(tiny_llm, one.prefix))(input_ids=batch.lm.input_ids[:1, :4])
+    assert out.logits.dtype == torch.bfloat16
+
+
 def test_hint_recipe_refuses_what_it_cannot_train():
     assert HintRecipe(task="hint").hint.target_modules == ["q_proj", "v_proj", "down_proj"]
     with pytest.raises(ValueError, match="task hint trains the LLM frozen, full or lora, not 'qlora'"):
         HintRecipe(task="hint", method={"name": "qlora"})
     with pytest.raises(ValueError, match="hint.heads: 3 does not divide hint.hidden_size 32"):
         HintRecipe(task="hint", hint={"hidden_size": 32, "heads": 3})
+    with pytest.raises(ValueError, match="data.replay: not with task hint"):
+        HintRecipe(task="hint", data={"replay": [{"card": "mmtune-hint-tasks"}], "replay_fraction": 0.1})
     with pytest.raises(ValueError, match="transformers drops under train.gradient_checkpointing"):
         HintRecipe(task="hint", hint={"prefix_tokens": 4}, train={"gradient_checkpointing": True})
     with pytest.raises(ValueError, match="model.media: task hint tunes a text LLM"):

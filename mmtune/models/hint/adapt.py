@@ -12,6 +12,7 @@ hypernetwork's outputs.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ from mmtune.models.hint.hypernetwork import (
     HINT_DIR,
     HINT_META,
     Hypernetwork,
+    instruction_token_ids,
+    instruction_tokenizer,
     is_hint_model,
     load_hypernetwork,
     peft_free_name,
@@ -39,6 +42,8 @@ from mmtune.models.hint.prefix import GeneratedPrefix
 from mmtune.models.loading import load_tokenizer, resolve_source
 from mmtune.models.open import MMTUNE_META, open_language_model
 from mmtune.models.virtual_tokens import VirtualTokenLM
+
+log = logging.getLogger("mmtune")
 
 
 @dataclass
@@ -75,18 +80,13 @@ def check_writable(run: str | Path) -> None:
 def open_hint_run(run: str | Path) -> HintRun:
     from mmtune.models.run_outputs import read_meta
 
-    path = hint_model_dir(run)
+    path = hint_model_dir(run).resolve()  # the adapter names its base by an absolute path
     meta = read_meta(path)
     base = ModelConfig(**meta["base_model"])
     llm = load_llm(path, base, device_type="cpu", merge=False).eval()
     net = load_hypernetwork(path, llm)
     tokenizer = load_tokenizer(ModelConfig(name=str(path)))
-    instruction_tokenizer = tokenizer
-    if net.cfg.encoder.name:
-        from transformers import AutoTokenizer
-
-        instruction_tokenizer = AutoTokenizer.from_pretrained(net.cfg.encoder.name)
-    return HintRun(path, base, llm, net, tokenizer, instruction_tokenizer)
+    return HintRun(path, base, llm, net, tokenizer, instruction_tokenizer(net.cfg, tokenizer))
 
 
 def read_examples(file: Path) -> tuple[tuple[str, str], ...]:
@@ -120,8 +120,11 @@ def instruction_of(definition: str, examples: tuple[tuple[str, str], ...] = ()) 
 
 @torch.no_grad()
 def generate_adapters(run: HintRun, instruction: str) -> GeneratedAdapters:
-    ids = run.instruction_tokenizer(instruction, add_special_tokens=True)["input_ids"]
-    ids = torch.tensor([ids[: run.hypernetwork.cfg.max_instruction_length]])
+    ids, cut = instruction_token_ids(run.instruction_tokenizer, instruction, run.hypernetwork.cfg.max_instruction_length)
+    if cut:
+        log.warning("hint: the instruction is cut at hint.max_instruction_length=%d tokens, as training cut them",
+                    run.hypernetwork.cfg.max_instruction_length)
+    ids = torch.tensor([ids])
     return run.hypernetwork(ids, torch.ones_like(ids, dtype=torch.bool))
 
 
@@ -190,7 +193,8 @@ def write_adapter(run: HintRun, instruction: str, out: Path) -> Path:
     adapters = generate_adapters(run, instruction)
     parts = lora_parts(run, adapters)
     run_base = run.path if (run.path / "config.json").is_file() else Path(resolve_source(run.base))
-    base_dir = run_base
+    run_base = run_base.resolve() if run_base.exists() else run_base  # a local base by its absolute path
+    base_dir, out = run_base, out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     if adapters.prefix is None:
         model = _lora_model(base_dir, parts)

@@ -99,6 +99,25 @@ class OwnPass:
         return decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
 
 
+def instruction_tokenizer(cfg: HintConfig, llm_tokenizer):
+    """What tokenizes instructions: the LLM's own (its own pass reads them), or the named encoder's."""
+    if cfg.encoder.name is None:
+        return llm_tokenizer
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(cfg.encoder.name)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"hint.encoder.name: no tokenizer for '{cfg.encoder.name}' ({exc})") from None
+
+
+def instruction_token_ids(tokenizer, text: str, max_length: int) -> tuple[list[int], bool]:
+    """An instruction's ids as the encoder reads them (special tokens added, cut at ``max_length``), and whether it
+    was cut: training and ``mmtune hint adapt`` tokenize alike through here."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    return ids[:max_length], len(ids) > max_length
+
+
 def open_instruction_encoder(name: str) -> nn.Module:
     """A transformers encoder by name: a plain encoder (BERT), or the encoder stack of an encoder-decoder (T5)."""
     from transformers import AutoConfig, AutoModel
@@ -128,15 +147,17 @@ class Hypernetwork(nn.Module):
         self.slots = AdapterSlots(modules, self.targets, scaling=cfg.alpha / cfg.rank,
                                   kind="bottleneck" if cfg.adapter == "bottleneck" else "lora")
         self._cache_key = cache_kwarg(transformers_model(llm))
+        self._llm_dtype = lambda: transformers_model(llm).dtype  # read at call time: mixed precision may recast
 
     def place_prefix(self, inputs: dict) -> dict:
-        """The LLM's decoder arguments with the current batch's generated prefixes in front (training)."""
-        return self.slots.with_prefix(self._cache_key, inputs)
+        """The LLM's decoder arguments with the prefixes of the adapters last set (``slots.set``, which
+        ``HintObjective`` calls for its batch just before) in front."""
+        return self.slots.with_prefix(self._cache_key, inputs, self._llm_dtype())
 
     def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.encoder is None:
-            self.slots.clear()  # the plain LLM reads the instruction
-            return self.own_pass(ids, mask)
+            with self.slots.suspended():  # the plain LLM reads the instruction
+                return self.own_pass(ids, mask)
         return self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> GeneratedAdapters:

@@ -63,14 +63,26 @@ class AdapterSlots:
         finally:
             self.clear()
 
-    def with_prefix(self, cache_key: str, inputs: dict) -> dict:
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """No generated adapter for the duration of a block (the LLM's own pass over an instruction), then the
+        ones set before, as they were."""
+        saved = self._weights, self._token_task
+        self.clear()
+        try:
+            yield
+        finally:
+            self._weights, self._token_task = saved
+
+    def with_prefix(self, cache_key: str, inputs: dict, dtype: torch.dtype) -> dict:
         """Decoder arguments ``inputs`` (a first pass: ids or embeddings, a 4-D bool block mask, position ids) with
         the generated prefixes in front, as peft places a prefix for one sequence (mmtune's
         ``models.virtual_tokens``): the key/values in the KV cache, no positions of their own, the text counting
-        from P. All ``K`` tasks' prefixes are in the cache; a token sees its own task's ``P`` only."""
+        from P. All ``K`` tasks' prefixes are in the cache; a token sees its own task's ``P`` only. ``dtype``: the
+        LLM's (the generator's float32 would promote the cache and fail attention in bf16)."""
         from transformers import DynamicCache
 
-        prefix = self._weights.prefix  # [K, layers, 2, kv_heads, P, head_dim]
+        prefix = self._weights.prefix.to(dtype)  # [K, layers, 2, kv_heads, P, head_dim]
         K, layers, _, heads, P, dim = prefix.shape
         mask, positions = inputs["attention_mask"], inputs["position_ids"]
         batch = mask.shape[0]

@@ -22,7 +22,7 @@ class GeneratedPrefix:
 
         _, layers, _, heads, tokens, dim = prefix.shape
         self.llm = llm
-        self.prefix = prefix[0]
+        self.prefix = prefix[0].to(transformers_model(llm).dtype)
         self.active_peft_config = PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=tokens,
                                                      num_layers=layers, num_attention_heads=heads,
                                                      token_dim=heads * dim)

@@ -26,7 +26,12 @@ from mmtune.data.pipeline import build_conversation_data, format_reports
 from mmtune.data.sni import task_instructions, with_instruction_placement
 from mmtune.data.templates import install_template
 from mmtune.errors import ConfigError
-from mmtune.models.hint.hypernetwork import Hypernetwork, open_instruction_encoder
+from mmtune.models.hint.hypernetwork import (
+    Hypernetwork,
+    instruction_token_ids,
+    instruction_tokenizer,
+    open_instruction_encoder,
+)
 from mmtune.models.loading import load_tokenizer, resolve_attn
 from mmtune.models.open import open_language_model
 from mmtune.models.run_outputs import save_final
@@ -65,9 +70,9 @@ def tokenized_instructions(tokenizer, texts: list[str], max_length: int) -> list
     """Each instruction's ids, cut at ``max_length`` (how many were cut is logged)."""
     out, cut = [], 0
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=True)["input_ids"]
-        cut += len(ids) > max_length
-        out.append(np.asarray(ids[:max_length], dtype=np.int64))
+        ids, was_cut = instruction_token_ids(tokenizer, text, max_length)
+        cut += was_cut
+        out.append(np.asarray(ids, dtype=np.int64))
     if cut:
         log.warning("hint: %d of %d instructions cut at hint.max_instruction_length=%d tokens", cut, len(texts),
                     max_length)
@@ -77,6 +82,11 @@ def tokenized_instructions(tokenizer, texts: list[str], max_length: int) -> list
 class HintTask:
     def setup(self, recipe: HintRecipe, runtime: Runtime) -> TaskRun:
         cfg, tc, hc = recipe, recipe.train, recipe.hint
+
+        block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
+        if hc.prefix_tokens and not block_mask:
+            raise ConfigError("hint.prefix_tokens: generated prefixes need an explicit attention mask (each token sees "
+                              "its own task's prefix); flash_attention_2 takes none: use model.attn_implementation: sdpa")
 
         # ---- tokenizer, LLM and its method ------------------------------------------------
         tokenizer = load_tokenizer(cfg.model)
@@ -91,7 +101,7 @@ class HintTask:
         # ---- hypernetwork: instruction encoder, generator, hooks ---------------------------
         encoder = open_instruction_encoder(hc.encoder.name) if hc.encoder.name else None
         if encoder is not None:
-            apply_component_method(encoder, hc.encoder, cfg.method.lora, "hint.encoder")
+            apply_component_method(encoder, hc.encoder, cfg.method.lora, "hint.encoder", key="hint.encoder")
             components.append(Component("hint.encoder", encoder, hc.encoder.trainable,
                                         hc.encoder.lr if hc.encoder.trainable != "frozen" else None))
         hypernetwork = Hypernetwork(llm, hc, encoder=encoder)
@@ -101,10 +111,6 @@ class HintTask:
         made += [f"a prefix of {hc.prefix_tokens} key/values per layer"] if hc.prefix_tokens else []
         log.info("hint: %s, generated from the instruction by %s", " and ".join(made),
                  hc.encoder.name or "the LLM's own pass")
-        block_mask = resolve_attn(cfg.model.attn_implementation, runtime.device_type) != "flash_attention_2"
-        if hc.prefix_tokens and not block_mask:
-            raise ConfigError("hint.prefix_tokens: generated prefixes need an explicit attention mask (each token sees "
-                              "its own task's prefix); flash_attention_2 takes none: use model.attn_implementation: sdpa")
         place_prefix = hypernetwork.place_prefix if hc.prefix_tokens else None
         objective = HintObjective(CausalLMObjective(llm, place_prefix=place_prefix), hypernetwork)
 
@@ -116,7 +122,7 @@ class HintTask:
             log.info("data: %s", line)
         instructions = task_instructions(data_cfg.datasets)
         tasks = data.train.tasks
-        encoder_tokenizer = tokenizer if encoder is None else load_encoder_tokenizer(hc.encoder.name)
+        encoder_tokenizer = instruction_tokenizer(hc, tokenizer)
         instruction_ids = tokenized_instructions(encoder_tokenizer, [instructions[t] for t in tasks],
                                                  hc.max_instruction_length)
         log.info("hint: %d tasks; instructions of %.0f tokens on average (%s in the prompt too)", len(tasks),
@@ -163,8 +169,3 @@ class HintTask:
             loss_groups=tasks,
         )
 
-
-def load_encoder_tokenizer(name: str):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(name)
