@@ -203,6 +203,18 @@ def param_groups(model: nn.Module, method: MethodConfig, train: TrainConfig,
     return groups, summary
 
 
+
+def logged_param_groups(model: nn.Module, method: MethodConfig, train: TrainConfig,
+                        components: list[Component]) -> list[dict]:
+    """:func:`param_groups`, with the trainable-parameter table and every group logged (what a task prints)."""
+    for line in trainable_table(model, components):
+        log.info("params: %s", line)
+    groups, summary = param_groups(model, method, train, components)
+    for g in summary:
+        log.info("optimizer group %s: %s params, lr %g, weight decay %g", g.name, f"{g.params:,}", g.lr,
+                 g.weight_decay)
+    return groups
+
 def trainable_counts(model: nn.Module, components: list[Component]) -> list[dict]:
     """Per component (then ``other`` for parameters no component holds): how it trains, trainable / total
     parameters. The run's ``summary.json`` keeps these rows, so a report shows the table the log printed."""

@@ -40,9 +40,8 @@ from mmtune.training.methods import (
     apply_component_method,
     apply_method,
     enable_activation_checkpointing,
-    param_groups,
+    logged_param_groups,
     trainable_counts,
-    trainable_table,
 )
 from mmtune.training.objective import CausalLMObjective
 from mmtune.training.setup import Runtime
@@ -141,12 +140,7 @@ class HintTask:
                  f" (packing utilisation {utilisation:.1%})" if utilisation is not None else "", len(data.val))
 
         # ---- what trains, optimizer groups ------------------------------------------------
-        for line in trainable_table(objective, components):
-            log.info("params: %s", line)
-        groups, summary = param_groups(objective, cfg.method, tc, components)
-        for g in summary:
-            log.info("optimizer group %s: %s params, lr %g, weight decay %g", g.name, f"{g.params:,}", g.lr,
-                     g.weight_decay)
+        groups = logged_param_groups(objective, cfg.method, tc, components)
 
         def write_final(target: Path, trained: HintObjective) -> None:
             net = trained.hypernetwork

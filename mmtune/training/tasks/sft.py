@@ -31,10 +31,9 @@ from mmtune.training.methods import (
     apply_component_method,
     apply_method,
     enable_activation_checkpointing,
-    param_groups,
+    logged_param_groups,
     qlora_quantization_config,
     trainable_counts,
-    trainable_table,
 )
 from mmtune.training.objective import CausalLMObjective
 from mmtune.training.peft_methods import check_virtual_tokens, keep_initial_adapter, loss_penalty, step_hook
@@ -104,12 +103,7 @@ class SftTask:
         if probe.shape[1] and not objective.check_selective_head(probe.to(next(objective.parameters()).device)):
             log.warning("this model post-processes logits in its forward; training through its full forward "
                         "(logits at every position: slower, more memory)")
-        for line in trainable_table(objective, components):
-            log.info("params: %s", line)
-        groups, summary = param_groups(objective, cfg.method, tc, components)
-        for g in summary:
-            log.info("optimizer group %s: %s params, lr %g, weight decay %g", g.name, f"{g.params:,}", g.lr,
-                     g.weight_decay)
+        groups = logged_param_groups(objective, cfg.method, tc, components)
 
         allocation = step_hook(llm)  # AdaLoRA's rank allocation: the loop calls it, checkpoints keep its state
 
