@@ -11,7 +11,7 @@ import torch
 
 import mmtune
 from mmtune.cli import main
-from tests.e2e.test_train_e2e import _stop_at, losses
+from tests.e2e.test_train_e2e import losses, resumed_losses
 
 WORDS = "red green blue cyan pink gold gray teal".split()
 TASKS = {"first": ("Answer with the first word.", lambda a, b: a),
@@ -132,13 +132,7 @@ def test_hint_resumes_exactly(hint_recipe, tmp_path, monkeypatch):
                            train={"max_steps": 8, "save_every": 3, "keep_checkpoints": None, "lr": 3e-3})
 
     reference = losses(mmtune.train(recipe(tmp_path / "ref")).run_dir)
-    cut = recipe(tmp_path / "cut")
-    with monkeypatch.context() as m:
-        _stop_at(m, 5, KeyboardInterrupt)
-        with pytest.raises(KeyboardInterrupt):
-            mmtune.train(cut)
-    cut["train"]["resume"] = "auto"
-    resumed = losses(mmtune.train(cut).run_dir)
+    resumed = resumed_losses(recipe(tmp_path / "cut"), monkeypatch, 5, KeyboardInterrupt)
     for step in range(6, 9):
         assert resumed[step] == pytest.approx(reference[step], abs=1e-6), step
 

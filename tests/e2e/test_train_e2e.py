@@ -76,6 +76,16 @@ def _stop_at(monkeypatch, step: int, exc: type[BaseException]):
     monkeypatch.setattr(recipe_module.MetricsLogger, "log", log)
 
 
+def resumed_losses(recipe: dict, monkeypatch, step: int, exc: type[BaseException]) -> dict[int, float]:
+    """Train ``recipe``, stopped by ``exc`` after ``step``, then again with ``resume: auto``: the losses logged."""
+    with monkeypatch.context() as m:
+        _stop_at(m, step, exc)
+        with pytest.raises(exc):
+            mmtune.train(recipe)
+    recipe["train"]["resume"] = "auto"
+    return losses(mmtune.train(recipe).run_dir)
+
+
 def test_resume_after_interrupt_matches_uninterrupted_run(tiny_recipe, tmp_path, monkeypatch):
     reference = losses(mmtune.train(_resume_recipe(tiny_recipe, tmp_path / "ref")).run_dir)
 
