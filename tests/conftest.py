@@ -17,6 +17,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _unit_tests_do_not_train(request, monkeypatch):
+    """The unit tier does not train: a unit test that reaches the loop's first update fails, naming its tier.
+
+    Unit tests may run a forward/backward pass to check gradients, and may start ``mmtune train`` to see bad
+    input stop it in one line before any step; a test that gets as far as an update belongs in ``tests/e2e``.
+    """
+    if "unit" not in request.node.path.relative_to(REPO / "tests").parts[:1]:
+        return
+    from mmtune.training import loop
+
+    def no_update_rule(*args, **kwargs):
+        raise AssertionError("a unit test reached the training loop's first update: move it to tests/e2e")
+
+    monkeypatch.setattr(loop, "build_update_rule", no_update_rule)
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:

@@ -4,6 +4,7 @@ an InstructPix2Pix pipeline, and the published recipes stop in one line without 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 from pathlib import Path
@@ -151,3 +152,15 @@ def test_gradient_checkpointing_changes_memory_not_the_result(tiny_sd_dir, tripl
     for step in (1, 2):
         assert checkpointed[step]["loss"] == pytest.approx(plain[step]["loss"], abs=1e-5)
         assert checkpointed[step]["grad_norm"] == pytest.approx(plain[step]["grad_norm"], rel=1e-4)
+
+
+def test_a_tiny_edit_run_trains_on_the_shipped_card(tmp_path, tiny_sd_dir, one_torch_thread):
+    result = mmtune.train({
+        "task": "edit", "output_dir": str(tmp_path / "run"), "model": {"name": str(tiny_sd_dir)},
+        "data": {"datasets": [{"card": "mmtune-edits"}], "resolution": 32, "val_fraction": 0.2, "num_workers": 0},
+        "method": {"name": "full", "ema": None},
+        "train": {"max_steps": 3, "micro_batch_size": 4, "lr": 1e-4, "warmup_steps": 0, "eval_every": 3,
+                  "progress": False, "tensorboard": False}})
+    assert result.steps == 3 and math.isfinite(result.final_loss)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["data"] == ["mmtune-edits: 20 triplet(s)"] and summary["targets_seen"] == 12
