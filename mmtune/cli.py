@@ -19,7 +19,7 @@ import sys
 import warnings
 from typing import get_args
 
-from mmtune.config.schema import DEFAULT_MODEL, FormatName
+from mmtune.config.schema import DEFAULT_MODEL, FormatName, OnBadSample
 from mmtune.errors import MmtuneError
 from mmtune.generation.cli_args import add_generation_flags, add_proxy_flags, given
 
@@ -140,8 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--format", default=SUPPRESS, choices=["auto", *get_args(FormatName)],
                    help="data format (default: auto, detected from the first row)")
     v.add_argument("--metric", action="append", default=SUPPRESS,
-                   choices=["exact", "numeric", "loss", "vqa", "choice", "cider"],
-                   help="repeatable; default: exact, numeric and loss. vqa: VQAv2 accuracy against the row's "
+                   help="repeatable; one of {evaluation.METRICS} (default {evaluate.metrics}). vqa: VQAv2 "
+                        "accuracy against the row's "
                         "'references' (all human answers); choice: multiple-choice accuracy over the row's "
                         "'choices' (by letter or text); cider: CIDEr-D of a caption against the row's "
                         "'references' (else its gold answer)")
@@ -151,9 +151,9 @@ def _parser() -> argparse.ArgumentParser:
                         "caption.'); media stay. Default: the data's own prompt")
     v.add_argument("--group-by", default=SUPPRESS, metavar="KEY",
                    help="also report every figure per value of this row key (e.g. question_type)")
-    v.add_argument("--on-bad-sample", choices=["error", "skip"], default=SUPPRESS,
+    v.add_argument("--on-bad-sample", choices=get_args(OnBadSample), default=SUPPRESS,
                    help="a row that is malformed or lacks what a metric needs (references, choices): stop with one "
-                        "line naming it (error, the default) or leave it out and count it (skip)")
+                        "line naming it (error) or leave it out and count it (skip); default {evaluate.on_bad_sample}")
     v.add_argument("--out", help="write the JSON report here (default: print it)")
     v.add_argument("--max-samples", type=int, default=SUPPRESS, help="evaluate only the first N conversations")
     v.add_argument("--max-length", type=int, default=SUPPRESS,
@@ -233,7 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     ha.add_argument("run_dir", help="a hint run directory (or its final/)")
     ha.add_argument("--instruction", required=True, help="the task's definition, as the training tasks' were written")
     ha.add_argument("--examples", metavar="FILE",
-                    help="positive examples read with the instruction: a JSON / JSONL list of {input, output}, or "
+                    help="positive examples read with the instruction: a JSON / JSONL list of {{input, output}}, or "
                          "an sni task file (its Positive Examples)")
     ha.add_argument("--out", required=True, metavar="ADAPTER_DIR")
 
@@ -283,7 +283,8 @@ def _add_generate_parser(dsub) -> None:
                                    "(default: {SelfInstructOptions.seeds})")
     g.add_argument("--count", type=int, help="self-instruct: tasks to accept (default {SelfInstructOptions.count})")
     g.add_argument("--max-batches", type=int,
-                   help="self-instruct: give up after this many batches (default 10 x ceil(count / batch size))")
+                   help="self-instruct: give up after this many batches (default: ten times the batches --count "
+                        "needs if every prompt gave one task)")
     g.add_argument("--input", help="evol-instruct: instructions to evolve (default: the self-instruct seed file)")
     g.add_argument("--input-format",
                    help="evol-instruct: self-instruct-seeds or alpaca, sharegpt, openai, dolly ... "
@@ -317,9 +318,9 @@ def _add_edits_flags(g) -> None:
     e.add_argument("--out", dest="out_dir", metavar="DIR", help="output folder (same as OUT_DIR)")
     e.add_argument("--sd", metavar="MODEL", help="Stable Diffusion: a diffusers directory, a cached hub name or "
                                                  "tiny-stable-diffusion (default {EditGenOptions.sd})")
-    e.add_argument("--scheduler", choices=["euler_ancestral", "model"],
-                   help="sampler: Euler ancestral, as the paper, or the model's own "
-                        "(default {EditGenOptions.scheduler})")
+    e.add_argument("--scheduler",
+                   help="sampler: euler_ancestral (Euler ancestral, as the paper) or model (the model's own; "
+                        "default {EditGenOptions.scheduler})")
     e.add_argument("--steps", type=int, help="denoising steps per image (default {EditGenOptions.steps})")
     e.add_argument("--resolution", type=int, metavar="PX", help="image side (default {EditGenOptions.resolution})")
     e.add_argument("--samples", type=int, metavar="N",
@@ -332,9 +333,9 @@ def _add_edits_flags(g) -> None:
                         "(default {EditGenOptions.p2p_range})")
     e.add_argument("--guidance", type=float, nargs=2, metavar=("LOW", "HIGH"), dest="guidance_range",
                    help="classifier-free guidance scale ~ U[LOW, HIGH] (default {EditGenOptions.guidance_range})")
-    e.add_argument("--share", choices=["self", "cross", "both"],
-                   help="attention maps shared: Prompt-to-Prompt's word-aligned cross-attention, the self-attention "
-                        "InstructPix2Pix's generator copies, or both (default {EditGenOptions.share})")
+    e.add_argument("--share",
+                   help="attention maps shared: cross (Prompt-to-Prompt's word-aligned cross-attention), self (the "
+                        "self-attention InstructPix2Pix's generator copies) or both (default {EditGenOptions.share})")
     e.add_argument("--clip", metavar="MODEL", help="open_clip model name, local open_clip directory, "
                                                    "local-dir: / hf-hub: name, or tiny-open-clip "
                                                    "(default {EditGenOptions.clip})")
@@ -349,8 +350,8 @@ def _add_edits_flags(g) -> None:
     e.add_argument("--min-image-sim", type=float, metavar="T",
                    help="... and the two images' similarity >= T (default {EditGenOptions.min_image_sim})")
     e.add_argument("--device", help="cuda, cpu ... (default: cuda when available)")
-    e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
-                   help="Stable Diffusion's dtype (default {EditGenOptions.dtype})")
+    e.add_argument("--dtype",
+                   help="Stable Diffusion's dtype: float32, float16 or bfloat16 (default {EditGenOptions.dtype})")
 
 
 def _add_selfcorrect_parser(dsub) -> None:

@@ -120,7 +120,7 @@ def _list_index(node: list, part: str, key: str) -> int:
 
 def validate_recipe(raw: dict[str, Any], *, source: str = "recipe", override_keys: list[str] | None = None) -> Recipe:
     """Validate a raw mapping as the recipe of its ``task``; errors at keys set on the command line name it."""
-    task = raw.get("task", "sft")
+    task = raw.get("task", Recipe.model_fields["task"].default)  # a recipe without `task:` is SFT
     recipe_class = TASK_RECIPES.get(task) if isinstance(task, str) else None
     if recipe_class is None:
         raise ConfigError(f"{source}: task: unknown task {task!r} (valid: {', '.join(TASK_RECIPES)})")

@@ -24,6 +24,8 @@ from mmtune.modalities import MODALITIES
 log = logging.getLogger("mmtune")
 
 TemplateName = Literal["auto", "alpaca", "vicuna_v1", "chatml", "llama2", "plain", "instructblip"]
+OnBadSample = Literal["error", "skip"]
+"""A row or media item that cannot be used: stop with one line naming it, or leave it out and count it."""
 FormatName = Literal["alpaca", "sharegpt", "vicuna", "openai", "oasst", "dolly", "llava", "videochat",
                      "self_correction", "vqa", "caption", "caption_pair", "sni", "edit_triplets", "ip2p_folders"]
 EDIT_FORMATS = ("edit_triplets", "ip2p_folders")
@@ -201,7 +203,7 @@ class DataConfig(Strict):
     """Samples drawn per epoch for weighted/sqrt mixtures (default: total size)."""
     val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     val_max_samples: int = 512
-    on_bad_sample: Literal["error", "skip"] = "error"
+    on_bad_sample: OnBadSample = "error"
     """Also for media that fail to decode while batches are built (counted and reported when skipped)."""
     cache: bool = True
     cache_dir: str | None = None
@@ -575,7 +577,7 @@ class EditDataConfig(Strict):
     val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     """Held-out samples (center-cropped, never flipped) for the eval loss."""
     val_max_samples: int = 256
-    on_bad_sample: Literal["error", "skip"] = "error"
+    on_bad_sample: OnBadSample = "error"
     num_workers: int = Field(default=2, ge=0)
 
     @model_validator(mode="after")

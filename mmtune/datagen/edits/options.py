@@ -12,7 +12,7 @@ similarity. The CLI and the Python API read them from here, so they cannot drift
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Literal, get_args, get_origin, get_type_hints
 
 from mmtune.config.schema import DEFAULT_MODEL
 from mmtune.errors import ConfigError
@@ -94,10 +94,10 @@ class EditGenOptions:
         low, high = self.guidance_range
         if not 0.0 <= low <= high:
             raise ConfigError(f"edits: guidance_range must satisfy 0 <= low <= high (got {low}, {high})")
-        if self.share not in ("self", "cross", "both"):
-            raise ConfigError(f"edits: share must be self, cross or both (got {self.share!r})")
-        if self.scheduler not in ("euler_ancestral", "model"):
-            raise ConfigError(f"edits: scheduler must be euler_ancestral or model (got {self.scheduler!r})")
+        for name, kind in get_type_hints(type(self)).items():  # the flags take any text: the Literals check it
+            allowed = get_args(kind) if get_origin(kind) is Literal else ()
+            if allowed and getattr(self, name) not in allowed:
+                raise ConfigError(f"edits: {name} must be one of {', '.join(allowed)} (got {getattr(self, name)!r})")
 
     def sampler_settings(self) -> dict:
         """What identifies the LLM's sampling: the same keys ``HFSampler.settings()`` reports."""
