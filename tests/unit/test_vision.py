@@ -52,6 +52,15 @@ def test_open_clip_encoder_reads_the_selected_layer():
     assert with_cls.num_tokens == TOKENS + 1 and with_cls(x).shape == (2, TOKENS + 1, 32)
 
 
+@pytest.mark.parametrize("kind,architecture", [("open_clip", OPEN_CLIP_TINY), ("hf", HF_CLIP_TINY)])
+def test_an_image_encoder_refuses_the_cls_token_alone(kind, architecture):
+    """``cls`` is an audio encoder's choice; an image encoder once read it as ``patch`` without a word."""
+    from mmtune.models.multimodal.build import build_encoder
+
+    with pytest.raises(ConfigError, match=rf"^{KEY}.select_feature: cls \(the CLS token alone\) is for audio"):
+        build_encoder(EncoderConfig(kind=kind, pretrained=None, architecture=architecture, select_feature="cls"), KEY)
+
+
 def test_open_clip_timm_trunk_encoder_eva_style():
     """EVA01-g-14, EVA02 and SigLIP are timm trunks inside open_clip: same contract, same layer rule."""
     import open_clip

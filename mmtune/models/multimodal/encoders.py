@@ -182,6 +182,15 @@ def hf_vision_class(model_type: str):
 # --------------------------------------------------------------------------- builders
 
 
+def _keeps_cls(cfg: EncoderConfig, key: str) -> bool:
+    """``cls_patch`` keeps the CLS token before the patches; ``cls`` alone (an audio clip's embedding) is refused
+    rather than read as ``patch``: an image branch of one token would train on something else than asked."""
+    if cfg.select_feature == "cls":
+        raise ConfigError(f"{key}.select_feature: cls (the CLS token alone) is for audio encoders; an image "
+                          "encoder gives patch (LLaVA) or cls_patch (BLIP-2, InstructBLIP)")
+    return cfg.select_feature == "cls_patch"
+
+
 def build_open_clip(cfg: EncoderConfig, key: str) -> ImageEncoder:
     import open_clip
 
@@ -189,7 +198,7 @@ def build_open_clip(cfg: EncoderConfig, key: str) -> ImageEncoder:
         raise ConfigError(f"{key}.ln_vision: open_clip encoders have no norm of their own to apply; BLIP-2's "
                           "ln_vision is the piece `pieces: {ln_vision: {kind: layer_norm}}`")
 
-    keep_cls = cfg.select_feature == "cls_patch"
+    keep_cls = _keeps_cls(cfg, key)
     if cfg.architecture is not None:
         try:
             model = open_clip.CLIP(**cfg.architecture)
@@ -261,5 +270,5 @@ def hf_vision_encoder(model: nn.Module, cfg: EncoderConfig, *, processor=None, k
         raise ConfigError(f"{key}.image_size: {cfg.image_size} differs from the model's "
                           f"{model.config.image_size}; transformers vision models keep their resolution")
     ln_vision = cfg.ln_vision if cfg.ln_vision is not None else model.config.model_type in BLIP_VISION_TYPES
-    return HFVisionEncoder(model, select_layer=cfg.select_layer, keep_cls=cfg.select_feature == "cls_patch",
+    return HFVisionEncoder(model, select_layer=cfg.select_layer, keep_cls=_keeps_cls(cfg, key),
                            image_mean=mean, image_std=std, key=key, ln_vision=ln_vision)
