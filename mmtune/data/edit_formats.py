@@ -277,7 +277,7 @@ def _json_file(path: Path) -> Any:
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not valid UTF-8 (byte {exc.start + 1})", reason="malformed JSON") from None
+        raise DataError(f"{path}: not valid UTF-8 (byte {exc.start + 1})", reason="invalid UTF-8") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})",
                         reason="malformed JSON") from None
