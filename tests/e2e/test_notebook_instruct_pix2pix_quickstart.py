@@ -15,20 +15,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
-import pytest
-from notebook_helpers import shown_report
+from notebook_helpers import executed_notebook, shown_report
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "instruct_pix2pix_quickstart.ipynb"
 STEPS, EVAL_EVERY = 50, 10
-
-
-def stream_text(cells) -> str:
-    return "".join(o.get("text", "") for c in cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
 
 
 def number_after(text: str, marker: str) -> float:
@@ -36,18 +30,8 @@ def number_after(text: str, marker: str) -> float:
 
 
 def test_instruct_pix2pix_quickstart_notebook_runs(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-
-    stored = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not c.get("outputs") for c in stored.cells if c.cell_type == "code"), "store the notebook without outputs"
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     monkeypatch.setenv("MMTUNE_CACHE", str(tmp_path / "cache"))
-    client = nbclient.NotebookClient(stored, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    executed = client.execute()
-    text = stream_text(executed.cells)
+    executed, text = executed_notebook(NOTEBOOK, monkeypatch, tmp_path)
     images = [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "display_data"]
     assert len(images) >= 4 and all("image/png" in o["data"] for o in images)  # triplets, batch, edit, synth
 

@@ -8,31 +8,16 @@ evaluation per question type, and an export to transformers' InstructBLIP with t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import pytest
-from notebook_helpers import shown_report
+from notebook_helpers import executed_notebook, shown_report
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "instructblip_quickstart.ipynb"
 
 
-def stream_text(cells) -> str:
-    return "".join(o.get("text", "") for c in cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
-
-
 def test_instructblip_quickstart_notebook_runs(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-
-    stored = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not c.get("outputs") for c in stored.cells if c.cell_type == "code"), "store the notebook without outputs"
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    client = nbclient.NotebookClient(stored, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    executed = client.execute()
+    executed, text = executed_notebook(NOTEBOOK, monkeypatch, tmp_path)
 
     work = tmp_path / "runs" / "instructblip-quickstart"
     assert json.loads((work / "shapes" / "synth.json").read_text())["chance"]
@@ -41,7 +26,6 @@ def test_instructblip_quickstart_notebook_runs(tmp_path, monkeypatch):
     shown_report(executed, work / "run")
     assert (work / "exported" / "qformer_tokenizer").is_dir()
 
-    text = stream_text(executed.cells)
     assert "differ between the questions: True" in text
     assert "held-out exact match:" in text and "position" in text
     assert "InstructBlipForConditionalGeneration | same input ids: True" in text

@@ -10,11 +10,9 @@ trainable-component table, the image and a generated reply.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import pytest
-from notebook_helpers import shown_report
+from notebook_helpers import executed_notebook, shown_report
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "llava_quickstart.ipynb"
@@ -25,18 +23,7 @@ def cell_text(cell) -> str:
 
 
 def test_llava_quickstart_notebook_runs(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-
-    stored = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not c.get("outputs") for c in stored.cells if c.cell_type == "code"), \
-        "store the notebook without outputs"
-
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    client = nbclient.NotebookClient(stored, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    executed = client.execute()
+    executed, text = executed_notebook(NOTEBOOK, monkeypatch, tmp_path)
 
     run = tmp_path / "runs" / "llava-quickstart" / "run"
     final = run / "final"

@@ -11,33 +11,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 import pytest
-from notebook_helpers import shown_report
+from notebook_helpers import executed_notebook, shown_report
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO / "notebooks" / "video_audio_quickstart.ipynb"
 
 
-def stream_text(cells) -> str:
-    return "".join(o.get("text", "") for c in cells for o in c.get("outputs", []) if o.get("output_type") == "stream")
-
-
 def test_video_audio_quickstart_notebook_runs(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-
-    stored = nbformat.read(NOTEBOOK, as_version=4)
-    assert all(not c.get("outputs") for c in stored.cells if c.cell_type == "code"), "store the notebook without outputs"
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    client = nbclient.NotebookClient(stored, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    executed = client.execute()
-    text = stream_text(executed.cells)
+    executed, text = executed_notebook(NOTEBOOK, monkeypatch, tmp_path)
 
     # 1. the data: a 16-frame clip at 8 fps, sampled three ways; a 2-s sound as three 2-s filterbanks
     assert "uniform   frames [0, 2, 4, 6, 8, 10, 12, 14]" in text
