@@ -1,4 +1,4 @@
-"""mmtune: instruction tuning for any Hugging Face causal LM, from text, images and (next) video and audio.
+"""mmtune: instruction tuning for any Hugging Face causal LM, from text, images, video and audio.
 
 The Python API is small: ``mmtune.train(recipe)`` runs a recipe (a YAML path,
 a dict, or a validated recipe object), and the building blocks it uses are

@@ -6,7 +6,7 @@ Steps (each resumable / skipped when its output exists):
      selfcorrect_smollm2_all.jsonl, and the training rows (by default balanced) into selfcorrect_smollm2.jsonl;
   3. LoRA-tune with partial answer masking: configs/smollm2_pam.yaml;
   4. evaluate the untuned and the tuned model on the held-out problems with the same scaffold
-     (mmtune.data.self_correction_eval) and write benchmarks/self_correction/results-TAG.json + RESULTS.md.
+     (mmtune.datagen.self_correction_eval) and write benchmarks/self_correction/results-TAG.json + RESULTS.md.
 
     PYTHONPATH=. python scripts/demo_self_correction.py                      # balanced rows (default)
     PYTHONPATH=. python scripts/demo_self_correction.py --no-balance --tag imbalanced --train-questions 40 --samples 1

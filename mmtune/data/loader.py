@@ -5,7 +5,10 @@ and epoch, so resume is exact); workers only *build* them: collate tokens and,
 for multimodal models, decode and preprocess media while the previous step
 runs. Workers never raise: what they could not use comes back in the batch's
 ``problems``, and :class:`BatchProblems` turns it into one clear line (or a
-counted skip) in the main process, instead of a worker traceback.
+counted skip) in the main process, instead of a worker traceback. Random
+augmentation in a collate (crops, flips) draws from a generator seeded by the
+micro-batch's place in the run (:func:`micro_batch_seed`), so it too is the
+same in a worker or inline, before and after a resume.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the Hugging Face multimodal formats (``hf_llava``, ``hf_instructblip``) do alike.
+"""What the Hugging Face multimodal formats (``hf_llava``, ``hf_instructblip``, ``hf_instructblipvideo``) do alike.
 
 Reading: one part of a checkpoint loaded through transformers' ``key_mapping``
 (the other parts' keys left unread), the checkpoint's image processor and its

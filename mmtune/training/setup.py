@@ -6,7 +6,9 @@ with ``mmtune train``; several on one machine with ``mmtune train --nproc N``
 launch -m mmtune.cli train ...`` (several machines). How the processes share
 the model is ``train.distributed`` (``mmtune.training.distributed``). On a
 machine without a GPU, ``accelerate launch`` starts one process whatever
-``--num_processes`` says; use ``--nproc`` or torchrun there.
+``--num_processes`` says; use ``--nproc`` or torchrun there. A missing tracker
+package (``train.report_to``) or an impossible ``train.kernels`` is said here,
+before any model loads.
 """
 
 from __future__ import annotations
