@@ -142,6 +142,9 @@ class Modality(abc.ABC):
     companion_key: str | None = None
     """The key of this modality's section that turns :meth:`companion` on (``use_audio_in_video``): named by the
     recipe error when the companion's branch is missing."""
+    openai_part: str | None = None
+    """The content-part type that carries one item in an OpenAI-style chat request (``image_url``), its body
+    ``{"url": ...}``; None: ``mmtune serve`` takes no such part."""
 
     def companion(self, branch: BranchConfig) -> str | None:
         """Another modality each item also feeds, from the same file, as the branch section asks (a video's sound

@@ -347,6 +347,7 @@ class VideoModality(Modality):
     encoder_needs = ("image_size", "image_mean", "image_std")
     sequence = True
     companion_key = "use_audio_in_video"
+    openai_part = "video_url"
 
     def companion(self, branch: VideoBranchConfig) -> str | None:
         """The sound track of each video, through the audio branch (``use_audio_in_video``)."""
