@@ -377,8 +377,8 @@ def test_turning_use_audio_in_video_on_or_off_tokenizes_again(media, tokenizer, 
     from mmtune.config.schema import DataConfig
     from mmtune.data.pipeline import build_conversation_data
 
-    rows = [{"id": str(i), "video": "vt.mp4", "conversations": [{"from": "human", "value": f"<video>\nWhat {i}?"},
-                                                                 {"from": "gpt", "value": "A tone."}]} for i in range(3)]
+    turns = [{"from": "human", "value": "<video>\nWhat is it?"}, {"from": "gpt", "value": "A tone."}]
+    rows = [{"id": str(i), "video": "vt.mp4", "conversations": turns} for i in range(3)]
     (tmp_path / "d.json").write_text(json.dumps(rows))
     cfg = DataConfig(datasets=[{"path": str(tmp_path / "d.json"), "format": "llava",
                                 "media_folder": str(media["vt.mp4"].parent)}], cache_dir=str(tmp_path / "cache"))
