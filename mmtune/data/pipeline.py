@@ -4,10 +4,11 @@ Per dataset: read rows (sources.py), convert them to conversations
 (formats.py), check and resolve their media (media.py), split into trained /
 untrained segments (templates.py), tokenize (tokenize.py). The result is
 cached on disk keyed on the data's content, the tokenizer, the chat template,
-max length, masking options and each media branch's token-count rule and companion, so a
-second run with the same inputs skips preprocessing. Every row that is not
-used is counted by reason; with ``on_bad_sample: error`` the first one stops
-the run with its file, row and field.
+max length, masking options and each media branch's token-count rule (and
+companion: a video's sound track), so a second run with the same inputs skips
+preprocessing. Every row that is not used is counted by reason; with
+``on_bad_sample: error`` the first one stops the run with its file, row and
+field.
 
 Samples of any modality carry an ordered list of media items. Each item's
 file is resolved inside the dataset's media folder and its header checked once

@@ -2,9 +2,10 @@
 
 One definition of the decoding, proxy-tuning and media flags, so the commands
 spell them identically (a modality's ``--<name>`` flag comes from the registry,
-so a new modality has one with no edit here). Flags left unset are absent from the parsed arguments and
-take the defaults of :class:`~mmtune.generation.options.GenerationOptions`
-and of the functions they feed (one home per default; the help shows it).
+so a new modality has one with no edit here). Flags left unset are absent from
+the parsed arguments and take the defaults of
+:class:`~mmtune.generation.options.GenerationOptions` and of the functions
+they feed (one home per default; the help shows it).
 """
 
 from __future__ import annotations
