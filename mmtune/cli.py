@@ -21,7 +21,7 @@ from typing import get_args
 
 from mmtune.config.schema import DEFAULT_MODEL, FormatName, OnBadSample
 from mmtune.errors import MmtuneError
-from mmtune.generation.cli_args import add_generation_flags, add_proxy_flags, given
+from mmtune.generation.cli_args import add_generation_flags, add_media_flags, add_proxy_flags, given
 
 SUPPRESS = argparse.SUPPRESS
 
@@ -105,12 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--model", required=True, help="run directory, model directory, hub name or alias")
     c.add_argument("prompt", nargs="?", help="one-shot prompt; interactive when omitted")
     c.add_argument("--system", help="system message")
-    c.add_argument("--image", action="append", default=[], metavar="PATH",
-                   help="image for a multimodal model (repeat for several); placed at the first user turn")
-    c.add_argument("--video", action="append", default=[], metavar="PATH",
-                   help="video for a model with a video branch (repeat for several); frames sampled as in evaluation")
-    c.add_argument("--audio", action="append", default=[], metavar="PATH",
-                   help="audio file (WAV, FLAC, MP3, or a video's sound track) for a model with an audio branch")
+    add_media_flags(c)
     add_generation_flags(c, batched=False)
     add_proxy_flags(c)
 
@@ -122,8 +117,8 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="replies for a prompt file (text: one per line; JSONL) or one prompt, as JSONL")
     g.add_argument("--model", required=True, help="run directory, model directory, hub name or alias")
     g.add_argument("prompt", nargs="?", help="one prompt (instead of --prompts)")
-    g.add_argument("--prompts", help="prompt file: .jsonl rows with prompt / messages / instruction (+ images), "
-                                     "else one prompt per line")
+    g.add_argument("--prompts", help="prompt file: .jsonl rows with prompt / messages / instruction (+ a list of "
+                                     "paths per modality: images, videos, audios), else one prompt per line")
     g.add_argument("--out", help="output JSONL (default: print rows to stdout)")
     g.add_argument("--system", help="system message added to every prompt")
     add_generation_flags(g)

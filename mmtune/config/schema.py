@@ -61,7 +61,19 @@ def _moved(raw: Any, old: str, new: list[str], where: str) -> Any:
 class _MediaSection(Strict):
     def branches(self) -> dict[str, BranchConfig]:
         """The configured branches by modality name, in registry order."""
-        return {name: getattr(self, name) for name in MODALITIES if getattr(self, name) is not None}
+        return {name: getattr(self, name) for name in MODALITIES if getattr(self, name, None) is not None}
+
+    @model_validator(mode="after")
+    def _companions_have_branches(self) -> "_MediaSection":
+        """A branch whose items also feed another modality's branch (a video's sound track) needs that branch."""
+        branches = self.branches()
+        for name, branch in branches.items():
+            modality = MODALITIES[name]
+            companion = modality.companion(branch)
+            if companion is not None and companion not in branches:
+                raise ValueError(f"{name}.{modality.companion_key}: needs model.media.{companion} ({modality.plural} "
+                                 f"also feed the {companion} branch, from the same file)")
+        return self
 
 
 MediaConfig = create_model(

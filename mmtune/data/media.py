@@ -62,13 +62,15 @@ def media_items_of(conv: Conversation, specs: dict[str, MediaInputSpec], *, root
         field = entry.get("field", entry["modality"])
         path, info = checked_path(entry, root)
         item = MediaItem(entry["modality"], str(path), dict(entry.get("options") or {}),
-                         instruction=strip_tags(conv[i]["content"]), origin=f"{where}: field '{field}'", info=info)
+                         instruction=strip_tags(conv[i]["content"]), origin=f"{where}: field '{field}'", info=info,
+                         field_name=field)
         out.append(item)
         companion = specs[item.modality].companion
         if companion is not None:  # a video's sound track for the audio branch, over the same clip window
             info = _checked(MODALITIES[companion], path, field)
             out.append(MediaItem(companion, item.path, dict(item.options), instruction=item.instruction,
-                                 origin=f"{item.origin} (its {companion})", info=info, companion=True))
+                                 origin=f"{item.origin} (its {companion})", info=info, companion=True,
+                                 field_name=field))
     return out
 
 
@@ -99,7 +101,7 @@ def media_slots(items: list[MediaItem], specs: dict[str, MediaInputSpec]) -> lis
         try:
             tokens = spec.count(item)
         except MediaProblem as exc:
-            raise BadRow(exc.reason, item.origin.rsplit("field ", 1)[-1].strip("'"), f"{item.path}: {exc.detail}") from None
+            raise BadRow(exc.reason, item.field_name or item.modality, f"{item.path}: {exc.detail}") from None
         slots.append(MediaSlot("" if item.companion else spec.modality.tag, spec.modality.placeholder_id, tokens))
     return slots
 

@@ -4,10 +4,11 @@ Per dataset: read rows (sources.py), convert them to conversations
 (formats.py), check and resolve their media (media.py), split into trained /
 untrained segments (templates.py), tokenize (tokenize.py). The result is
 cached on disk keyed on the data's content, the tokenizer, the chat template,
-max length, masking options and each media branch's token-count rule, so a
-second run with the same inputs skips preprocessing. Every row that is not
-used is counted by reason; with ``on_bad_sample: error`` the first one stops
-the run with its file, row and field.
+max length, masking options and each media branch's token-count rule (and
+companion: a video's sound track), so a second run with the same inputs skips
+preprocessing. Every row that is not used is counted by reason; with
+``on_bad_sample: error`` the first one stops the run with its file, row and
+field.
 
 Samples of any modality carry an ordered list of media items. Each item's
 file is resolved inside the dataset's media folder and its header checked once
@@ -58,7 +59,7 @@ from mmtune.models.aliases import cache_root
 from mmtune.utils.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 4  # bump when tokenization, masking or the stored layout changes
+CACHE_VERSION = 5  # bump when tokenization, masking or the stored layout changes
 _BATCH = 256
 
 
@@ -397,7 +398,9 @@ def cache_key(src: ResolvedSource, tok_fp: str, cfg: DataConfig, media: dict[str
         "max_length": cfg.max_length,
         "train_on_prompt": cfg.train_on_prompt,
         "on_bad_sample": cfg.on_bad_sample,
-        "media_tokens": {name: spec.count.rule for name, spec in sorted((media or {}).items())},
+        # a companion (a video's sound track) adds items, so it changes the tokens as the count rule does
+        "media_tokens": {name: spec.count.rule + (f"+{spec.companion}" if spec.companion else "")
+                         for name, spec in sorted((media or {}).items())},
     }
     return hashlib.blake2b(json.dumps(payload, sort_keys=True).encode(), digest_size=16).hexdigest()
 

@@ -3,10 +3,13 @@
 A prompt file is plain text (one prompt per non-empty line) or JSONL whose rows
 carry ``prompt`` (a string), ``messages`` (a list of ``{role, content}``,
 ending with the user turn to answer) or ``instruction`` (+ optional ``input``,
-Alpaca style). For a multimodal model a JSONL row may add ``images``: paths
-relative to the prompt file, placed at its first user turn. Each output row is
-``{"prompt": ..., "output": ...}`` (plus the row's ``id`` when it has one), in
-input order.
+Alpaca style). For a multimodal model a JSONL row may add, per modality, a
+list of paths relative to the prompt file under the modality's name plus
+``s`` (``images``, ``videos``, ``audios``: :func:`media_field`), placed at its
+first user turn. They are header-checked as the file is read, so a bad path
+is one line naming file, row and field before any model loads. Each output
+row is ``{"prompt": ..., "output": ...}`` (plus the row's ``id`` when it has
+one), in input order.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmtune.data.formats import Conversation
-from mmtune.data.media import attach_media
+from mmtune.data.formats import BadRow, Conversation
+from mmtune.data.media import attach_media, checked_path
 from mmtune.errors import DataError
 from mmtune.generation.options import BATCH_SIZE, GenerationOptions
+from mmtune.modalities import MODALITIES
 
 
 @dataclass
@@ -29,6 +33,13 @@ class PromptItem:
     """As given in the file (kept verbatim in the output row)."""
     conversation: Conversation
     id: Any = None
+    where: str = ""
+    """``file:line``, named by errors about the prompt (default: its place in the list)."""
+
+
+def media_field(modality: str) -> str:
+    """The prompt-file field listing a modality's files: ``images``, ``videos``, ``audios``."""
+    return f"{modality}s"
 
 
 def _conversation_of(row: dict, where: str, system: str | None) -> tuple[Any, Conversation]:
@@ -73,14 +84,28 @@ def read_prompts(path: Path, *, system: str | None = None) -> list[PromptItem]:
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}", reason="malformed JSON")
         prompt, conv = _conversation_of(row, where, system)
-        images = row.get("images") or []
-        if not (isinstance(images, list) and all(isinstance(p, str) for p in images)):
-            raise DataError(f"{where}: field 'images': expected a list of paths", reason="bad field")
-        conv = attach_media(conv, [("image", str(path.parent / p)) for p in images])
-        items.append(PromptItem(prompt, conv, row.get("id")))
+        conv = attach_media(conv, _media_of(row, path.parent, where))
+        items.append(PromptItem(prompt, conv, row.get("id"), where))
     if not items:
         raise DataError(f"{path}: no prompt in the file", reason="empty dataset")
     return items
+
+
+def _media_of(row: dict, folder: Path, where: str) -> list[tuple[str, str]]:
+    """The row's ``(modality, path)`` items, field by field in registry order, each file header-checked."""
+    media = []
+    for name in MODALITIES:
+        field = media_field(name)
+        refs = row.get(field) or []
+        if not (isinstance(refs, list) and all(isinstance(p, str) for p in refs)):
+            raise DataError(f"{where}: field '{field}': expected a list of paths", reason="bad field")
+        for ref in refs:
+            try:
+                found, _ = checked_path({"modality": name, "ref": str(folder / ref), "field": field}, None)
+            except BadRow as exc:
+                raise DataError(f"{where}: field '{field}': {exc.detail}", reason=exc.reason) from None
+            media.append((name, str(found)))
+    return media
 
 
 def generate_to_jsonl(model_or_source, tokenizer, items: Sequence[PromptItem], opts: GenerationOptions,
@@ -90,7 +115,8 @@ def generate_to_jsonl(model_or_source, tokenizer, items: Sequence[PromptItem], o
     from mmtune.utils.atomic import atomic_write_text
 
     outputs = generate_texts(model_or_source, tokenizer, [it.conversation for it in items], opts,
-                             batch_size=batch_size, progress=progress)
+                             batch_size=batch_size, progress=progress,
+                             wheres=[it.where or f"prompt {i + 1}" for i, it in enumerate(items)])
     rows = []
     for it, out in zip(items, outputs):
         row = {"id": it.id} if it.id is not None else {}

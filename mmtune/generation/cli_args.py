@@ -1,9 +1,11 @@
 """Command-line flags shared by ``mmtune generate``, ``mmtune eval`` and ``mmtune chat``.
 
-One definition of the decoding and proxy-tuning flags, so the commands spell
-them identically. Flags left unset are absent from the parsed arguments and
-take the defaults of :class:`~mmtune.generation.options.GenerationOptions`
-and of the functions they feed (one home per default; the help shows it).
+One definition of the decoding, proxy-tuning and media flags, so the commands
+spell them identically (a modality's ``--<name>`` flag comes from the registry,
+so a new modality has one with no edit here). Flags left unset are absent from
+the parsed arguments and take the defaults of
+:class:`~mmtune.generation.options.GenerationOptions` and of the functions
+they feed (one home per default; the help shows it).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from mmtune.generation.options import BATCH_SIZE, GenerationOptions
+from mmtune.modalities import MODALITIES
 
 _DEFAULTS = GenerationOptions()
 
@@ -29,6 +32,19 @@ def add_generation_flags(p: argparse.ArgumentParser, *, batched: bool = True) ->
     if batched:
         p.add_argument("--batch-size", type=int, default=argparse.SUPPRESS,
                        help=f"prompts decoded together, left-padded (default {BATCH_SIZE})")
+
+
+def add_media_flags(p: argparse.ArgumentParser) -> None:
+    """``--<modality> PATH`` (repeatable) for every registered modality: ``--image``, ``--video``, ``--audio``."""
+    for name, modality in MODALITIES.items():
+        p.add_argument(f"--{name}", action="append", default=[], metavar="PATH", dest=name,
+                       help=f"{name} file for a model with model.media.{name} (repeat for several "
+                            f"{modality.plural}); placed at the first user turn")
+
+
+def media_flags(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The ``(modality, path)`` items of the media flags, modality by modality in registry order."""
+    return [(name, path) for name in MODALITIES for path in getattr(args, name, [])]
 
 
 def add_proxy_flags(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from mmtune.errors import ConfigError
-from mmtune.generation.cli_args import generation_options, given
+from mmtune.generation.cli_args import generation_options, given, media_flags
 
 
 def load_model_or_proxy(args: argparse.Namespace, model_name: str):
@@ -45,8 +45,7 @@ def run_chat(args: argparse.Namespace) -> int:
     from mmtune.generation.chat import run_chat as chat
 
     model, tokenizer = load_model_or_proxy(args, args.model)
-    media = [(name, path) for name in ("image", "video", "audio") for path in getattr(args, name, [])]
-    return chat(model, tokenizer, args.prompt, generation_options(args), system=args.system, media=media)
+    return chat(model, tokenizer, args.prompt, generation_options(args), system=args.system, media=media_flags(args))
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -206,6 +206,7 @@ class AudioModality(Modality):
     tag = AUDIO_TAG
     placeholder_id = AUDIO_PLACEHOLDER_ID
     plural = "audio items"
+    openai_part = "audio_url"
     branch_config = AudioBranchConfig
     encoder_needs = ("sampling_rate", "audio_features")
     sequence = True

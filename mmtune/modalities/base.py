@@ -62,6 +62,8 @@ class MediaItem:
     companion: bool = False
     """Added for the item before it, with no tag of its own (a video's sound track, ``use_audio_in_video``):
     its positions follow that item's."""
+    field_name: str = ""
+    """The row's field the item came from (``image``; a companion's is its item's): errors about the row name it."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +139,17 @@ class Modality(abc.ABC):
     """Items are sequences of segments (video frames, audio clips), each encoded on its own: the item tensor is
     ``[segments, ...]``, batches are padded to the longest item with :attr:`MediaInputs.lengths`, and the
     branch runs its encoder per segment (see ``MediaBranch``)."""
+    companion_key: str | None = None
+    """The key of this modality's section that turns :meth:`companion` on (``use_audio_in_video``): named by the
+    recipe error when the companion's branch is missing."""
+    openai_part: str | None = None
+    """The content-part type that carries one item in an OpenAI-style chat request (``image_url``), its body
+    ``{"url": ...}``; None: ``mmtune serve`` takes no such part."""
+
+    def companion(self, branch: BranchConfig) -> str | None:
+        """Another modality each item also feeds, from the same file, as the branch section asks (a video's sound
+        track through the audio branch); its items follow the item's, with no tag of their own. None by default."""
+        return None
 
     def resolve(self, root: Path, reference: str) -> Path:
         """``root / reference``, refusing anything that resolves outside ``root`` (it is never opened)."""

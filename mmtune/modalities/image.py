@@ -143,6 +143,7 @@ class ImageModality(Modality):
     tag = IMAGE_TAG
     placeholder_id = IMAGE_PLACEHOLDER_ID
     plural = "images"
+    openai_part = "image_url"
     branch_config = ImageBranchConfig
     encoder_needs = ("image_size", "image_mean", "image_std")
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mmtune.config.media import BranchConfig, Strict
 from mmtune.modalities.base import MediaProblem, Modality
@@ -89,6 +89,29 @@ class VideoBranchConfig(BranchConfig):
     use_audio_in_video: bool = False
     """Also feed each video's sound track, over the same clip window, to the audio branch (``model.media.audio``):
     its tokens follow the video's. A video without a sound track is then an error / counted skip."""
+
+    @field_validator("train_frames")
+    @classmethod
+    def _same_count(cls, train: FrameSampling | None, info: ValidationInfo) -> FrameSampling | None:
+        """Samples are tokenized once, with ``frames``' count, for training and validation alike: training batches
+        must fill exactly those positions (a per-frame connector's grow with the frames), so only which frames
+        may differ, not how many."""
+        frames = info.data.get("frames")
+        if train is None or frames is None or _count_rule(train) == _count_rule(frames):
+            return train
+        raise ValueError(f"takes {_describe_count(train)} per video but frames takes {_describe_count(frames)}; "
+                         "data is tokenized with frames' count, so training must take as many (the mode may differ)")
+
+
+def _count_rule(s: FrameSampling) -> tuple:
+    """What decides how many frames ``s`` takes from a window (not which)."""
+    return ("fps", s.fps, s.min_frames, s.max_frames) if s.mode == "fps" else ("n", s.num_frames)
+
+
+def _describe_count(s: FrameSampling) -> str:
+    if s.mode == "fps":
+        return f"{s.fps} frames per second ({s.min_frames}-{s.max_frames})"
+    return f"{s.num_frames} frames"
 
 
 # --------------------------------------------------------------------------- reading
@@ -323,6 +346,12 @@ class VideoModality(Modality):
     branch_config = VideoBranchConfig
     encoder_needs = ("image_size", "image_mean", "image_std")
     sequence = True
+    companion_key = "use_audio_in_video"
+    openai_part = "video_url"
+
+    def companion(self, branch: VideoBranchConfig) -> str | None:
+        """The sound track of each video, through the audio branch (``use_audio_in_video``)."""
+        return "audio" if branch.use_audio_in_video else None
 
     def check(self, path: Path) -> dict[str, Any]:
         return probe_video(path)

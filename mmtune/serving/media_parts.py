@@ -5,8 +5,9 @@ becomes a file: a base64 data URL is written to the request's own temporary fold
 the model sees exactly what it would see from the same file given to ``mmtune chat``); a local path or
 ``file://`` URL is taken where it is, only inside ``--media-root``. Remote ``http(s)`` URLs are not fetched.
 
-The part types follow OpenAI and vLLM: ``image_url`` ``{"url"}``; ``input_audio`` ``{"data": base64,
-"format": "wav" | "mp3" | ...}``; ``video_url`` and ``audio_url`` ``{"url"}``.
+The part types follow OpenAI and vLLM. Each modality declares its own (``Modality.openai_part``: ``image_url``,
+``video_url``, ``audio_url``), a body ``{"url"}``; OpenAI's ``input_audio`` ``{"data": base64, "format": "wav" |
+"mp3" | ...}`` is the one part of another shape, read here.
 """
 
 from __future__ import annotations
@@ -22,8 +23,15 @@ from mmtune.modalities import MODALITIES
 from mmtune.modalities.base import MediaProblem
 from mmtune.serving.errors import ApiError
 
-PART_MODALITY = {"image_url": "image", "video_url": "video", "audio_url": "audio", "input_audio": "audio"}
-"""Content part type -> mmtune modality."""
+INPUT_AUDIO = ("input_audio", "audio")
+"""OpenAI's audio part (base64 data and a format, not a URL) and the modality it feeds."""
+
+
+def part_modalities() -> dict[str, str]:
+    """Media content part type -> modality: each registered modality's ``openai_part``, and ``input_audio``."""
+    parts = {m.openai_part: name for name, m in MODALITIES.items() if m.openai_part}
+    kind, modality = INPUT_AUDIO
+    return {**parts, kind: modality} if modality in MODALITIES else parts
 
 
 @dataclass
@@ -38,18 +46,18 @@ class MediaPart:
 
 
 def media_part_of(part: dict, param: str) -> MediaPart:
-    """The :class:`MediaPart` of a content part whose type is in :data:`PART_MODALITY`."""
+    """The :class:`MediaPart` of a content part whose type is in :func:`part_modalities`."""
     kind = part["type"]
     body = part.get(kind)
-    if kind == "input_audio":
+    if kind == INPUT_AUDIO[0]:
         if not (isinstance(body, dict) and isinstance(body.get("data"), str)):
             raise ApiError(400, "input_audio needs {'data': base64 audio, 'format': 'wav'}", param=param)
         fmt = body.get("format") or "wav"
-        return MediaPart("audio", f"data:audio/{fmt};base64,{body['data']}", param)
+        return MediaPart(INPUT_AUDIO[1], f"data:audio/{fmt};base64,{body['data']}", param)
     url = body.get("url") if isinstance(body, dict) else body
     if not isinstance(url, str) or not url:
         raise ApiError(400, f"{kind} needs {{'url': a data URL or a path}}", param=param)
-    return MediaPart(PART_MODALITY[kind], url, param)
+    return MediaPart(part_modalities()[kind], url, param)
 
 
 def materialize(part: MediaPart, folder: Path, index: int, media_root: Path | None) -> Path:

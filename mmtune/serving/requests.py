@@ -19,7 +19,7 @@ from mmtune.data.formats import Conversation
 from mmtune.generation.options import GenerationOptions
 from mmtune.modalities import MODALITIES
 from mmtune.serving.errors import ApiError
-from mmtune.serving.media_parts import PART_MODALITY, MediaPart, materialize, media_part_of
+from mmtune.serving.media_parts import MediaPart, materialize, media_part_of, part_modalities
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "response_format", "logit_bias",
@@ -132,18 +132,19 @@ def _content(content: Any, param: str, role: str) -> tuple[str, list[MediaPart]]
         raise ApiError(400, "content must be a string or a list of parts", param=param)
     pieces: list[tuple[bool, str]] = []  # (is a tag, text)
     media: list[MediaPart] = []
+    parts = part_modalities()
     for j, part in enumerate(content):
         where = f"{param}[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             pieces.append((False, part["text"]))
-        elif kind in PART_MODALITY:
+        elif kind in parts:
             if role != "user":
                 raise ApiError(400, f"media parts go in user messages, not {role} ones", param=where)
             media.append(media_part_of(part, where))
             pieces.append((True, MODALITIES[media[-1].modality].tag))
         else:
-            raise ApiError(400, f"unknown content part {kind!r} (text, {', '.join(PART_MODALITY)})", param=where)
+            raise ApiError(400, f"unknown content part {kind!r} (text, {', '.join(parts)})", param=where)
     text = pieces[0][1] if pieces else ""
     for (was_tag, _), (is_tag, piece) in zip(pieces, pieces[1:]):
         text += ("" if was_tag and is_tag else "\n") + piece  # tags run together; a newline before text

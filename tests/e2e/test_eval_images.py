@@ -97,6 +97,36 @@ def test_batched_decoding_with_images_equals_one_prompt_at_a_time(loaded, folder
                                "batch_size": 4}
 
 
+def test_generate_gives_a_prompt_files_images_to_the_model_as_chat_does(image_run, loaded, folder, capsys):
+    """``mmtune generate --prompts`` with an ``images`` field per row: batched replies equal one chat reply per
+    prompt; a missing image is one line naming the file, row and field, before any model loads."""
+    from mmtune.data.media import attach_media
+    from mmtune.generation.chat import generate_reply
+
+    model, tok = loaded
+    rows = [{"id": f"q{i}", "prompt": question, "images": [f"q{i}.png"]} for i, question in enumerate(QUESTIONS[:4])]
+    prompts = folder / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = folder / "generated.jsonl"
+    assert main(["generate", "--model", str(image_run), "--prompts", str(prompts), "--out", str(out),
+                 "--max-new-tokens", "8", "--batch-size", "3"]) == 0
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    opts = GenerationOptions(max_new_tokens=8)
+    chat = [generate_reply(model, tok, attach_media([{"role": "user", "content": row["prompt"]}],
+                                                    [("image", str(folder / row["images"][0]))]), opts)
+            for row in rows]
+    assert [(r["id"], r["prompt"]) for r in got] == [(row["id"], row["prompt"]) for row in rows]
+    assert [r["output"] for r in got] == chat and len(set(chat)) > 1  # they differ: the comparison means something
+
+    rows[2]["images"] = ["gone.png"]
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    capsys.readouterr()
+    assert main(["generate", "--model", "no-such-model", "--prompts", str(prompts)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"mmtune: error: {prompts}:3: field 'images': image file not found")
+    assert "gone.png" in err
+
+
 def test_eval_command_reports_vqa_accuracy_per_question_type(image_run, loaded, folder, capsys):
     prompt = "Question: {} Short answer:"
     preds = _predictions(loaded, write_json(folder / "plain.json", _rows()), ["vqa"], prompt=prompt)

@@ -1,5 +1,7 @@
 """A new modality is one module: defined here (a 1-D signal read from .npy files, tag <tone>) and registered,
-it goes through the same data, batch, model and generation code as images, in the same conversation.
+it goes through the same data, batch, model and generation code as images, in the same conversation, and has
+its ``mmtune chat --tone`` flag, its ``tones`` field in ``mmtune generate`` prompt files and its ``tone_url``
+content part in ``mmtune serve`` requests.
 
 Nothing of mmtune is edited for it: the test only adds it to the registry (the one line a real modality
 module adds in ``mmtune/modalities/__init__.py``).
@@ -33,6 +35,7 @@ class ToneModality(Modality):
     tag = "<tone>"
     placeholder_id = -299
     plural = "tones"
+    openai_part = "tone_url"
     branch_config = ToneBranchConfig
 
     def check(self, path: Path) -> None:
@@ -86,19 +89,23 @@ def conversation() -> list[dict]:
             {"role": "assistant", "content": "A beep and red."}]
 
 
-@pytest.fixture()
-def two_branch_model(tone, tiny_llama_dir):
+def with_two_branches(llm_dir: Path):
     from mmtune.config.schema import ModelConfig
     from mmtune.models.loading import load_causal_lm
     from mmtune.models.multimodal.build import attach_branches, build_branch
     from mmtune.models.open import open_branches
 
     torch.manual_seed(0)
-    llm = load_causal_lm(ModelConfig(name=str(tiny_llama_dir)))
+    llm = load_causal_lm(ModelConfig(name=str(llm_dir)))
     width = llm.config.hidden_size
     branches = {**open_branches({"image": open_clip_image_branch()}, width),
                 "tone": build_branch("tone", ToneBranchConfig(), width, encoder=ToneConv())}
     return attach_branches(llm, branches)
+
+
+@pytest.fixture()
+def two_branch_model(tone, tiny_llama_dir):
+    return with_two_branches(tiny_llama_dir)
 
 
 def test_a_registered_modality_flows_from_conversation_to_loss_and_gradients(two_branch_model, tokenizer, tone):
@@ -159,3 +166,77 @@ def test_a_registered_modality_reports_its_own_problems(two_branch_model, tokeni
         media_items_of(missing_tag, specs, root=tone, where="row 4")
     with pytest.raises(ConfigError, match="has tones but the model has no tone branch"):
         media_items_of(conversation(), {"image": specs["image"]}, root=tone, where="row 5", dataset="sounds")
+
+
+@pytest.fixture()
+def commands_use(monkeypatch, tone, varied_llama_dirs, tokenizer):
+    """``mmtune chat`` / ``generate`` with a two-branch model, whatever ``--model`` says (it cannot be saved: its
+    tone encoder is this file's); its LLM's greedy choices are varied, so replies are not empty."""
+    import mmtune.generation.commands as commands
+
+    model = with_two_branches(varied_llama_dirs[0])
+    monkeypatch.setattr(commands, "load_model_or_proxy", lambda args, name: (model, tokenizer))
+    return model
+
+
+def _reply(model, tokenizer, tone, media=("image", "tone")) -> str:
+    from mmtune.data.media import attach_media
+    from mmtune.generation.chat import generate_reply
+    from mmtune.generation.options import GenerationOptions
+
+    files = {"image": str(tone / "red.png"), "tone": str(tone / "beep.npy")}
+    ask = attach_media([{"role": "user", "content": "Which sound?"}], [(name, files[name]) for name in media])
+    reply = generate_reply(model, tokenizer, ask, GenerationOptions(max_new_tokens=4))
+    assert reply.strip()  # something to compare
+    return reply
+
+
+def test_a_registered_modality_has_its_chat_flag(commands_use, tokenizer, tone, capsys):
+    from mmtune.cli import _parser, main
+
+    chat = _parser().parse_args(["chat", "--model", "m", "--tone", "a.npy", "--image", "b.png", "--tone", "c.npy"])
+    assert (chat.tone, chat.image, chat.video, chat.audio) == (["a.npy", "c.npy"], ["b.png"], [], [])
+    capsys.readouterr()
+    assert main(["chat", "--model", "m", "--tone", str(tone / "beep.npy"), "--image", str(tone / "red.png"),
+                 "--max-new-tokens", "4", "Which sound?"]) == 0
+    reply = capsys.readouterr().out.strip()
+    assert reply == _reply(commands_use, tokenizer, tone) != _reply(commands_use, tokenizer, tone, ("image",))
+
+
+def test_a_registered_modality_has_its_generate_field(commands_use, tokenizer, tone, capsys):
+    import json
+
+    from mmtune.cli import main
+
+    prompts = tone / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": 1, "prompt": "Which sound?", "tones": ["beep.npy"], "images": ["red.png"]})
+                       + "\n" + json.dumps({"prompt": "And?", "tones": ["gone.npy"]}) + "\n")
+    assert main(["generate", "--model", "m", "--prompts", str(prompts), "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{prompts}:2: field 'tones': cannot read tone" in err and "gone.npy" in err
+    prompts.write_text(prompts.read_text().splitlines()[0] + "\n")
+    assert main(["generate", "--model", "m", "--prompts", str(prompts), "--max-new-tokens", "4"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row == {"id": 1, "prompt": "Which sound?", "output": _reply(commands_use, tokenizer, tone)}
+
+
+def test_a_registered_modality_has_its_serve_content_part(two_branch_model, tokenizer, tone, tmp_path):
+    import base64
+
+    from mmtune.generation.chat import generate_reply
+    from mmtune.generation.options import GenerationOptions
+    from mmtune.serving.requests import parse_request, to_job
+
+    beep = base64.b64encode((tone / "beep.npy").read_bytes()).decode()
+    body = {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "tone_url", "tone_url": {"url": f"data:application/octet-stream;base64,{beep}"}},
+        {"type": "text", "text": "Which sound?"}]}]}
+    opts = GenerationOptions(max_new_tokens=3)
+    job = to_job(parse_request(body), opts, two_branch_model.media_specs(tokenizer), tmp_path, None, 2)
+    (entry,) = job.conversation[0]["media"]
+    assert job.conversation[0]["content"] == "<tone>\nWhich sound?" and entry["modality"] == "tone"
+    assert np.array_equal(np.load(entry["ref"]), np.load(tone / "beep.npy"))
+    asked = [{"role": "user", "content": "<tone>\nWhich sound?", "media": [
+        {"modality": "tone", "ref": str(tone / "beep.npy"), "field": "tone"}]}]
+    assert generate_reply(two_branch_model, tokenizer, job.conversation, opts) == \
+        generate_reply(two_branch_model, tokenizer, asked, opts)

@@ -108,6 +108,44 @@ def test_frame_sampling_validation(options, message):
         FrameSampling(**options)
 
 
+@pytest.mark.parametrize("frames,train", [
+    ({"num_frames": 4}, {"mode": "headtail", "num_frames": 4}),
+    ({"mode": "fps", "fps": 2.0, "max_frames": 8}, {"mode": "fps", "fps": 2.0, "max_frames": 8}),
+])
+def test_train_frames_may_change_which_frames_but_not_how_many(frames, train):
+    assert VideoBranchConfig(frames=frames, train_frames=train).train_frames.mode == train.get("mode", "uniform")
+
+
+@pytest.mark.parametrize("train,frames_said", [
+    ({"mode": "headtail", "num_frames": 2}, "takes 2 frames per video but frames takes 4 frames"),
+    ({"mode": "fps", "fps": 2.0}, "takes 2.0 frames per second (1-32) per video but frames takes 4 frames"),
+])
+def test_train_frames_taking_another_count_than_frames_is_one_line(train, frames_said):
+    """Samples hold frames' count of positions (a per-frame connector's grow with the frames): training batches
+    filling another count broke at step 1 (``MultimodalLM.input_embeddings``)."""
+    from mmtune.config.loader import validate_recipe
+    from mmtune.errors import ConfigError
+
+    video = {"frames": {"mode": "uniform", "num_frames": 4}, "train_frames": train}
+    with pytest.raises(ConfigError) as err:
+        validate_recipe({"model": {"media": {"video": video}}})
+    line = str(err.value)
+    assert "\n" not in line and line.startswith("recipe: model.media.video.train_frames: ") and frames_said in line
+
+
+def test_use_audio_in_video_without_an_audio_branch_is_one_line():
+    from mmtune.config.loader import validate_recipe
+    from mmtune.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        validate_recipe({"model": {"media": {"video": {"use_audio_in_video": True}}}})
+    assert str(err.value) == ("recipe: model.media: video.use_audio_in_video: needs model.media.audio (videos also "
+                              "feed the audio branch, from the same file)")
+    both = validate_recipe({"model": {"media": {"video": {"use_audio_in_video": True}, "audio": {}}}})
+    assert VIDEO.companion(both.model.media.video) == "audio"
+    assert VIDEO.companion(VideoBranchConfig()) is None
+
+
 def test_a_too_short_video_names_the_counts():
     with pytest.raises(MediaProblem) as err:
         frame_indices(FrameSampling(num_frames=8), 0, 5, 8.0)
@@ -303,6 +341,13 @@ def test_collate_pads_to_the_longest_item_with_lengths():
 # --------------------------------------------------------------------------- companions in token sequences
 
 
+class _Refuses:
+    rule = "refuses"
+
+    def __call__(self, item):
+        raise MediaProblem("too quiet", "no clip loud enough")
+
+
 def test_a_videos_sound_track_is_a_companion_item_after_it(media):
     specs = {"video": MediaInputSpec(VIDEO, FixedTokens(5), None, None, 8, companion="audio"),
              "audio": MediaInputSpec(AUDIO, FixedTokens(2), None, None, 8)}
@@ -313,11 +358,41 @@ def test_a_videos_sound_track_is_a_companion_item_after_it(media):
     assert [(i.modality, i.companion) for i in items] == [("video", False), ("audio", True)]
     assert items[1].path == items[0].path and items[1].options == {"start": 0.5}
     assert items[1].origin == "d.jsonl: row 1: field 'video' (its audio)"
+    assert [i.field_name for i in items] == ["video", "video"]
     assert media_slots(items, specs) == [MediaSlot("<video>", -201, 5), MediaSlot("", -202, 2)]
+    picky = {**specs, "audio": MediaInputSpec(AUDIO, _Refuses(), None, None, 8)}
+    with pytest.raises(BadRow) as err:  # the companion's problem names the row's field, as its video's would
+        media_slots(items, picky)
+    assert (err.value.reason, err.value.field_name) == ("too quiet", "video")
     conv[0]["media"][0]["ref"] = "v.mp4"  # no sound track: the row is bad
     with pytest.raises(BadRow) as err:
         media_items_of(conv, specs, root=media["v.mp4"].parent, where="d.jsonl: row 1")
     assert err.value.reason == "no audio stream" and err.value.field_name == "video"
+
+
+def test_turning_use_audio_in_video_on_or_off_tokenizes_again(media, tokenizer, tmp_path):
+    """The companion adds items (and positions) to every sample: a cached tokenization without it is not reused."""
+    import json
+
+    from mmtune.config.schema import DataConfig
+    from mmtune.data.pipeline import build_conversation_data
+
+    turns = [{"from": "human", "value": "<video>\nWhat is it?"}, {"from": "gpt", "value": "A tone."}]
+    rows = [{"id": str(i), "video": "vt.mp4", "conversations": turns} for i in range(3)]
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    cfg = DataConfig(datasets=[{"path": str(tmp_path / "d.json"), "format": "llava",
+                                "media_folder": str(media["vt.mp4"].parent)}], cache_dir=str(tmp_path / "cache"))
+
+    def build(companion):
+        specs = {"video": MediaInputSpec(VIDEO, FixedTokens(5), None, None, 8, companion=companion),
+                 "audio": MediaInputSpec(AUDIO, FixedTokens(2), None, None, 8)}
+        return build_conversation_data(tokenizer, cfg, seed=0, media=specs)
+
+    plain, with_sound = build(None), build("audio")
+    assert not with_sound.reports[0].from_cache
+    assert (plain.reports[0].media, with_sound.reports[0].media) == ({"video": 3}, {"video": 3, "audio": 3})
+    assert (with_sound.train[0][0] == -202).sum() == 2
+    assert build("audio").reports[0].from_cache and build(None).reports[0].from_cache
 
 
 def test_truncation_keeps_a_video_with_its_sound_or_cuts_before_both(tokenizer):

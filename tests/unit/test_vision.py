@@ -231,6 +231,12 @@ def test_llava_data_keeps_images_in_order_and_text_only_samples(tokenizer, photo
     other_rule = build_conversation_data(tokenizer, _data_cfg(tmp_path / "d.json", tmp_path), seed=0,
                                          media=image_specs(TOKENS + 1))
     assert not other_rule.reports[0].from_cache  # the token-count rule is part of the cache key
+    late = [{"id": "late", "image": "p0.png", "conversations": [  # the image in the second turn, after 40 tokens
+        {"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi."},
+        {"from": "human", "value": "<image>\nAnd this?"}, {"from": "gpt", "value": "Noise."}]}]
+    cut = build_conversation_data(tokenizer, _data_cfg(write_json(tmp_path / "late.json", late), tmp_path, max_length=48),
+                                  seed=0, media=image_specs())
+    assert (cut.reports[0].media, cut.reports[0].media_cut, cut.reports[0].truncated) == ({}, {"image": 1}, 1)
 
 
 @pytest.mark.parametrize("case, reason", [

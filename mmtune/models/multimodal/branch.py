@@ -76,9 +76,8 @@ class MediaBranch(nn.Module):
         if self.connector.wants_text:
             text_tokenizer = self.connector.text_tokenizer or llm_tokenizer
         transform = self.train_transform if train else self.transform
-        companion = "audio" if getattr(self.config, "use_audio_in_video", False) else None
         return MediaInputSpec(self.modality, self.token_count(train=train), transform, text_tokenizer,
-                              self.config.connector.max_text_tokens, companion)
+                              self.config.connector.max_text_tokens, self.modality.companion(self.config))
 
     def token_count(self, *, train: bool = False) -> TokenCount:
         """Positions per item: fixed, or per frame / clip (the modality's counter reads the item's header)."""
